@@ -1,0 +1,1 @@
+"""Shared cache layer: key layout, envelope codec, versioned Lua writes, L1, invalidations."""

@@ -1,0 +1,1 @@
+"""CDC indexer: Postgres logical decoding into Elasticsearch and the Redis cache."""

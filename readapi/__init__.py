@@ -1,0 +1,1 @@
+"""Read API: HTTP over the layered cache and Elasticsearch; never talks to Postgres."""

@@ -1,0 +1,123 @@
+"""Test fixtures shared by every suite.
+
+Integration and fault tests talk to the real services of the local stack (``stack up``):
+each test gets a fresh database cloned from a migrated template, its own Elasticsearch
+index prefix and its own Redis key prefix, and everything is removed afterwards.
+Unit tests under ``tests/unit`` use none of these fixtures and need no service.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+import redis.asyncio as aioredis
+from elasticsearch import AsyncElasticsearch
+from psycopg import sql
+
+PG_DSN = os.environ.get("LOYALTY_PG_DSN", "postgresql://postgres@127.0.0.1:5433/loyalty")
+REDIS_URL = os.environ.get("LOYALTY_REDIS_URL", "redis://127.0.0.1:6380/0")
+ES_URL = os.environ.get("LOYALTY_ES_URL", "http://127.0.0.1:9200")
+TEMPLATE_DB = "loyalty_test_template"
+
+pytest_plugins: list[str] = []
+
+
+def _dsn_for(database: str) -> str:
+    return psycopg.conninfo.make_conninfo(PG_DSN, dbname=database)
+
+
+def _admin() -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(_dsn_for("postgres"), autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A database with the contract schema applied, cloned by every test database."""
+    from indexer.migrate import apply_migrations
+
+    with _admin() as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(TEMPLATE_DB)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
+    apply_migrations(_dsn_for(TEMPLATE_DB))
+    yield TEMPLATE_DB
+    with _admin() as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(TEMPLATE_DB)))
+
+
+def _drop_database(name: str) -> None:
+    with _admin() as admin:
+        # A logical slot pins its database: drop the slots first, then the database.
+        slots = admin.execute(
+            "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s", (name,)
+        ).fetchall()
+        for slot_name, active_pid in slots:
+            if active_pid is not None:
+                admin.execute("SELECT pg_terminate_backend(%s)", (active_pid,))
+            admin.execute("SELECT pg_drop_replication_slot(%s)", (slot_name,))
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+@pytest.fixture
+def pg_database(pg_template: str) -> Iterator[str]:
+    """Name of a fresh, migrated database for this test only."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with _admin() as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(pg_template)))
+    try:
+        yield name
+    finally:
+        _drop_database(name)
+
+
+@pytest.fixture
+def pg_dsn(pg_database: str) -> str:
+    """DSN of this test's own database."""
+    return _dsn_for(pg_database)
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def redis_prefix(unique_name: str) -> str:
+    return f"t{unique_name}:"
+
+
+@pytest.fixture
+def es_prefix(unique_name: str) -> str:
+    return f"t{unique_name}_"
+
+
+@pytest.fixture
+async def redis_client(redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    """A Redis client; every key under this test's prefix is deleted afterwards."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        yield client
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{redis_prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture
+async def es_client(es_prefix: str) -> AsyncIterator[AsyncElasticsearch]:
+    """An Elasticsearch client; this test's indices and aliases are deleted afterwards."""
+    client = AsyncElasticsearch(ES_URL, request_timeout=30)
+    try:
+        yield client
+    finally:
+        await client.options(ignore_status=404).indices.delete(
+            index=f"{es_prefix}*", expand_wildcards="all")
+        await client.close()
