@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from indexer import migrate, seed
+from indexer import commands, migrate, seed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="CDC indexer of the loyalty read path: Postgres -> Elasticsearch and Redis.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (migrate, seed):
+    for module in (commands, migrate, seed):
         module.add_command(subparsers)
     return parser
 

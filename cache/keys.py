@@ -1,0 +1,124 @@
+"""Every Redis key and channel name the project uses, built here and nowhere else.
+
+With the default prefix ``loyalty:`` (env ``LOYALTY_REDIS_KEY_PREFIX``):
+
+    loyalty:{p_1}:v:V1          voucher V1 of project p_1            (envelope)
+    loyalty:{p_1}:c:C1          customer                              (envelope)
+    loyalty:{p_1}:m:K1          campaign                              (envelope)
+    loyalty:{p_1}:s:S1          segment                               (envelope)
+    loyalty:{p_1}:vc:SUMMER10   voucher code -> voucher id            (envelope, data = id)
+    loyalty:{p_1}:cs:crm-42     customer source_id -> customer id     (envelope, data = id)
+    loyalty:ak:app_1            API key record of app id app_1        (envelope)
+    loyalty:rl:app_1            rate-limit bucket of app_1, current window (integer)
+    loyalty:wm                  applied watermark                     (16 hex digits)
+    loyalty:inv                 invalidation channel                  (pub/sub)
+
+Every key about a project's object carries the project id as a Redis Cluster hash tag, so all
+keys of one project live in one slot and one script call may write several of them. Codes are
+one or two letters because these strings are built and hashed on every read.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+
+from cache.types import ObjectKind
+
+PREFIX_ENV = "LOYALTY_REDIS_KEY_PREFIX"
+DEFAULT_PREFIX = "loyalty:"
+
+
+class AliasKind(enum.StrEnum):
+    """Secondary identifiers that resolve to an object id within a project."""
+
+    VOUCHER_CODE = "voucher_code"
+    CUSTOMER_SOURCE_ID = "customer_source_id"
+
+
+# StrEnum members hash and compare as their values, so plain strings find the same codes.
+_OBJECT_CODES: dict[str, str] = {
+    ObjectKind.VOUCHER: "v",
+    ObjectKind.CUSTOMER: "c",
+    ObjectKind.CAMPAIGN: "m",
+    ObjectKind.SEGMENT: "s",
+}
+_ALIAS_CODES: dict[str, str] = {
+    AliasKind.VOUCHER_CODE: "vc",
+    AliasKind.CUSTOMER_SOURCE_ID: "cs",
+}
+
+
+def _prefix_from_env() -> str:
+    return os.environ.get(PREFIX_ENV, DEFAULT_PREFIX)
+
+
+def project_hash_tag(project_id: str) -> str:
+    """The text placed between ``{`` and ``}`` for this project.
+
+    Redis hashes the text up to the first ``}``, and hashes the whole key when that text is
+    empty, so an id that is empty or holds ``}`` (or ``%``, the escape) is percent-escaped
+    behind a leading ``%``. The mapping stays injective: plain ids never contain ``%``.
+    """
+    if project_id and "}" not in project_id and "%" not in project_id:
+        return project_id
+    return "%" + project_id.replace("%", "%25").replace("}", "%7D")
+
+
+def hash_tag_of(key: str) -> str | None:
+    """The part of ``key`` that Redis Cluster hashes when it has a non-empty ``{...}``."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end <= start + 1:
+        return None
+    return key[start + 1 : end]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """Builds keys under one configured prefix; tests use a unique prefix each."""
+
+    prefix: str = field(default_factory=_prefix_from_env)
+    watermark_key: str = field(init=False, repr=False, compare=False)
+    channel: str = field(init=False, repr=False, compare=False)
+    app_key_prefix: str = field(init=False, repr=False, compare=False)
+    rate_limit_prefix: str = field(init=False, repr=False, compare=False)
+    project_keys_prefix: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            # A brace in the prefix would become the hash tag of every key.
+            raise ValueError(f"Redis key prefix must not contain braces: {self.prefix!r}")
+        p = self.prefix
+        object.__setattr__(self, "watermark_key", f"{p}wm")
+        object.__setattr__(self, "channel", f"{p}inv")
+        object.__setattr__(self, "app_key_prefix", f"{p}ak:")
+        object.__setattr__(self, "rate_limit_prefix", f"{p}rl:")
+        object.__setattr__(self, "project_keys_prefix", f"{p}{{")
+
+    def object_key(self, project_id: str, kind: str, object_id: str) -> str:
+        """Key of the envelope of one object (``kind``: an ``ObjectKind``)."""
+        try:
+            code = _OBJECT_CODES[kind]
+        except KeyError:
+            raise ValueError(f"unknown object kind: {kind!r}") from None
+        return f"{self.prefix}{{{project_hash_tag(project_id)}}}:{code}:{object_id}"
+
+    def alias_key(self, project_id: str, kind: str, value: str) -> str:
+        """Key of an alias envelope whose data is the target object id (``kind``: ``AliasKind``)."""
+        try:
+            code = _ALIAS_CODES[kind]
+        except KeyError:
+            raise ValueError(f"unknown alias kind: {kind!r}") from None
+        return f"{self.prefix}{{{project_hash_tag(project_id)}}}:{code}:{value}"
+
+    def app_key(self, app_id: str) -> str:
+        """Key of the API key record of one app id (global: an app id names its project)."""
+        return self.app_key_prefix + app_id
+
+    def rate_limit_key(self, app_id: str) -> str:
+        """Key of the token bucket of one app id for the current window."""
+        return self.rate_limit_prefix + app_id

@@ -1,0 +1,99 @@
+"""The Lua scripts of ``cache/lua/``, loaded once and run by SHA.
+
+Each script is read from the package at import and identified by its SHA-1. A call sends
+EVALSHA; when Redis answers NOSCRIPT (first use, restart, SCRIPT FLUSH) the script is loaded
+with SCRIPT LOAD and the call sent again, as redis-py's ``register_script`` does. Pipelines
+are handled here too, rerunning only the calls that Redis refused with NOSCRIPT: those did
+nothing, so a rerun is exact. Driver errors are left to the caller's boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
+
+Arg = str | bytes | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    name: str
+    source: bytes
+    sha: str
+
+    @classmethod
+    def from_package(cls, name: str) -> LuaScript:
+        source = resources.files("cache").joinpath("lua", f"{name}.lua").read_bytes()
+        return cls(name, source, hashlib.sha1(source).hexdigest())
+
+    async def run(self, redis: Redis, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.source)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    script: LuaScript
+    keys: Sequence[str]
+    args: Sequence[Arg]
+
+
+VERSIONED_SET = LuaScript.from_package("versioned_set")
+ADVANCE_WATERMARK = LuaScript.from_package("advance_watermark")
+LEASE_TOKENS = LuaScript.from_package("lease_tokens")
+ALL_SCRIPTS = (VERSIONED_SET, ADVANCE_WATERMARK, LEASE_TOKENS)
+
+
+async def load_all(redis: Redis) -> None:
+    """Load every script up front (at start-up), so no first call pays for NOSCRIPT."""
+    for script in ALL_SCRIPTS:
+        await redis.script_load(script.source)
+
+
+async def run_pipelined(
+    redis: Redis,
+    calls: Sequence[ScriptCall],
+    then: Sequence[Sequence[Arg]] = (),
+) -> list[Any]:
+    """Run ``calls`` in one pipeline followed by the raw commands ``then``; return the calls'
+    results in order.
+
+    When some calls met NOSCRIPT, their scripts are loaded and those calls run again in a
+    second pipeline, followed by ``then`` again: commands in ``then`` (a PUBLISH of the
+    invalidations) must come after every write, and must be harmless to repeat.
+    Raises the first other error a call or command met, after the whole pipeline ran.
+    """
+    results = await _pipeline(redis, calls, then)
+    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if missing:
+        for script in {calls[i].script for i in missing}:
+            await redis.script_load(script.source)
+        rerun = await _pipeline(redis, [calls[i] for i in missing], then)
+        for i, result in zip(missing, rerun, strict=False):
+            results[i] = result
+        results[len(calls) :] = rerun[len(missing) :]
+    for result in results:
+        if isinstance(result, RedisError):
+            raise result
+    return results[: len(calls)]
+
+
+async def _pipeline(
+    redis: Redis, calls: Sequence[ScriptCall], then: Sequence[Sequence[Arg]]
+) -> list[Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for call in calls:
+            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        for command in then:
+            pipe.execute_command(*command)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+    return results

@@ -1,0 +1,261 @@
+"""``CacheStore``: the one interface to Redis (L2) for the indexer (writer) and the read API.
+
+Every write of an envelope goes through ``cache/lua/versioned_set.lua``, so neither a replayed
+change nor a fill from Elasticsearch can take a key back to an older version. Every ``redis``
+exception is translated into ``cache.errors`` here, at the boundary.
+
+The client must be a ``redis.asyncio.Redis`` with ``decode_responses=False``: envelopes are
+binary.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Literal, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from cache import scripts
+from cache.codec import (
+    API_KEY_SCHEMA,
+    api_key_from_data,
+    api_key_to_data,
+    decode_envelope,
+    decode_watermark,
+    encode_envelope,
+    encode_invalidation,
+    encode_watermark,
+)
+from cache.errors import CacheError, CacheUnavailable
+from cache.keys import KeyLayout, hash_tag_of
+from cache.records import (
+    ApiKeyRecord,
+    Envelope,
+    Invalidation,
+    TokenLease,
+    VersionedWrite,
+)
+
+TOMBSTONE_TTL_ENV = "LOYALTY_TOMBSTONE_TTL_SECONDS"
+DEFAULT_TOMBSTONE_TTL_SECONDS = 86_400.0
+# Writes per script call: one call runs atomically and blocks Redis meanwhile, so a large
+# batch is cut into calls of this size (all sent in one pipeline).
+DEFAULT_WRITES_PER_CALL = 256
+RATE_LIMIT_WINDOW_SECONDS = 60
+DEFAULT_LEASE_DIVISOR = 8
+
+
+class _RedisErrorBoundary:
+    """Translates driver errors; stateless, so one instance serves every call."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        if exc is None:
+            return False
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+        if isinstance(exc, RedisError):
+            raise CacheError(f"Redis error: {exc}") from exc
+        return False
+
+
+_redis_errors = _RedisErrorBoundary()
+
+
+def _tombstone_ttl_from_env() -> float:
+    return float(os.environ.get(TOMBSTONE_TTL_ENV, DEFAULT_TOMBSTONE_TTL_SECONDS))
+
+
+class CacheStore:
+    def __init__(
+        self,
+        redis: Redis,
+        layout: KeyLayout | None = None,
+        *,
+        tombstone_ttl_seconds: float | None = None,
+        writes_per_call: int = DEFAULT_WRITES_PER_CALL,
+    ) -> None:
+        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("CacheStore needs a Redis client with decode_responses=False")
+        ttl = _tombstone_ttl_from_env() if tombstone_ttl_seconds is None else tombstone_ttl_seconds
+        if ttl <= 0:
+            raise ValueError("tombstone TTL must be positive: a tombstone must expire")
+        if writes_per_call < 1:
+            raise ValueError("writes_per_call must be at least 1")
+        self.redis = redis
+        self.layout = layout if layout is not None else KeyLayout()
+        self.tombstone_ttl_ms = max(1, round(ttl * 1000))
+        self.writes_per_call = writes_per_call
+
+    # -- writer (indexer) ------------------------------------------------------------------
+
+    async def apply_writes(self, writes: Sequence[VersionedWrite]) -> int:
+        """Apply versioned sets and tombstones; return how many keys were written.
+
+        Writes are grouped by hash tag (one project's keys share a slot), cut into script
+        calls of ``writes_per_call``, and sent in one pipeline ending with ONE publish of the
+        invalidations of the whole batch. Every key of the batch is named in it with its
+        version, written or not, which saves a round trip and costs nothing: a cache keeps
+        an entry at least as new as the version named.
+        """
+        if not writes:
+            return 0
+        calls = [
+            scripts.ScriptCall(scripts.VERSIONED_SET, keys, args)
+            for keys, args in self._script_batches(writes)
+        ]
+        message = encode_invalidation(
+            Invalidation(tuple((w.key, w.envelope.version) for w in writes))
+        )
+        with _redis_errors:
+            results = await scripts.run_pipelined(
+                self.redis, calls, then=[("PUBLISH", self.layout.channel, message)]
+            )
+        return sum(sum(flags) for flags in results)
+
+    async def put_api_key(self, record: ApiKeyRecord, version: int) -> bool:
+        """Store an API key record (revoked ones too: ``revoked`` answers 401 at once)."""
+        envelope = Envelope(version, API_KEY_SCHEMA, api_key_to_data(record))
+        key = self.layout.app_key(record.app_id)
+        return await self.apply_writes([VersionedWrite(key, envelope)]) == 1
+
+    async def delete_api_key(self, app_id: str, version: int) -> bool:
+        """Tombstone the record of a deleted API key row."""
+        write = VersionedWrite(self.layout.app_key(app_id), Envelope.tombstone(version))
+        return await self.apply_writes([write]) == 1
+
+    async def set_watermark(self, lsn: int) -> bool:
+        """Advance the applied watermark and publish it; never moves it backwards.
+
+        Returns whether it moved (an equal or older ``lsn`` is a no-op and is not published).
+        """
+        message = encode_invalidation(Invalidation(watermark=lsn))
+        args = (encode_watermark(lsn), self.layout.channel, message)
+        with _redis_errors:
+            moved = await scripts.ADVANCE_WATERMARK.run(
+                self.redis, (self.layout.watermark_key,), args
+            )
+        return bool(moved)
+
+    # -- reader (read API) -----------------------------------------------------------------
+
+    async def get(self, key: str) -> Envelope | None:
+        """The envelope at ``key`` (a tombstone included), or ``None`` when absent.
+
+        Raises ``CacheDecodeError`` when the key holds something else; a reader may treat
+        that as a miss.
+        """
+        with _redis_errors:
+            # bytes: decode_responses is refused in __init__.
+            blob = cast(bytes | None, await self.redis.get(key))
+        return None if blob is None else decode_envelope(blob)
+
+    async def get_object(self, project_id: str, kind: str, object_id: str) -> Envelope | None:
+        return await self.get(self.layout.object_key(project_id, kind, object_id))
+
+    async def resolve_alias(self, project_id: str, kind: str, value: str) -> Envelope | None:
+        """The alias envelope; its ``data`` is the target object id (``None``: tombstone)."""
+        return await self.get(self.layout.alias_key(project_id, kind, value))
+
+    async def fill(self, key: str, envelope: Envelope) -> bool:
+        """Write what was read from the source of truth (an Elasticsearch realtime GET) back
+        to Redis through the same versioned set: a fill racing a newer CDC write never takes
+        the key backwards. Returns whether it wrote. Publishes nothing: the fill writes the
+        version that the indexer's own write, when it comes, announces."""
+        ttl_ms = self.tombstone_ttl_ms if envelope.is_tombstone else 0
+        with _redis_errors:
+            flags = await scripts.VERSIONED_SET.run(
+                self.redis, (key,), (ttl_ms, encode_envelope(envelope))
+            )
+        return bool(flags[0])
+
+    async def get_api_key(self, app_id: str) -> ApiKeyRecord | None:
+        """The record of ``app_id``, or ``None`` when unknown or deleted."""
+        envelope = await self.get(self.layout.app_key(app_id))
+        if envelope is None or envelope.is_tombstone:
+            return None
+        return api_key_from_data(envelope.data)
+
+    async def get_watermark(self) -> int | None:
+        with _redis_errors:
+            blob = cast(bytes | None, await self.redis.get(self.layout.watermark_key))
+        return None if blob is None else decode_watermark(blob)
+
+    async def lease_tokens(
+        self,
+        app_id: str,
+        limit: int,
+        wanted: int,
+        *,
+        divisor: int = DEFAULT_LEASE_DIVISOR,
+        window_seconds: int = RATE_LIMIT_WINDOW_SECONDS,
+    ) -> TokenLease:
+        """Lease up to ``wanted`` tokens of ``app_id``'s ``limit`` for the current window.
+
+        A lease takes at most ``ceil(left / divisor)`` of the tokens left, so leases shrink as
+        the limit nears and tokens held unused by a process are a bounded loss. ``granted``
+        is 0 once the window is spent; ``reset_seconds`` is the ``Retry-After`` to answer.
+        """
+        if limit < 0 or wanted < 1 or divisor < 1 or window_seconds < 1:
+            raise ValueError("need limit >= 0, wanted >= 1, divisor >= 1, window_seconds >= 1")
+        args = (limit, wanted, window_seconds * 1000, divisor)
+        with _redis_errors:
+            granted, remaining, reset_ms = await scripts.LEASE_TOKENS.run(
+                self.redis, (self.layout.rate_limit_key(app_id),), args
+            )
+        return TokenLease(int(granted), int(remaining), max(1, math.ceil(int(reset_ms) / 1000)))
+
+    # -- both -------------------------------------------------------------------------------
+
+    async def load_scripts(self) -> None:
+        """Load the Lua scripts now rather than on first use (call at start-up)."""
+        with _redis_errors:
+            await scripts.load_all(self.redis)
+
+    async def ping(self) -> None:
+        """Raise ``CacheUnavailable`` unless Redis answers (for readiness checks)."""
+        with _redis_errors:
+            await self.redis.ping()
+
+    def _script_batches(
+        self, writes: Sequence[VersionedWrite]
+    ) -> list[tuple[list[str], list[Any]]]:
+        by_slot: dict[str | None, list[VersionedWrite]] = {}
+        untagged: list[list[VersionedWrite]] = []
+        for write in writes:
+            tag = hash_tag_of(write.key)
+            if tag is None:
+                # Without a hash tag keys may live in different slots: one call each.
+                untagged.append([write])
+            else:
+                by_slot.setdefault(tag, []).append(write)
+        batches: list[tuple[list[str], list[Any]]] = []
+        size = self.writes_per_call
+        for group in [*by_slot.values(), *untagged]:
+            for start in range(0, len(group), size):
+                keys: list[str] = []
+                args: list[Any] = []
+                for write in group[start : start + size]:
+                    keys.append(write.key)
+                    args.append(self._ttl_ms(write))
+                    args.append(encode_envelope(write.envelope))
+                batches.append((keys, args))
+        return batches
+
+    def _ttl_ms(self, write: VersionedWrite) -> int:
+        if write.ttl_seconds is not None:
+            return max(1, round(write.ttl_seconds * 1000))
+        return self.tombstone_ttl_ms if write.envelope.is_tombstone else 0

@@ -1,0 +1,222 @@
+"""Which documents a batch of row changes touches (fan-out), as pure logic.
+
+The indexer never patches a document from a change: it marks the objects a change can
+affect and rebuilds them from the source, so that every derived value is recomputed and a
+replayed change cannot double count. Each mark carries the commit LSN of the newest change
+that touched the object: that is the version its rebuilt document is written with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cache.types import ObjectKind
+
+LOYALTY_CARD = "LOYALTY_CARD"
+AUTO_UPDATE = "auto-update"
+
+
+class RowChangeLike(Protocol):
+    """What this module reads of a decoded change (see ``indexer.pgoutput.RowChange``)."""
+
+    @property
+    def op(self) -> str: ...
+    @property
+    def table(self) -> str: ...
+    @property
+    def new(self) -> Mapping[str, Any] | None: ...
+    @property
+    def old(self) -> Mapping[str, Any] | None: ...
+
+
+@dataclass(slots=True)
+class Mark:
+    project_id: str | None
+    version: int
+
+
+@dataclass(slots=True)
+class TouchedObjects:
+    """Everything one batch asks the document builder to rebuild or remove."""
+
+    objects: dict[tuple[ObjectKind, str], Mark] = field(default_factory=dict)
+    api_keys: dict[str, Mark] = field(default_factory=dict)
+    # Alias values a change took away (old voucher codes, old customer source ids): their
+    # alias keys get a versioned tombstone unless the rebuilt documents claim them again.
+    removed_codes: dict[tuple[str, str], int] = field(default_factory=dict)
+    removed_source_ids: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Fan-out that needs the source to resolve: campaigns whose name every voucher shows,
+    # projects whose auto-update segments must be evaluated again for every customer.
+    renamed_campaigns: dict[str, int] = field(default_factory=dict)
+    resegmented_projects: dict[str, int] = field(default_factory=dict)
+    truncated_tables: dict[str, int] = field(default_factory=dict)
+
+    def mark(self, kind: ObjectKind, object_id: Any, project_id: Any, version: int) -> None:
+        if object_id is None:
+            return
+        key = (kind, str(object_id))
+        current = self.objects.get(key)
+        if current is None:
+            self.objects[key] = Mark(_text(project_id), version)
+            return
+        current.version = max(current.version, version)
+        if current.project_id is None:
+            current.project_id = _text(project_id)
+
+    def mark_api_key(self, app_id: Any, project_id: Any, version: int) -> None:
+        current = self.api_keys.get(str(app_id))
+        if current is None:
+            self.api_keys[str(app_id)] = Mark(_text(project_id), version)
+        else:
+            current.version = max(current.version, version)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.objects
+            or self.api_keys
+            or self.removed_codes
+            or self.removed_source_ids
+            or self.renamed_campaigns
+            or self.resegmented_projects
+            or self.truncated_tables
+        )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _get(row: Mapping[str, Any] | None, column: str) -> Any:
+    return None if row is None else row.get(column)
+
+
+def _changed(change: RowChangeLike, column: str) -> bool:
+    """True when the column may differ between the old and the new row.
+
+    Without an old row (a table whose replica identity is not FULL) nothing proves the
+    value unchanged, so the answer is the safe one.
+    """
+    if change.op != "update":
+        return True
+    if change.old is None or change.new is None:
+        return True
+    return _get(change.old, column) != _get(change.new, column)
+
+
+def collect_touched(
+    changes: Iterable[tuple[int, RowChangeLike]], into: TouchedObjects | None = None
+) -> TouchedObjects:
+    """Fold ``(commit_lsn, change)`` pairs, in commit order, into the objects they touch."""
+    touched = into if into is not None else TouchedObjects()
+    for version, change in changes:
+        handler = _HANDLERS.get(change.table)
+        if change.op == "truncate":
+            touched.truncated_tables[change.table] = version
+        elif handler is not None:
+            handler(touched, change, version)
+    return touched
+
+
+def _rows(change: RowChangeLike) -> tuple[Mapping[str, Any], ...]:
+    return tuple(row for row in (change.old, change.new) if row is not None)
+
+
+def _on_voucher(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:
+    rows = _rows(change)
+    for row in rows:
+        touched.mark(ObjectKind.VOUCHER, row.get("id"), row.get("project_id"), version)
+    old = change.old
+    if (
+        old is not None
+        and old.get("code") is not None
+        and (change.op == "delete" or _changed(change, "code"))
+    ):
+        touched.removed_codes[(str(old["project_id"]), str(old["code"]))] = version
+    if _changed(change, "campaign_id"):
+        for row in rows:
+            touched.mark(
+                ObjectKind.CAMPAIGN, row.get("campaign_id"), row.get("project_id"), version
+            )
+    # A holder's loyalty points are the sum of the balances of the cards it holds.
+    if any(row.get("type") == LOYALTY_CARD for row in rows) or change.old is None:
+        for row in rows:
+            touched.mark(ObjectKind.CUSTOMER, row.get("holder_id"), row.get("project_id"), version)
+
+
+def _on_customer(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:
+    for row in _rows(change):
+        touched.mark(ObjectKind.CUSTOMER, row.get("id"), row.get("project_id"), version)
+    old = change.old
+    if (
+        old is not None
+        and old.get("source_id") is not None
+        and (change.op == "delete" or _changed(change, "source_id"))
+    ):
+        touched.removed_source_ids[(str(old["project_id"]), str(old["source_id"]))] = version
+    # An auto-update segment's members are the customers matching its filter: only the
+    # changed customer can enter or leave one, and its rebuild evaluates every filter.
+
+
+def _on_campaign(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:
+    for row in _rows(change):
+        touched.mark(ObjectKind.CAMPAIGN, row.get("id"), row.get("project_id"), version)
+    if change.op == "update" and _changed(change, "name") and change.new is not None:
+        campaign_id = str(change.new["id"])
+        touched.renamed_campaigns[campaign_id] = max(
+            version, touched.renamed_campaigns.get(campaign_id, 0)
+        )
+
+
+def _on_redemption(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:
+    for row in _rows(change):
+        touched.mark(ObjectKind.CUSTOMER, row.get("customer_id"), row.get("project_id"), version)
+
+
+def _on_segment(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:
+    rows = _rows(change)
+    for row in rows:
+        touched.mark(ObjectKind.SEGMENT, row.get("id"), row.get("project_id"), version)
+    membership_may_change = any(row.get("type") == AUTO_UPDATE for row in rows) and (
+        change.op != "update" or _changed(change, "filter") or _changed(change, "type")
+    )
+    if membership_may_change or (change.old is None and change.op == "update"):
+        for row in rows:
+            project_id = row.get("project_id")
+            if project_id is not None:
+                touched.resegmented_projects[str(project_id)] = max(
+                    version, touched.resegmented_projects.get(str(project_id), 0)
+                )
+
+
+def _on_segment_member(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:
+    for row in _rows(change):
+        touched.mark(ObjectKind.CUSTOMER, row.get("customer_id"), None, version)
+
+
+def _on_api_key(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:
+    for row in _rows(change):
+        touched.mark_api_key(row.get("id"), row.get("project_id"), version)
+
+
+_HANDLERS = {
+    "vouchers": _on_voucher,
+    "customers": _on_customer,
+    "campaigns": _on_campaign,
+    "redemptions": _on_redemption,
+    "segments": _on_segment,
+    "segment_members": _on_segment_member,
+    "api_keys": _on_api_key,
+}
+
+WATCHED_TABLES: tuple[str, ...] = (
+    "projects",
+    "api_keys",
+    "customers",
+    "campaigns",
+    "vouchers",
+    "redemptions",
+    "segments",
+    "segment_members",
+)

@@ -1,0 +1,221 @@
+"""The ``indexer run | status | drop`` sub-commands: wiring settings to clients and loops."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import psycopg
+import redis.asyncio as aioredis
+from elasticsearch import AsyncElasticsearch
+from prometheus_client import start_http_server
+
+from cache.keys import KeyLayout
+from cache.logs import configure_logging
+from cache.store import CacheStore
+from cache.types import Lsn
+from indexer.changes import WATCHED_TABLES
+from indexer.errors import IndexerError
+from indexer.pgoutput import ChangeDecoder
+from indexer.runner import Indexer
+from indexer.settings import ENVIRONMENT_HELP, IndexerSettings
+from indexer.sinks.elastic import INDEXED_KINDS, ElasticSink
+from indexer.sinks.redis import RedisSink
+from indexer.slot import drop_publication, drop_slot, peek_changes, slot_exists, slot_status
+
+log = logging.getLogger("indexer")
+
+
+@dataclass
+class Clients:
+    search: ElasticSink
+    cache: RedisSink
+    redis: aioredis.Redis
+    elastic: AsyncElasticsearch
+
+
+@contextlib.asynccontextmanager
+async def open_clients(settings: IndexerSettings) -> AsyncIterator[Clients]:
+    elastic = AsyncElasticsearch(settings.es_url, request_timeout=30, retry_on_timeout=False)
+    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    store = CacheStore(client, KeyLayout(settings.redis_key_prefix))
+    try:
+        yield Clients(
+            ElasticSink(
+                elastic, settings.es_index_prefix, refresh_interval=settings.es_refresh_interval
+            ),
+            RedisSink(store),
+            client,
+            elastic,
+        )
+    finally:
+        await client.aclose()
+        await elastic.close()
+
+
+async def run_until_stopped(settings: IndexerSettings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # The batch in progress completes (both sinks, then the slot) before the loop ends.
+        loop.add_signal_handler(signum, stop.set)
+    async with open_clients(settings) as clients:
+        indexer = Indexer(settings, clients.search, clients.cache)
+        await indexer.run(stop)
+    log.info("indexer stopped")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = IndexerSettings.from_env()
+    configure_logging(args.log_level)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    try:
+        import uvloop
+
+        return uvloop.run(run_until_stopped(settings))
+    except ImportError:
+        return asyncio.run(run_until_stopped(settings))
+
+
+async def gather_status(settings: IndexerSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {"slot": settings.slot_name, "publication": settings.publication}
+    async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
+        if await slot_exists(conn, settings.slot_name):
+            status = await slot_status(conn, settings.slot_name)
+            out.update(
+                active=status.active,
+                confirmed_flush_lsn=str(status.confirmed_flush_lsn),
+                wal_lsn=str(status.wal_lsn),
+                lag_bytes=status.lag_bytes,
+                retained_wal_bytes=status.retained_wal_bytes,
+                wal_status=status.wal_status,
+            )
+        else:
+            out["slot_exists"] = False
+        rows: dict[str, int] = {}
+        for table in WATCHED_TABLES:
+            cursor = await conn.execute(
+                psycopg.sql.SQL("SELECT count(*) FROM {}").format(psycopg.sql.Identifier(table))
+            )
+            row = await cursor.fetchone()
+            rows[table] = int(row[0]) if row else 0
+        out["rows"] = rows
+        if out.get("lag_bytes"):
+            out["lag_seconds"] = await _oldest_pending_age(conn, settings)
+    async with open_clients(settings) as clients:
+        watermark = await clients.cache.store.get_watermark()
+        out["applied_watermark"] = None if watermark is None else str(Lsn(watermark))
+        documents: dict[str, int] = {}
+        for kind in INDEXED_KINDS:
+            try:
+                documents[kind.value] = await clients.search.count(kind)
+            except IndexerError:
+                documents[kind.value] = -1
+        out["documents"] = documents
+    return out
+
+
+async def _oldest_pending_age(
+    conn: psycopg.AsyncConnection[Any], settings: IndexerSettings
+) -> float | None:
+    """Age of the oldest commit the slot still holds for the indexer (None: none pending)."""
+    try:
+        rows = await peek_changes(conn, settings.slot_name, settings.publication, 1)
+    except IndexerError:
+        return None  # the indexer holds the slot this instant; the bytes figure stands
+    decoder = ChangeDecoder()
+    for _lsn, _xid, data in rows:
+        transaction = decoder.feed(data)
+        if transaction is not None:
+            age = datetime.now(UTC) - transaction.commit_time
+            return round(max(0.0, age.total_seconds()), 3)
+    return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = IndexerSettings.from_env()
+    status = asyncio.run(gather_status(settings))
+    if args.json:
+        print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for key, value in status.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for sub_key, sub_value in value.items():
+                print(f"  {sub_key:<16} {sub_value}")
+        else:
+            print(f"{key:<20} {value}")
+    return 0
+
+
+async def drop_everything(settings: IndexerSettings) -> list[str]:
+    dropped: list[str] = []
+    async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
+        if await drop_slot(conn, settings.slot_name):
+            dropped.append(f"slot {settings.slot_name}")
+        await drop_publication(conn, settings.publication)
+        dropped.append(f"publication {settings.publication}")
+    async with open_clients(settings) as clients:
+        await clients.search.drop_indices()
+        dropped.append(f"indices {settings.es_index_prefix}*")
+    return dropped
+
+
+def _drop(args: argparse.Namespace) -> int:
+    settings = IndexerSettings.from_env()
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("indexer drop: refusing without --yes (no terminal to confirm)", file=sys.stderr)
+            return 2
+        answer = input(
+            f"Drop slot {settings.slot_name}, publication {settings.publication} and indices "
+            f"{settings.es_index_prefix}*? [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            print("indexer drop: nothing dropped", file=sys.stderr)
+            return 1
+    for item in asyncio.run(drop_everything(settings)):
+        print(f"dropped {item}")
+    return 0
+
+
+def add_command(subparsers: Any) -> None:
+    epilog = ENVIRONMENT_HELP
+    run = subparsers.add_parser(
+        "run",
+        help="run the indexer daemon",
+        description="Capture changes from the slot and apply them to Elasticsearch and Redis. "
+        "Creates publication, slot and indices (with an initial load) when absent. "
+        "SIGTERM finishes the current batch, then exits.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--log-level", default="INFO", help="log level (default: INFO)")
+    run.set_defaults(handler=_run)
+    status = subparsers.add_parser(
+        "status",
+        help="show slot, lag, watermark and document counts",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_status)
+    drop = subparsers.add_parser(
+        "drop",
+        help="remove the slot, the publication and the indices",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    drop.set_defaults(handler=_drop)

@@ -1,0 +1,238 @@
+"""Build the API objects of API.md §3 and their search fields from recomputed source rows.
+
+Pure functions over the rows of ``sql/documents.sql``: no I/O here. A document has two
+parts: ``body``, the API object exactly as the read API serves it, and ``fields``, the flat,
+bounded set of values Elasticsearch indexes for lists, filters and search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cache.types import ObjectKind
+
+Row = Mapping[str, Any]
+SegmentMatcher = Callable[[Mapping[str, Any]], bool]
+
+# Bounds on what tenant metadata may add to an indexed document: a tenant with thousands of
+# keys or huge values must not grow the mapping or a document without limit.
+MAX_METADATA_PAIRS = 64
+MAX_METADATA_DEPTH = 3
+MAX_INDEXED_STRING = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    kind: ObjectKind
+    project_id: str
+    object_id: str
+    body: dict[str, Any]
+    fields: dict[str, Any]
+
+
+def iso_timestamp(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with microseconds and a ``Z``: the instant Postgres stored, unrounded."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def epoch_micros(value: datetime) -> int:
+    """Exact sort key: Elasticsearch dates keep milliseconds, Postgres keeps microseconds."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _pair_or_none(first: Any, second: Any, first_name: str, second_name: str) -> Any:
+    if first is None and second is None:
+        return None
+    return {first_name: first, second_name: second}
+
+
+def voucher_document(row: Row) -> Document:
+    body = {
+        "id": row["id"],
+        "code": row["code"],
+        "object": "voucher",
+        "campaign": row["campaign_name"],
+        "campaign_id": row["campaign_id"],
+        "type": row["type"],
+        "discount": row["discount"],
+        "gift": _pair_or_none(row["gift_amount"], row["gift_balance"], "amount", "balance"),
+        "loyalty_card": _pair_or_none(
+            row["loyalty_points"], row["loyalty_balance"], "points", "balance"
+        ),
+        "start_date": iso_timestamp(row["start_date"]),
+        "expiration_date": iso_timestamp(row["expiration_date"]),
+        "active": row["active"],
+        "redemption": {
+            "quantity": row["redemption_quantity"],
+            "redeemed_quantity": row["redeemed_quantity"],
+        },
+        "holder_id": row["holder_id"],
+        "metadata": row["metadata"],
+        "created_at": iso_timestamp(row["created_at"]),
+        "updated_at": iso_timestamp(row["updated_at"]),
+    }
+    metadata = row["metadata"] or {}
+    fields = {
+        "code": row["code"],
+        "code_lower": row["code"].lower(),
+        "campaign_id": row["campaign_id"],
+        "holder_id": row["holder_id"],
+        "type": row["type"],
+        "active": row["active"],
+        "created_at": body["created_at"],
+        "created_at_us": epoch_micros(row["created_at"]),
+        "metadata_kv": metadata_pairs(metadata),
+        "search_text": " ".join([row["code"], *metadata_strings(metadata)]),
+    }
+    return Document(ObjectKind.VOUCHER, row["project_id"], row["id"], body, fields)
+
+
+def customer_body(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "source_id": row["source_id"],
+        "object": "customer",
+        "name": row["name"],
+        "email": row["email"],
+        "phone": row["phone"],
+        "address": row["address"],
+        "metadata": row["metadata"],
+        "summary": {
+            "redemptions": {
+                "total_redeemed": int(row["total_redeemed"] or 0),
+                "total_succeeded": int(row["total_succeeded"] or 0),
+                "total_failed": int(row["total_failed"] or 0),
+                "gift": {"redeemed_amount": int(row["redeemed_amount"] or 0)},
+                "loyalty_card": {"redeemed_points": int(row["redeemed_points"] or 0)},
+            }
+        },
+        "loyalty": {"points": int(row["loyalty_points"] or 0)},
+        "created_at": iso_timestamp(row["created_at"]),
+        "updated_at": iso_timestamp(row["updated_at"]),
+    }
+
+
+def customer_document(row: Row, auto_segments: Iterable[tuple[str, SegmentMatcher]]) -> Document:
+    """``auto_segments`` holds the compiled filters of the project's auto-update segments."""
+    body = customer_body(row)
+    segment_ids = set(row["static_segment_ids"] or ())
+    segment_ids.update(seg_id for seg_id, matches in auto_segments if matches(body))
+    metadata = row["metadata"] or {}
+    fields = {
+        "source_id": row["source_id"],
+        "email_lower": row["email"].lower() if row["email"] else None,
+        "created_at": body["created_at"],
+        "created_at_us": epoch_micros(row["created_at"]),
+        "segment_ids": sorted(segment_ids),
+        "metadata_kv": metadata_pairs(metadata),
+        "search_text": " ".join(
+            part for part in (row["name"], row["email"], row["source_id"]) if part
+        ),
+    }
+    return Document(ObjectKind.CUSTOMER, row["project_id"], row["id"], body, fields)
+
+
+def campaign_document(row: Row) -> Document:
+    body = {
+        "id": row["id"],
+        "name": row["name"],
+        "type": row["type"],
+        "active": row["active"],
+        "start_date": iso_timestamp(row["start_date"]),
+        "expiration_date": iso_timestamp(row["expiration_date"]),
+        "metadata": row["metadata"],
+        "vouchers_count": int(row["vouchers_count"]),
+        "created_at": iso_timestamp(row["created_at"]),
+        "updated_at": iso_timestamp(row["updated_at"]),
+        "object": "campaign",
+    }
+    fields = {"type": row["type"], "created_at": body["created_at"]}
+    return Document(ObjectKind.CAMPAIGN, row["project_id"], row["id"], body, fields)
+
+
+def segment_document(row: Row) -> Document:
+    """``count`` is not part of the stored body: membership lives on customer documents and
+    the read API counts it, so a customer change never has to rewrite its segments."""
+    body = {
+        "id": row["id"],
+        "name": row["name"],
+        "type": row["type"],
+        "filter": row["filter"],
+        "created_at": iso_timestamp(row["created_at"]),
+        "object": "segment",
+    }
+    fields = {"type": row["type"], "name": row["name"], "created_at": body["created_at"]}
+    return Document(ObjectKind.SEGMENT, row["project_id"], row["id"], body, fields)
+
+
+def metadata_strings(metadata: Any, depth: int = 0) -> list[str]:
+    """Leaf values of the metadata as text, for the bounded full-text field."""
+    out: list[str] = []
+    if depth > MAX_METADATA_DEPTH:
+        return out
+    if isinstance(metadata, Mapping):
+        for value in metadata.values():
+            out.extend(metadata_strings(value, depth + 1))
+    elif isinstance(metadata, list):
+        for value in metadata[:MAX_METADATA_PAIRS]:
+            out.extend(metadata_strings(value, depth + 1))
+    elif isinstance(metadata, bool):
+        out.append("true" if metadata else "false")
+    elif isinstance(metadata, str | int | float):
+        out.append(str(metadata)[:MAX_INDEXED_STRING])
+    return out[:MAX_METADATA_PAIRS]
+
+
+def metadata_pairs(metadata: Any) -> list[dict[str, Any]]:
+    """Flatten tenant metadata into typed key/value pairs (a nested field in the index).
+
+    One field per value kind keeps comparisons typed (numbers, dates, strings, booleans)
+    while the mapping stays fixed whatever keys the tenants invent.
+    """
+    pairs: list[dict[str, Any]] = []
+    _collect_pairs(metadata, "", 0, pairs)
+    return pairs[:MAX_METADATA_PAIRS]
+
+
+def _collect_pairs(value: Any, path: str, depth: int, out: list[dict[str, Any]]) -> None:
+    if len(out) >= MAX_METADATA_PAIRS or depth > MAX_METADATA_DEPTH:
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _collect_pairs(item, f"{path}.{key}" if path else str(key), depth + 1, out)
+        return
+    if not path:
+        return
+    if isinstance(value, bool):
+        out.append({"k": path, "b": value})
+    elif isinstance(value, int | float):
+        out.append({"k": path, "n": value})
+    elif isinstance(value, str):
+        pair: dict[str, Any] = {"k": path, "s": value[:MAX_INDEXED_STRING]}
+        if _looks_like_date(value):
+            pair["d"] = value
+        out.append(pair)
+    elif isinstance(value, list):
+        for item in value[:MAX_METADATA_PAIRS]:
+            if not isinstance(item, Mapping | list):
+                _collect_pairs(item, path, depth + 1, out)
+
+
+def _looks_like_date(value: str) -> bool:
+    if len(value) < 10 or value[4] != "-" or value[7] != "-":
+        return False
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,31 @@
+"""Prometheus metrics of the indexer, served on their own HTTP port by ``indexer run``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CHANGES = Counter("indexer_changes_total", "Row changes decoded from the slot", ["table"])
+TRANSACTIONS = Counter("indexer_transactions_total", "Transactions applied to every sink")
+BATCH_CHANGES = Histogram(
+    "indexer_batch_changes",
+    "Row changes per applied batch",
+    buckets=(1, 10, 50, 100, 500, 1000, 5000, 20000),
+)
+APPLY_SECONDS = Histogram(
+    "indexer_apply_seconds",
+    "Time from peek to slot advance for one batch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DOCUMENTS_WRITTEN = Counter(
+    "indexer_documents_written_total", "Documents and removals written", ["sink", "kind"]
+)
+RETRIES = Counter("indexer_retries_total", "Batch attempts that failed and were retried", ["cause"])
+LAG_BYTES = Gauge("indexer_lag_bytes", "WAL bytes between the server's position and the slot")
+LAG_SECONDS = Gauge("indexer_lag_seconds", "Age of the newest applied commit when applied")
+WATERMARK = Gauge("indexer_applied_watermark", "Applied watermark (LSN as an integer)")
+INVALID_FILTERS = Counter(
+    "indexer_invalid_segment_filters_total", "Segment filters that could not be compiled"
+)
+REJECTED_DOCUMENTS = Counter(
+    "indexer_rejected_documents_total", "Documents Elasticsearch refused for good"
+)

@@ -1,0 +1,219 @@
+"""The capture loop: peek a bounded batch from the slot, apply it to both sinks, advance.
+
+The slot is advanced only after Elasticsearch and Redis both acknowledged the batch, so a
+crash replays it; every write is versioned by commit LSN, so the replay changes nothing.
+When the watched tables are idle, the slot still moves to a captured ``pg_current_wal_lsn()``
+(heartbeat), keeping WAL retention bounded while other tables take writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from cache.types import Lsn
+from indexer import metrics
+from indexer.changes import WATCHED_TABLES, TouchedObjects, collect_touched
+from indexer.errors import SinkUnavailable, SourceUnavailable
+from indexer.pgoutput import ChangeDecoder, Transaction
+from indexer.rebuild import Rebuilder, SinkWrites
+from indexer.retry import Backoff
+from indexer.settings import IndexerSettings
+from indexer.sinks.elastic import ElasticSink, RejectedDocuments
+from indexer.sinks.redis import RedisSink
+from indexer.slot import (
+    advance_slot,
+    current_wal_lsn,
+    ensure_publication,
+    peek_changes,
+    slot_exists,
+)
+from indexer.snapshot import initial_load
+from indexer.source import DocumentSource
+
+log = logging.getLogger(__name__)
+
+# Faults the loop waits out: the batch is attempted again from the slot after a backoff.
+RETRYABLE = (SourceUnavailable, SinkUnavailable, psycopg.OperationalError, OSError)
+
+BatchHook = Callable[[list[Transaction]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    transactions: int
+    changes: int
+    watermark: Lsn | None
+    full: bool
+
+
+class Indexer:
+    """One consumer of one slot, writing to one search sink and one cache sink."""
+
+    def __init__(self, settings: IndexerSettings, search: ElasticSink, cache: RedisSink) -> None:
+        self._settings = settings
+        self._search = search
+        self._cache = cache
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self.watermark: Lsn | None = None
+        # Test hook: awaited after the sinks applied a batch and before the slot advances.
+        self.before_advance: BatchHook | None = None
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self._settings.pg_dsn, autocommit=True, options="-c timezone=UTC"
+                )
+            except psycopg.OperationalError as error:
+                raise SourceUnavailable(f"postgres: {error}") from error
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def prepare(self) -> None:
+        """Publication, slot and indices in place; runs the initial load when needed."""
+        conn = await self._connection()
+        await ensure_publication(conn, self._settings.publication, WATCHED_TABLES)
+        meta = await self._search.indices_ready()
+        has_slot = await slot_exists(conn, self._settings.slot_name)
+        complete = (
+            meta is not None
+            and meta.get("state") == "complete"
+            and meta.get("slot") == self._settings.slot_name
+        )
+        if has_slot and complete:
+            return
+        log.info(
+            "initial load needed",
+            extra={"slot_exists": has_slot, "index_meta": meta},
+        )
+        point = await initial_load(self._settings, conn, self._search, self._cache)
+        self.watermark = point
+
+    async def step(self) -> StepResult:
+        """Peek, apply and advance once; returns what was done."""
+        conn = await self._connection()
+        started = time.perf_counter()
+        upto = await current_wal_lsn(conn)
+        rows = await peek_changes(
+            conn,
+            self._settings.slot_name,
+            self._settings.publication,
+            self._settings.batch_changes,
+            upto_lsn=upto,
+        )
+        full = len(rows) >= self._settings.batch_changes
+        decoder = ChangeDecoder()
+        transactions: list[Transaction] = []
+        for _lsn, _xid, data in rows:
+            transaction = decoder.feed(data)
+            if transaction is not None:
+                transactions.append(transaction)
+        if not transactions and full:
+            # One transaction larger than a batch: the peek stopped inside it. Widen until it
+            # fits; upto_nchanges only stops at transaction ends, so this cannot loop forever.
+            raise SourceUnavailable("peek returned no whole transaction")
+        changes = sum(len(t.changes) for t in transactions)
+        if transactions:
+            await self.apply(transactions)
+        if self.before_advance is not None:
+            await self.before_advance(transactions)
+        # A batch that did not fill up holds every transaction committed before ``upto``:
+        # the slot and the watermark may move to ``upto`` itself (this is the heartbeat).
+        target = upto if not full else transactions[-1].end_lsn
+        await advance_slot(conn, self._settings.slot_name, target)
+        await self._cache.set_watermark(target)
+        self.watermark = target
+        metrics.WATERMARK.set(int(target))
+        if transactions:
+            metrics.TRANSACTIONS.inc(len(transactions))
+            metrics.BATCH_CHANGES.observe(changes)
+            metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
+            newest = transactions[-1].commit_time
+            metrics.LAG_SECONDS.set(max(0.0, time.time() - newest.timestamp()))
+        return StepResult(len(transactions), changes, target, full)
+
+    async def apply(self, transactions: list[Transaction]) -> None:
+        """Apply whole transactions, in commit order, to both sinks."""
+        conn = await self._connection()
+        touched = TouchedObjects()
+        for transaction in transactions:
+            for change in transaction.changes:
+                metrics.CHANGES.labels(change.table).inc()
+            collect_touched(
+                ((int(transaction.commit_lsn), c) for c in transaction.changes), touched
+            )
+        if not touched:
+            return
+        rebuilder = Rebuilder(
+            DocumentSource(conn),
+            chunk_ids=self._settings.rebuild_chunk_ids,
+            on_invalid_filter=lambda _segment, _reason: metrics.INVALID_FILTERS.inc(),
+        )
+        await rebuilder.expand(touched, self._search.ids_of_kind)
+        async for chunk in rebuilder.writes(touched):
+            await self._write_both(chunk)
+
+    async def _write_both(self, chunk: SinkWrites) -> None:
+        await asyncio.gather(self._write_search(chunk), self._cache.apply(chunk))
+
+    async def _write_search(self, chunk: SinkWrites) -> None:
+        from indexer.sinks.elastic import VersionedDelete
+
+        deletes = [VersionedDelete(r.kind, r.object_id, r.version) for r in chunk.removed]
+        try:
+            await self._search.apply(chunk.documents, deletes)
+        except RejectedDocuments as error:
+            # A document Elasticsearch refuses for good is a bug to see, not an outage to
+            # wait for: holding the slot would stop every tenant's freshness on one row.
+            metrics.REJECTED_DOCUMENTS.inc(len(error.failures))
+            log.error("documents rejected", extra={"failures": error.failures[:5]})
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Loop until ``stop`` is set; the batch in progress is finished first."""
+        backoff = Backoff()
+        state = "starting"
+        prepared = False
+        while not stop.is_set():
+            try:
+                if not prepared:
+                    await self.prepare()
+                    prepared = True
+                result = await self.step()
+            except RETRYABLE as error:
+                cause = type(error).__name__
+                metrics.RETRIES.labels(cause).inc()
+                if state != "waiting":
+                    log.warning("indexer waiting for a dependency", extra={"reason": str(error)})
+                    state = "waiting"
+                await self._drop_connection()
+                await backoff.wait(stop)
+                continue
+            if state != "running":
+                log.info("indexer running", extra={"watermark": str(self.watermark)})
+                state = "running"
+            backoff.reset()
+            if not result.full and result.transactions == 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self._settings.idle_sleep_ms / 1000)
+                except TimeoutError:
+                    pass
+        await self.close()
+
+    async def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                await self._conn.close()
+            except Exception:
+                log.debug("closing a broken connection failed", exc_info=True)
+            self._conn = None

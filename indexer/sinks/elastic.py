@@ -1,0 +1,238 @@
+"""The search sink: versioned bulk writes of documents into Elasticsearch.
+
+Every write carries ``version_type=external_gte`` with the commit LSN as version, so an
+older write is refused by Elasticsearch itself and a replayed batch changes nothing.
+Indices are versioned (``<prefix>vouchers_v1``) behind an alias that readers use.
+Driver errors are wrapped here into :class:`SinkUnavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import elasticsearch
+from elasticsearch import AsyncElasticsearch
+
+from cache.types import ObjectKind
+from indexer.documents import Document
+from indexer.errors import SinkUnavailable
+from indexer.sinks.elastic_mappings import index_mappings, index_settings
+
+log = logging.getLogger(__name__)
+
+INDEXED_KINDS: tuple[ObjectKind, ...] = (
+    ObjectKind.VOUCHER,
+    ObjectKind.CUSTOMER,
+    ObjectKind.CAMPAIGN,
+    ObjectKind.SEGMENT,
+)
+
+# Statuses after which retrying the same item cannot succeed: a mapping or validation error
+# is a bug to report, not an outage to wait out.
+_PERMANENT_ITEM_ERRORS = frozenset({400})
+_TRANSPORT_ERRORS = (
+    elasticsearch.ConnectionError,
+    elasticsearch.ConnectionTimeout,
+    elasticsearch.TransportError,
+)
+
+
+class RejectedDocuments(Exception):
+    """Elasticsearch refused some documents for good (mapping errors): reported, not retried."""
+
+    def __init__(self, failures: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(failures)} documents rejected, first: {failures[0]}")
+        self.failures = failures
+
+
+@dataclass(frozen=True, slots=True)
+class VersionedDelete:
+    kind: ObjectKind
+    object_id: str
+    version: int
+
+
+def alias_name(prefix: str, kind: ObjectKind) -> str:
+    return f"{prefix}{kind.value}s"
+
+
+class ElasticSink:
+    def __init__(
+        self, client: AsyncElasticsearch, prefix: str, *, refresh_interval: str = "250ms"
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._refresh_interval = refresh_interval
+
+    @property
+    def client(self) -> AsyncElasticsearch:
+        return self._client
+
+    def alias(self, kind: ObjectKind) -> str:
+        return alias_name(self._prefix, kind)
+
+    async def indices_ready(self) -> dict[str, Any] | None:
+        """The ``_meta`` of the voucher index when every alias exists, else None."""
+        try:
+            aliases = [self.alias(kind) for kind in INDEXED_KINDS]
+            exists = await self._client.indices.exists_alias(name=",".join(aliases))
+            if not exists:
+                return None
+            found = await self._client.indices.get_alias(name=",".join(aliases))
+            if {a for body in found.values() for a in body["aliases"]} != set(aliases):
+                return None
+            mapping = await self._client.indices.get_mapping(index=self.alias(INDEXED_KINDS[0]))
+        except _TRANSPORT_ERRORS as error:
+            raise SinkUnavailable(f"elasticsearch: {error}") from error
+        for body in mapping.values():
+            meta: dict[str, Any] = body["mappings"].get("_meta", {})
+            return meta
+        return None
+
+    async def create_indices(self, generation: int, meta: dict[str, Any]) -> None:
+        """Create a fresh generation of every index and point the aliases at it.
+
+        Old generations behind the aliases are removed in the same alias call, so readers
+        switch atomically; this is only used for a first load or a forced rebuild.
+        """
+        actions: list[dict[str, Any]] = []
+        try:
+            for kind in INDEXED_KINDS:
+                name = f"{self.alias(kind)}_v{generation}"
+                await self._client.options(ignore_status=404).indices.delete(index=name)
+                mappings = {**index_mappings(kind), "_meta": meta}
+                await self._client.indices.create(
+                    index=name,
+                    settings=index_settings(self._refresh_interval),
+                    mappings=mappings,
+                )
+                old = await self._client.options(ignore_status=404).indices.get_alias(
+                    name=self.alias(kind)
+                )
+                for old_index in old.body if old.meta.status == 200 else {}:
+                    actions.append({"remove": {"index": old_index, "alias": self.alias(kind)}})
+                actions.append({"add": {"index": name, "alias": self.alias(kind)}})
+            await self._client.indices.update_aliases(actions=actions)
+        except _TRANSPORT_ERRORS as error:
+            raise SinkUnavailable(f"elasticsearch: {error}") from error
+
+    async def set_meta(self, meta: dict[str, Any]) -> None:
+        try:
+            for kind in INDEXED_KINDS:
+                await self._client.indices.put_mapping(index=self.alias(kind), meta=meta)
+        except _TRANSPORT_ERRORS as error:
+            raise SinkUnavailable(f"elasticsearch: {error}") from error
+
+    async def drop_indices(self) -> None:
+        try:
+            for kind in INDEXED_KINDS:
+                await self._client.options(ignore_status=404).indices.delete(
+                    index=f"{self.alias(kind)}_v*", expand_wildcards="all"
+                )
+        except _TRANSPORT_ERRORS as error:
+            raise SinkUnavailable(f"elasticsearch: {error}") from error
+
+    async def apply(
+        self, documents: Sequence[tuple[Document, int]], deletes: Sequence[VersionedDelete]
+    ) -> int:
+        """Write documents and deletes; returns how many items Elasticsearch applied.
+
+        A version conflict means a newer version is already there: success. A delete of a
+        missing document still records its version: success. Transient item failures (429,
+        5xx) raise :class:`SinkUnavailable` so the whole batch is retried, which is safe
+        because every item is idempotent.
+        """
+        if not documents and not deletes:
+            return 0
+        operations: list[dict[str, Any]] = []
+        for document, version in documents:
+            operations.append(
+                {
+                    "index": {
+                        "_index": self.alias(document.kind),
+                        "_id": document.object_id,
+                        "version": version,
+                        "version_type": "external_gte",
+                    }
+                }
+            )
+            operations.append(
+                {
+                    "id": document.object_id,
+                    "project_id": document.project_id,
+                    "doc": document.body,
+                    **document.fields,
+                }
+            )
+        for delete in deletes:
+            operations.append(
+                {
+                    "delete": {
+                        "_index": self.alias(delete.kind),
+                        "_id": delete.object_id,
+                        "version": delete.version,
+                        "version_type": "external_gte",
+                    }
+                }
+            )
+        try:
+            response = await self._client.bulk(operations=operations)
+        except _TRANSPORT_ERRORS as error:
+            raise SinkUnavailable(f"elasticsearch: {error}") from error
+        if not response.get("errors"):
+            return len(response["items"])
+        applied = 0
+        transient: list[dict[str, Any]] = []
+        permanent: list[dict[str, Any]] = []
+        for item in response["items"]:
+            result = next(iter(item.values()))
+            status = int(result.get("status", 500))
+            if status < 300 or status in (404, 409):
+                applied += 1
+            elif status in _PERMANENT_ITEM_ERRORS:
+                permanent.append(result)
+            else:
+                transient.append(result)
+        if transient:
+            raise SinkUnavailable(f"elasticsearch refused {len(transient)} items: {transient[0]}")
+        if permanent:
+            raise RejectedDocuments(permanent)
+        return applied
+
+    async def ids_of_kind(self, kind: ObjectKind) -> AsyncIterator[tuple[str, str]]:
+        """Every ``(id, project_id)`` indexed for a kind, in pages (for truncations)."""
+        search_after: list[Any] | None = None
+        while True:
+            try:
+                page = await self._client.search(
+                    index=self.alias(kind),
+                    size=1000,
+                    source=["project_id"],
+                    sort=[{"id": "asc"}],
+                    search_after=search_after,
+                    query={"match_all": {}},
+                )
+            except _TRANSPORT_ERRORS as error:
+                raise SinkUnavailable(f"elasticsearch: {error}") from error
+            hits = page["hits"]["hits"]
+            for hit in hits:
+                yield hit["_id"], hit["_source"]["project_id"]
+            if len(hits) < 1000:
+                return
+            search_after = hits[-1]["sort"]
+
+    async def count(self, kind: ObjectKind) -> int:
+        try:
+            response = await self._client.count(index=self.alias(kind))
+        except _TRANSPORT_ERRORS as error:
+            raise SinkUnavailable(f"elasticsearch: {error}") from error
+        return int(response["count"])
+
+    async def refresh(self) -> None:
+        try:
+            await self._client.indices.refresh(index=",".join(self.alias(k) for k in INDEXED_KINDS))
+        except _TRANSPORT_ERRORS as error:
+            raise SinkUnavailable(f"elasticsearch: {error}") from error

@@ -1,0 +1,88 @@
+"""The cache sink: versioned writes of documents, aliases and API keys into Redis.
+
+Everything goes through ``cache.store.CacheStore`` (one Lua script keeps the newer version,
+deletes leave versioned tombstones, each batch publishes one invalidation message), so the
+read API's fills and the indexer's writes obey the same ordering rule.
+"""
+
+from __future__ import annotations
+
+from cache.codec import API_KEY_SCHEMA, api_key_to_data
+from cache.errors import CacheUnavailable
+from cache.keys import AliasKind
+from cache.records import ApiKeyRecord, Envelope, VersionedWrite
+from cache.store import CacheStore
+from cache.types import ObjectKind
+from indexer.errors import SinkUnavailable
+from indexer.rebuild import SinkWrites
+
+# Schema of the object envelopes' data: the API object as a msgpack map.
+DOCUMENT_SCHEMA = 1
+
+_ALIAS_OF_KIND = {
+    ObjectKind.VOUCHER: (AliasKind.VOUCHER_CODE, "code"),
+    ObjectKind.CUSTOMER: (AliasKind.CUSTOMER_SOURCE_ID, "source_id"),
+}
+
+
+def cache_writes(store: CacheStore, chunk: SinkWrites) -> list[VersionedWrite]:
+    """The Redis writes of one chunk, alias tombstones first.
+
+    A code released and claimed again in one batch gets its tombstone and then its new
+    alias at the same version; the versioned set lets the later write of equal version win.
+    """
+    layout = store.layout
+    writes: list[VersionedWrite] = []
+    for project_id, code, version in chunk.removed_codes:
+        key = layout.alias_key(project_id, AliasKind.VOUCHER_CODE, code)
+        writes.append(VersionedWrite(key, Envelope.tombstone(version)))
+    for project_id, source_id, version in chunk.removed_source_ids:
+        key = layout.alias_key(project_id, AliasKind.CUSTOMER_SOURCE_ID, source_id)
+        writes.append(VersionedWrite(key, Envelope.tombstone(version)))
+    for removed in chunk.removed:
+        key = layout.object_key(removed.project_id, removed.kind, removed.object_id)
+        writes.append(VersionedWrite(key, Envelope.tombstone(removed.version)))
+    for document, version in chunk.documents:
+        key = layout.object_key(document.project_id, document.kind, document.object_id)
+        writes.append(VersionedWrite(key, Envelope(version, DOCUMENT_SCHEMA, document.body)))
+        alias = _ALIAS_OF_KIND.get(document.kind)
+        if alias is not None:
+            alias_kind, field = alias
+            value = document.body.get(field)
+            if value is not None:
+                alias_key = layout.alias_key(document.project_id, alias_kind, str(value))
+                writes.append(
+                    VersionedWrite(
+                        alias_key, Envelope(version, DOCUMENT_SCHEMA, document.object_id)
+                    )
+                )
+    for row, version in chunk.api_keys:
+        record = ApiKeyRecord(
+            app_id=row.app_id,
+            project_id=row.project_id,
+            token_sha256=row.token_sha256,
+            rate_limit_per_minute=row.rate_limit_per_minute,
+            revoked=row.revoked,
+        )
+        envelope = Envelope(version, API_KEY_SCHEMA, api_key_to_data(record))
+        writes.append(VersionedWrite(layout.app_key(row.app_id), envelope))
+    for app_id, _project_id, version in chunk.removed_api_keys:
+        writes.append(VersionedWrite(layout.app_key(app_id), Envelope.tombstone(version)))
+    return writes
+
+
+class RedisSink:
+    def __init__(self, store: CacheStore) -> None:
+        self.store = store
+
+    async def apply(self, chunk: SinkWrites) -> int:
+        try:
+            return await self.store.apply_writes(cache_writes(self.store, chunk))
+        except CacheUnavailable as error:
+            raise SinkUnavailable(f"redis: {error}") from error
+
+    async def set_watermark(self, lsn: int) -> bool:
+        try:
+            return await self.store.set_watermark(lsn)
+        except CacheUnavailable as error:
+            raise SinkUnavailable(f"redis: {error}") from error

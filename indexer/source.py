@@ -1,0 +1,85 @@
+"""Reads of the source database for rebuilding documents (never for the read API).
+
+Every derived value is recomputed here from the source tables, in batches of ids; driver
+errors are wrapped into :class:`SourceUnavailable` at this boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, LiteralString, cast
+
+import psycopg
+from psycopg.rows import dict_row
+
+from cache.types import ObjectKind
+from indexer.errors import SourceUnavailable
+from indexer.queries import query
+
+_BY_IDS = {
+    ObjectKind.VOUCHER: "vouchers_by_ids",
+    ObjectKind.CUSTOMER: "customers_by_ids",
+    ObjectKind.CAMPAIGN: "campaigns_by_ids",
+    ObjectKind.SEGMENT: "segments_by_ids",
+}
+_PRIMARY_KEYS = {
+    ObjectKind.VOUCHER: "primary_keys_vouchers",
+    ObjectKind.CUSTOMER: "primary_keys_customers",
+    ObjectKind.CAMPAIGN: "primary_keys_campaigns",
+    ObjectKind.SEGMENT: "primary_keys_segments",
+}
+
+Row = dict[str, Any]
+AnyConnection = psycopg.AsyncConnection[Any]
+
+
+def _sql(name: str) -> LiteralString:
+    # Named queries come from files shipped with the package, never from input.
+    return cast(LiteralString, query(name))
+
+
+class DocumentSource:
+    """Document rows and fan-out ids, read on one connection (a snapshot's, or a live one)."""
+
+    def __init__(self, conn: AnyConnection) -> None:
+        self._conn = conn
+
+    async def _fetch(self, name: str, params: dict[str, Any]) -> list[Row]:
+        try:
+            async with self._conn.cursor(row_factory=dict_row) as cursor:
+                await cursor.execute(_sql(name), params)
+                return await cursor.fetchall()
+        except psycopg.OperationalError as error:
+            raise SourceUnavailable(f"postgres: {error}") from error
+
+    async def rows_by_ids(self, kind: ObjectKind, ids: Sequence[str]) -> list[Row]:
+        return await self._fetch(_BY_IDS[kind], {"ids": list(ids)})
+
+    async def api_keys_by_ids(self, ids: Sequence[str]) -> list[Row]:
+        return await self._fetch("api_keys_by_ids", {"ids": list(ids)})
+
+    async def voucher_ids_of_campaigns(self, campaign_ids: Sequence[str]) -> list[Row]:
+        return await self._fetch("voucher_ids_of_campaigns", {"ids": list(campaign_ids)})
+
+    async def customer_ids_of_projects(self, project_ids: Sequence[str]) -> list[Row]:
+        return await self._fetch("customer_ids_of_projects", {"project_ids": list(project_ids)})
+
+    async def auto_segments(self, project_ids: Sequence[str]) -> list[Row]:
+        return await self._fetch("auto_segments_of_projects", {"project_ids": list(project_ids)})
+
+    async def primary_key_chunks(self, name: str, chunk_size: int) -> AsyncIterator[list[str]]:
+        """Primary keys of a table in order, through a server-side cursor: memory stays
+        bounded by one chunk whatever the table size."""
+        try:
+            async with self._conn.cursor(name=f"pk_{name}") as cursor:
+                await cursor.execute(_sql(name))
+                while True:
+                    rows = await cursor.fetchmany(chunk_size)
+                    if not rows:
+                        return
+                    yield [str(row[0]) for row in rows]
+        except psycopg.OperationalError as error:
+            raise SourceUnavailable(f"postgres: {error}") from error
+
+    def primary_keys_query(self, kind: ObjectKind) -> str:
+        return _PRIMARY_KEYS[kind]

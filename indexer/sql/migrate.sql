@@ -1,0 +1,20 @@
+-- Bookkeeping of `indexer migrate`: which migration files have been applied.
+
+-- name: migrations_lock
+-- One runner at a time: a second `indexer migrate` waits here, then finds nothing pending.
+SELECT pg_advisory_lock(hashtextextended('loyalty.schema_migrations', 0))
+
+-- name: migrations_unlock
+SELECT pg_advisory_unlock(hashtextextended('loyalty.schema_migrations', 0))
+
+-- name: create_schema_migrations
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    name       text        PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: applied_migrations
+SELECT name FROM schema_migrations
+
+-- name: record_migration
+INSERT INTO schema_migrations (name, applied_at) VALUES (%(name)s, now())

@@ -1,0 +1,66 @@
+-- Change capture: publication, logical replication slot, snapshot export and slot reads.
+-- Queries with {placeholders} take identifiers composed by psycopg.sql in indexer/slot.py;
+-- the others take bind parameters. LSNs travel as text ('X/Y') and are cast here.
+
+-- name: publication_exists
+SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = %(publication)s)
+
+-- name: publication_tables
+SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %(publication)s
+
+-- name: create_publication
+CREATE PUBLICATION {publication} FOR TABLE {tables}
+
+-- name: publication_add_tables
+ALTER PUBLICATION {publication} ADD TABLE {tables}
+
+-- name: drop_publication
+DROP PUBLICATION IF EXISTS {publication}
+
+-- name: slot_exists
+SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = %(slot)s)
+
+-- name: create_slot_exporting_snapshot
+CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT 'export')
+
+-- name: snapshot_reader_begin
+BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY
+
+-- name: snapshot_reader_isolation
+-- For a connection that is not in autocommit: the driver has just sent BEGIN.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
+
+-- name: snapshot_reader_import
+SET TRANSACTION SNAPSHOT {snapshot}
+
+-- name: peek_changes
+-- upto_nchanges is checked only after each decoded commit: a batch always holds whole
+-- transactions and may return more rows than asked for.
+SELECT lsn::text, xid::text::bigint, data
+FROM pg_logical_slot_peek_binary_changes(
+    %(slot)s::name, %(upto_lsn)s::pg_lsn, %(upto_nchanges)s::int,
+    'proto_version', '1', 'publication_names', %(publication)s::text)
+
+-- name: advance_slot
+-- Postgres refuses to move a slot backwards ("cannot advance replication slot to X,
+-- minimum is Y"); GREATEST with the confirmed position makes an older target a no-op.
+SELECT end_lsn::text
+FROM pg_replication_slot_advance(
+    %(slot)s::name,
+    GREATEST(%(lsn)s::pg_lsn,
+             (SELECT confirmed_flush_lsn FROM pg_replication_slots
+              WHERE slot_name = %(slot)s::name)))
+
+-- name: current_wal_lsn
+-- The flush position, not pg_current_wal_lsn() (the write position): logical decoding
+-- reads only flushed WAL, see current_wal_lsn() in indexer/slot.py.
+SELECT pg_current_wal_flush_lsn()::text
+
+-- name: slot_status
+SELECT active, confirmed_flush_lsn::text, restart_lsn::text, pg_current_wal_lsn()::text,
+       wal_status
+FROM pg_replication_slots
+WHERE slot_name = %(slot)s
+
+-- name: drop_slot
+SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %(slot)s

@@ -1,0 +1,188 @@
+"""PostgreSQL 15 for the local stack: a project-owned cluster run with Debian's binaries.
+
+The cluster lives in ``<stack dir>/postgres``, listens on loopback TCP only, trusts loopback
+connections and is tuned for tests (logical decoding on, durability off). When the stack runs
+as root, initdb and pg_ctl run as the ``postgres`` user, who owns the data folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from stack.apt import apt_install
+from stack.config import HOST
+from stack.errors import StackError
+from stack.processes import error_line, run_logged, running_pid
+from stack.service import Service
+
+PG_MAJOR = "15"
+PG_BIN = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
+APT_PACKAGE = f"postgresql-{PG_MAJOR}"
+OS_USER = "postgres"
+SUPERUSER = "postgres"
+DATABASE = "loyalty"
+CONFIG_FILE = "stack.conf"
+START_TIMEOUT_SECONDS = 60
+
+# Durability is off on purpose: this cluster only ever holds test and development data.
+SETTINGS: dict[str, str] = {
+    "listen_addresses": f"'{HOST}'",
+    # TCP only: no socket in /var/run/postgresql to collide with a system cluster.
+    "unix_socket_directories": "''",
+    "wal_level": "logical",
+    "max_replication_slots": "64",
+    "max_wal_senders": "64",
+    "max_connections": "300",
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    # Logical decoding by SQL only sees flushed WAL; with asynchronous commits a commit waits for
+    # the WAL writer (3 x 200ms by default) before the indexer can read it. Flush often instead.
+    "wal_writer_delay": "'10ms'",
+}
+
+
+class Postgres(Service):
+    name = "postgres"
+
+    @property
+    def port(self) -> int:
+        return self.config.pg_port
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.stack_dir / "postgres"
+
+    def dsn(self, database: str = DATABASE) -> str:
+        return f"postgresql://{SUPERUSER}@{HOST}:{self.port}/{database}"
+
+    def version(self) -> str:
+        binary = PG_BIN / "postgres"
+        if not binary.exists():
+            return f"{PG_MAJOR} (not installed)"
+        out = subprocess.run(
+            [str(binary), "-V"], capture_output=True, text=True, check=False).stdout
+        # "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+        parts = out.split()
+        return parts[2] if len(parts) >= 3 else PG_MAJOR
+
+    def running_pid(self) -> int | None:
+        # The postmaster's command line carries its data folder, which proves it is ours.
+        return running_pid(self.data_dir / "postmaster.pid", str(self.data_dir))
+
+    def prepare(self) -> None:
+        if not (PG_BIN / "pg_ctl").exists():
+            self.step(f"apt-get install {APT_PACKAGE}", self._install)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self.step("initdb", self._initdb)
+        self._write_settings()
+
+    def launch(self) -> None:
+        self._prepare_log()
+        log_offset = self.log_path.stat().st_size
+        try:
+            self._pg_ctl("start", "-l", str(self.log_path), "-w", "-t", str(START_TIMEOUT_SECONDS))
+        except StackError as exc:
+            self._stop_quietly()
+            reason = error_line(self.log_path, log_offset) or exc.reason
+            raise StackError(self.name, f"did not start: {reason}") from None
+        try:
+            self._ensure_database()
+        except StackError:
+            self._stop_quietly()
+            raise
+
+    def stop(self) -> bool:
+        if self.running_pid() is None:
+            return False
+        self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(START_TIMEOUT_SECONDS))
+        return True
+
+    def _install(self) -> None:
+        apt_install(self.name, [APT_PACKAGE], self.config.logs_dir / "install.log",
+                    needed_for=f"PostgreSQL {PG_MAJOR}")
+
+    def _initdb(self) -> None:
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise StackError(
+                self.name, f"{self.data_dir} is not empty and holds no cluster; remove it")
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._give_to_owner(self.data_dir)
+        argv = [
+            str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
+            "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
+        ]
+        try:
+            run_logged(self.name, self._as_owner(argv), self.log_path, what="initdb", cwd=Path("/"))
+        except StackError:
+            # A half-initialised folder would make every later initdb refuse to run.
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            raise
+
+    def _write_settings(self) -> None:
+        """Our settings in their own file, included from postgresql.conf, rewritten on every up
+        so a changed ``LOYALTY_PG_PORT`` takes effect."""
+        settings = dict(SETTINGS, port=str(self.port))
+        body = "".join(f"{key} = {value}\n" for key, value in settings.items())
+        target = self.data_dir / CONFIG_FILE
+        target.write_text("# Written by `stack up`; edits are overwritten.\n" + body)
+        self._give_to_owner(target)
+        main_conf = self.data_dir / "postgresql.conf"
+        include = f"include_if_exists = '{CONFIG_FILE}'\n"
+        if include not in main_conf.read_text():
+            with main_conf.open("a") as handle:
+                handle.write("\n" + include)
+
+    def _prepare_log(self) -> None:
+        # pg_ctl opens the log as the postgres user: the file must exist and be theirs.
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.touch(exist_ok=True)
+        self._give_to_owner(self.log_path)
+
+    def _ensure_database(self) -> None:
+        try:
+            with psycopg.connect(self.dsn("postgres"), autocommit=True, connect_timeout=10) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+                ).fetchone()
+                if exists is None:
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+                    self.say(f"created database {DATABASE}")
+        except psycopg.Error as exc:
+            detail = " ".join(str(exc).split())
+            raise StackError(self.name, f"cannot create database {DATABASE}: {detail}") from None
+
+    def _pg_ctl(self, *args: str) -> None:
+        argv = [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), *args]
+        run_logged(self.name, self._as_owner(argv), self.config.logs_dir / "postgres-ctl.log",
+                   what=f"pg_ctl {args[0]}", cwd=Path("/"), timeout=START_TIMEOUT_SECONDS + 30)
+
+    def _stop_quietly(self) -> None:
+        if self.running_pid() is None:
+            return
+        with contextlib.suppress(StackError):
+            self._pg_ctl("stop", "-m", "immediate", "-w")
+
+    @staticmethod
+    def _as_owner(argv: list[str]) -> list[str]:
+        # initdb and pg_ctl refuse to run as root.
+        if os.geteuid() == 0:
+            return ["runuser", "-u", OS_USER, "--", *argv]
+        return argv
+
+    def _give_to_owner(self, path: Path) -> None:
+        if os.geteuid() != 0:
+            return
+        try:
+            owner = pwd.getpwnam(OS_USER)
+        except KeyError:
+            raise StackError(self.name, f"user {OS_USER!r} does not exist") from None
+        os.chown(path, owner.pw_uid, owner.pw_gid)

@@ -1,0 +1,131 @@
+"""docker-compose.yml matches the local stack and the configuration contract of docs/internals.md.
+
+Compose cannot run on the build machines, so the file is checked by reading it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+INTERNALS = REPO / "docs" / "internals.md"
+
+# Host ports must equal the stack's defaults so the same LOYALTY_* defaults work with either.
+PUBLISHED = {"postgres": 5433, "redis": 6380, "elasticsearch": 9200}
+APPS = ("indexer", "readapi")
+_CONTRACT_ROW = re.compile(r"^\|\s*`(LOYALTY_[A-Z_]+)`\s*\|[^|]*\|([^|]*)\|\s*$")
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Any]:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(compose, dict)
+    services = compose["services"]
+    assert isinstance(services, dict)
+    return services
+
+
+def _variables_used_by(component: str) -> set[str]:
+    """The LOYALTY_* variables docs/internals.md lists as used by ``component``."""
+    found = set()
+    for line in INTERNALS.read_text().splitlines():
+        match = _CONTRACT_ROW.match(line.strip())
+        if match and component in match.group(2):
+            found.add(match.group(1))
+    return found
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(key): str(value) for key, value in env.items()}
+
+
+def _host_ports(service: dict[str, Any]) -> set[int]:
+    ports = set()
+    for mapping in service.get("ports", []):
+        # "127.0.0.1:5433:5432" or "5433:5432": the host port is the second field from the end.
+        ports.add(int(str(mapping).split(":")[-2]))
+    return ports
+
+
+def test_all_services_are_declared(services: dict[str, Any]) -> None:
+    assert {"postgres", "redis", "elasticsearch", *APPS} <= set(services)
+
+
+def test_official_images(services: dict[str, Any]) -> None:
+    assert services["postgres"]["image"] == "postgres:15"
+    assert services["redis"]["image"] == "redis:7"
+    assert services["elasticsearch"]["image"] == (
+        "docker.elastic.co/elasticsearch/elasticsearch:8.19.9")
+
+
+def test_postgres_is_set_up_for_logical_decoding(services: dict[str, Any]) -> None:
+    command = " ".join(services["postgres"]["command"])
+    for setting in ("wal_level=logical", "max_replication_slots=64", "max_wal_senders=64",
+                    "max_connections=300", "fsync=off", "synchronous_commit=off",
+                    "full_page_writes=off"):
+        assert setting in command
+    assert _environment(services["postgres"])["POSTGRES_DB"] == "loyalty"
+
+
+def test_elasticsearch_single_node_without_security(services: dict[str, Any]) -> None:
+    env = _environment(services["elasticsearch"])
+    assert env["discovery.type"] == "single-node"
+    assert env["xpack.security.enabled"] == "false"
+
+
+@pytest.mark.parametrize(("name", "port"), sorted(PUBLISHED.items()))
+def test_published_ports_match_the_stack(services: dict[str, Any], name: str, port: int) -> None:
+    assert port in _host_ports(services[name])
+
+
+@pytest.mark.parametrize("name", ["postgres", "redis", "elasticsearch", *APPS])
+def test_long_running_services_have_healthchecks(services: dict[str, Any], name: str) -> None:
+    healthcheck = services[name].get("healthcheck")
+    assert healthcheck, f"{name} has no healthcheck"
+    assert healthcheck["test"]
+
+
+@pytest.mark.parametrize(("name", "command"), [("indexer", "indexer run"),
+                                               ("readapi", "readapi serve")])
+def test_apps_are_built_here(services: dict[str, Any], name: str, command: str) -> None:
+    service = services[name]
+    assert service["build"] in (".", {"context": "."})
+    assert " ".join(service["command"]) == command
+
+
+@pytest.mark.parametrize("name", APPS)
+def test_apps_get_every_variable_they_use(services: dict[str, Any], name: str) -> None:
+    needed = _variables_used_by(name)
+    assert needed, f"docs/internals.md lists no variable for {name}"
+    missing = needed - set(_environment(services[name]))
+    assert not missing
+
+
+@pytest.mark.parametrize("name", APPS)
+def test_apps_point_at_compose_services(services: dict[str, Any], name: str) -> None:
+    env = _environment(services[name])
+    for variable, host in (("LOYALTY_PG_DSN", "postgres"), ("LOYALTY_REDIS_URL", "redis"),
+                           ("LOYALTY_ES_URL", "elasticsearch")):
+        if variable in env:
+            assert urlsplit(env[variable]).hostname == host
+
+
+def test_readapi_holds_no_postgres_dsn(services: dict[str, Any]) -> None:
+    assert "LOYALTY_PG_DSN" not in _environment(services["readapi"])
+
+
+def test_dockerfile_installs_the_project_on_python_311_slim() -> None:
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
+    assert "FROM python:3.11-slim" in lines
+    assert any(line.startswith("RUN pip install .") for line in lines)
