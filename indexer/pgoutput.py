@@ -164,6 +164,7 @@ _TRUNCATE_HEAD = struct.Struct("!IB")
 _MESSAGE_HEAD = struct.Struct("!BQ")
 
 _TEXT, _NULL, _UNCHANGED, _BINARY = ord("t"), ord("n"), ord("u"), ord("b")
+_VALUE_KINDS = frozenset((_TEXT, _BINARY))
 
 
 def _timestamp(microseconds: int) -> datetime:
@@ -181,16 +182,15 @@ def _tuple(data: bytes, pos: int) -> tuple[tuple[Cell, ...], int]:
     size = len(data)
     cells: list[Cell] = []
     append = cells.append
+    unpack_length = _I32.unpack_from
     for _ in range(count):
         kind = data[pos]
-        if kind in (_TEXT, _BINARY):
-            (length,) = _I32.unpack_from(data, pos + 1)
+        if kind in _VALUE_KINDS:
             start = pos + 5
-            pos = start + length
-            if length < 0 or pos > size:
-                raise PgOutputError(f"cell of {length} bytes overruns the message at {start}")
-            value = data[start:pos]
-            append(value.decode() if kind == _TEXT else value)
+            pos = start + unpack_length(data, pos + 1)[0]
+            if pos > size or pos < start:
+                raise PgOutputError(f"cell of {pos - start} bytes overruns the message at {start}")
+            append(data[start:pos].decode() if kind == _TEXT else data[start:pos])
         elif kind == _NULL:
             append(None)
             pos += 1
@@ -508,7 +508,7 @@ class ChangeDecoder:
             if isinstance(cell, str):
                 try:
                     row[name] = convert(cell)
-                except ValueError as error:
+                except (ValueError, ArithmeticError) as error:  # decimal raises the latter
                     raise PgOutputError(
                         f"{shape.relation.name}.{name}: cannot convert {cell!r}: {error}"
                     ) from error

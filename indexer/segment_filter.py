@@ -23,8 +23,8 @@ Semantics decided here (tests in ``tests/unit/test_segment_filter.py`` pin each 
 * ``$contains``/``$starts_with``/``$ends_with`` apply to strings only, case-sensitively.
 * ``$is_unknown`` holds when the field is unknown, ``$has_value`` otherwise (an empty string is
   a value). They take no values: ``[]``, ``[true]``, ``true`` or ``null``.
-* An unknown field fails every operator but ``$is_not``, ``$not_in`` and ``$is_unknown``; so
-  does an object or list value (no operator looks inside one).
+* An unknown field fails every operator but ``$is_not``, ``$not_in`` and ``$is_unknown``. An
+  object or list value is never looked into: only ``$is_not``, ``$not_in``, ``$has_value`` hold.
 * Null is not a comparison value (use ``$is_unknown``). ``$in: []`` matches no one and
   ``$not_in: []`` everyone; every other operator that compares needs at least one value.
 * :func:`compile_filter` raises only :class:`InvalidSegmentFilter`, never anything else, for

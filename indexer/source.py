@@ -6,6 +6,7 @@ errors are wrapped into :class:`SourceUnavailable` at this boundary.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, LiteralString, cast
 
@@ -71,7 +72,12 @@ class DocumentSource:
         """Primary keys of a table in order, through a server-side cursor: memory stays
         bounded by one chunk whatever the table size."""
         try:
-            async with self._conn.cursor(name=f"pk_{name}") as cursor:
+            # A server-side cursor lives in a transaction: a snapshot reader already has
+            # one; on an autocommit connection a short one is opened for the scan.
+            async with contextlib.AsyncExitStack() as stack:
+                if self._conn.autocommit:
+                    await stack.enter_async_context(self._conn.transaction())
+                cursor = await stack.enter_async_context(self._conn.cursor(name=f"pk_{name}"))
                 await cursor.execute(_sql(name))
                 while True:
                     rows = await cursor.fetchmany(chunk_size)

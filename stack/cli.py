@@ -17,6 +17,7 @@ from stack.config import (
     DEFAULT_ES_PORT,
     DEFAULT_PG_PORT,
     DEFAULT_REDIS_PORT,
+    DEFAULT_STACK_DIR,
     ENV_ES_PORT,
     ENV_PG_PORT,
     ENV_REDIS_PORT,
@@ -40,7 +41,7 @@ EPILOG = f"""\
 services: {", ".join(SERVICE_NAMES)} (all of them when none is named)
 
 configuration (environment variables, defaults in brackets):
-  {ENV_STACK_DIR:<20} state, data, logs and pidfiles [<repo>/.stack]
+  {ENV_STACK_DIR:<20} state, data, logs and pidfiles [<repo>/.stack: {DEFAULT_STACK_DIR}]
   {ENV_PG_PORT:<20} PostgreSQL 15 port [{DEFAULT_PG_PORT}]
   {ENV_REDIS_PORT:<20} Redis 7 port [{DEFAULT_REDIS_PORT}]
   {ENV_ES_PORT:<20} Elasticsearch 8.19.9 HTTP port [{DEFAULT_ES_PORT}]
@@ -84,12 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser(
         "up", help="install what is missing, start and wait until ready (no-op when running)",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    up.add_argument("services", nargs="*", type=_service_name, metavar="SERVICE")
+    up.add_argument("services", nargs="*", type=_service_name, metavar="SERVICE",
+                    help="services to start, in dependency order [all]")
 
     down = commands.add_parser(
         "down", help="stop what this stack started", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    down.add_argument("services", nargs="*", type=_service_name, metavar="SERVICE")
+    down.add_argument("services", nargs="*", type=_service_name, metavar="SERVICE",
+                      help="services to stop [all]")
 
     commands.add_parser(
         "status", help="version, port, data folder and state of each service", epilog=EPILOG,
@@ -98,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     logs = commands.add_parser(
         "logs", help="print the end of a service's log", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    logs.add_argument("service", type=_service_name, metavar="SERVICE")
+    logs.add_argument("service", type=_service_name, metavar="SERVICE",
+                      help="whose log to print")
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines to print [50]")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     return parser
@@ -135,12 +139,16 @@ def _up(config: StackConfig, names: Sequence[str]) -> int:
             if service.running_pid() is None:
                 require_free_port(service.name, HOST, service.port)
         for service in services:
-            report = service.up()
-            if not report.already_running:
+            was_running = service.running_pid() is not None
+            # Listed before it is ready, so an interrupt during its readiness wait stops it too.
+            if not was_running:
                 started.append(service)
+            service.up()
     except (StackError, KeyboardInterrupt) as exc:
         # All or nothing: leave no service of this invocation running behind a failure.
         for service in reversed(started):
+            if service.running_pid() is None:
+                continue
             service.say("stopping (rolled back)")
             with contextlib.suppress(StackError):
                 service.stop()

@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from stack.apt import apt_install
-from stack.config import HOST
+from stack.config import ENV_STACK_DIR, HOST
 from stack.errors import StackError
 from stack.processes import error_line, run_logged, running_pid
 from stack.service import Service
@@ -116,6 +116,7 @@ class Postgres(Service):
                 self.name, f"{self.data_dir} is not empty and holds no cluster; remove it")
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._give_to_owner(self.data_dir)
+        self._check_owner_can_reach(self.data_dir)
         argv = [
             str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
             "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
@@ -170,6 +171,20 @@ class Postgres(Service):
             return
         with contextlib.suppress(StackError):
             self._pg_ctl("stop", "-m", "immediate", "-w")
+
+    def _check_owner_can_reach(self, folder: Path) -> None:
+        """Fail clearly when a parent folder (say a home folder with mode 700) locks the
+        postgres user out; initdb's own message does not say which folder is at fault."""
+        if os.geteuid() != 0:
+            return
+        probe = subprocess.run(self._as_owner(["test", "-w", str(folder)]), check=False, cwd="/")
+        if probe.returncode != 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise StackError(
+                self.name,
+                f"user {OS_USER!r} cannot reach {folder}: a parent folder is not searchable by "
+                f"others; point {ENV_STACK_DIR} elsewhere or chmod o+x the parents",
+            )
 
     @staticmethod
     def _as_owner(argv: list[str]) -> list[str]:

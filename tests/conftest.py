@@ -21,9 +21,10 @@ from psycopg import sql
 PG_DSN = os.environ.get("LOYALTY_PG_DSN", "postgresql://postgres@127.0.0.1:5433/loyalty")
 REDIS_URL = os.environ.get("LOYALTY_REDIS_URL", "redis://127.0.0.1:6380/0")
 ES_URL = os.environ.get("LOYALTY_ES_URL", "http://127.0.0.1:9200")
-TEMPLATE_DB = "loyalty_test_template"
+# One template per test session: concurrent sessions must not drop each other's.
+TEMPLATE_DB = f"loyalty_test_template_{uuid.uuid4().hex[:8]}"
 
-pytest_plugins: list[str] = []
+pytest_plugins = ["tests.fixtures.indexer"]
 
 
 def _dsn_for(database: str) -> str:

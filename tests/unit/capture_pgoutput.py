@@ -118,7 +118,7 @@ def _run(conn: psycopg.Connection[Any], transactions: list[list[str]]) -> None:
     for statements in transactions:
         with conn.transaction():
             for statement in statements:
-                conn.execute(statement)  # type: ignore[arg-type]
+                conn.execute(statement)
 
 
 def _capture_origin(conn: psycopg.Connection[Any]) -> list[list[Any]]:
@@ -145,14 +145,14 @@ def capture(admin_dsn: str) -> dict[str, Any]:
         with psycopg.connect(dsn, autocommit=True, options="-c timezone=UTC") as conn:
             # Commits must be flushed before a decoding call can see them.
             conn.execute("SET synchronous_commit = on")
-            conn.execute(SCHEMA)  # type: ignore[arg-type]
+            conn.execute(SCHEMA)
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (SLOT,))
             try:
-                conn.execute(SETUP)  # type: ignore[arg-type]
+                conn.execute(SETUP)
                 _get_changes(conn)  # consume the setup
-                relations = dict(conn.execute(
-                    "SELECT relname, oid::int FROM pg_class WHERE relnamespace = 'public'::regnamespace"
-                    " AND relkind = 'r'"
+                relations: dict[str, int] = dict(conn.execute(
+                    "SELECT relname, oid::int FROM pg_class"
+                    " WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'"
                 ).fetchall())
                 scenarios = {}
                 for name, transactions in SCENARIOS.items():

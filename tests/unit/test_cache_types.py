@@ -51,7 +51,7 @@ def test_known_values() -> None:
     assert Lsn.parse("0/FFFFFFFF") < Lsn.parse("1/0")
     assert Lsn.ZERO == 0 and str(Lsn.ZERO) == "0/0" and isinstance(Lsn.ZERO, Lsn)
     assert repr(Lsn.parse("0/16B3748")) == "Lsn('0/16B3748')"
-    assert hash(Lsn(5)) == hash(5) and {Lsn(5): 1}[5] == 1
+    assert hash(Lsn(5)) == hash(5) and 5 in {Lsn(5)}
     assert max(Lsn(3), Lsn(9)) == Lsn(9)
     assert type(Lsn(9) - Lsn(3)) is int
 
@@ -59,7 +59,7 @@ def test_known_values() -> None:
 @pytest.mark.parametrize(
     "text",
     ["", "1", "1/", "/1", "G/1", "123456789/0", "0/123456789", " 1/2", "1/2 ", "+1/2",
-     "1_0/2", "1/2/3", "0x1/2", "１/2"],
+     "1_0/2", "1/2/3", "0x1/2", "\uff11/2"],
 )
 def test_malformed_text_is_refused(text: str) -> None:
     with pytest.raises(ValueError):

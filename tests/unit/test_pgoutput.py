@@ -6,6 +6,7 @@ The captured messages come from PostgreSQL 15 (``capture_pgoutput.py`` wrote the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import struct
@@ -48,7 +49,8 @@ CAPTURE = json.loads(
 OIDS: dict[str, int] = CAPTURE["relations"]
 BIG_BLOB = "".join(hashlib.md5(str(i).encode()).hexdigest() for i in range(1, 401))
 TEXT, INT4, INT8, INT2, VARCHAR, JSONB, JSON = 25, 23, 20, 21, 1043, 3802, 114
-TIMESTAMPTZ, TIMESTAMP, DATE, NUMERIC, FLOAT8, BOOL, TEXT_ARRAY = 1184, 1114, 1082, 1700, 701, 16, 1009
+TIMESTAMPTZ, TIMESTAMP, DATE, NUMERIC, FLOAT8, BOOL = 1184, 1114, 1082, 1700, 701, 16
+TEXT_ARRAY = 1009
 
 ITEM_1 = {
     "id": 1,
@@ -397,10 +399,8 @@ def test_a_new_begin_discards_an_unfinished_transaction() -> None:
 @settings(deadline=None)
 @given(st.binary(max_size=64), st.sampled_from(b"BCORYIUDTM"))
 def test_arbitrary_bytes_never_escape_as_another_exception(body: bytes, kind: int) -> None:
-    try:
+    with contextlib.suppress(PgOutputError):
         decode_message(bytes([kind]) + body)
-    except PgOutputError:
-        pass
 
 
 # ---------------------------------------------------------------------------- round trips
@@ -464,11 +464,11 @@ def encode(message: Message) -> bytes:
 
 lsns = st.integers(0, 2**64 - 1).map(Lsn)
 u32 = st.integers(0, 2**32 - 1)
-names = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)),
+names = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]),
                 max_size=20)
 times = st.datetimes(datetime(1900, 1, 1), datetime(2300, 1, 1), timezones=st.just(UTC))
 cells: st.SearchStrategy[Cell] = st.one_of(
-    st.none(), st.just(UNCHANGED), st.text(st.characters(exclude_categories=("Cs",))),
+    st.none(), st.just(UNCHANGED), st.text(st.characters(exclude_categories=["Cs"])),
     st.binary(max_size=40),
 )
 cell_tuples = st.lists(cells, max_size=8).map(tuple)

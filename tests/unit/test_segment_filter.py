@@ -773,3 +773,12 @@ def reference(raw: dict[str, Any], customer: Any) -> bool:
 @given(raw=valid_filters(3), customer=customers)
 def test_nested_filters_agree_with_a_reference_evaluation(raw: Any, customer: Any) -> None:
     assert compile_filter(raw)(customer) is reference(raw, customer)
+
+
+def test_deeply_nested_values_are_refused_without_recursing() -> None:
+    value: list[Any] = []
+    for _ in range(100_000):
+        value = [value]
+    for raw in (field("email", "$in", [value]), {"email": value}, field("email", "$is", value)):
+        with pytest.raises(InvalidSegmentFilter, match="got a list|expected"):
+            compile_filter(raw)
