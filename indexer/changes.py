@@ -102,7 +102,7 @@ def _changed(change: RowChangeLike, column: str) -> bool:
         return True
     if change.old is None or change.new is None:
         return True
-    return _get(change.old, column) != _get(change.new, column)
+    return bool(_get(change.old, column) != _get(change.new, column))
 
 
 def collect_touched(

@@ -37,10 +37,14 @@ class Migration:
 def bundled_migrations() -> list[Migration]:
     """The package's migration files by name (``0001_...``), each named without ``.sql``."""
     folder = resources.files("indexer").joinpath("migrations")
-    files = sorted((entry for entry in folder.iterdir() if entry.name.endswith(".sql")),
-                   key=lambda entry: entry.name)
-    return [Migration(entry.name.removesuffix(".sql"), entry.read_text(encoding="utf-8"))
-            for entry in files]
+    files = sorted(
+        (entry for entry in folder.iterdir() if entry.name.endswith(".sql")),
+        key=lambda entry: entry.name,
+    )
+    return [
+        Migration(entry.name.removesuffix(".sql"), entry.read_text(encoding="utf-8"))
+        for entry in files
+    ]
 
 
 def one_line(error: BaseException) -> str:

@@ -147,7 +147,15 @@ class LogicalMessage:
 
 
 Message: TypeAlias = (
-    Begin | Commit | Origin | Relation | TypeInfo | Insert | Update | Delete | Truncate
+    Begin
+    | Commit
+    | Origin
+    | Relation
+    | TypeInfo
+    | Insert
+    | Update
+    | Delete
+    | Truncate
     | LogicalMessage
 )
 
@@ -424,20 +432,32 @@ class ChangeDecoder:
             case Insert(oid, new):
                 shape = self._change_shape(oid)
                 row, unchanged = self._row(shape, new, key_only=False)
-                self._add(RowChange("insert", shape.relation.name, row, None, unchanged,
-                                    shape.relation.namespace))
+                self._add(
+                    RowChange(
+                        "insert",
+                        shape.relation.name,
+                        row,
+                        None,
+                        unchanged,
+                        shape.relation.namespace,
+                    )
+                )
             case Update():
                 self._add(self._update(message))
             case Delete(oid, old, old_kind):
                 shape = self._change_shape(oid)
                 row, _ = self._row(shape, old, key_only=old_kind == "K")
-                self._add(RowChange("delete", shape.relation.name, None, row, _EMPTY,
-                                    shape.relation.namespace))
+                self._add(
+                    RowChange(
+                        "delete", shape.relation.name, None, row, _EMPTY, shape.relation.namespace
+                    )
+                )
             case Truncate(_, oids):
                 for oid in oids:
                     relation = self._change_shape(oid).relation
-                    self._add(RowChange("truncate", relation.name, None, None, _EMPTY,
-                                        relation.namespace))
+                    self._add(
+                        RowChange("truncate", relation.name, None, None, _EMPTY, relation.namespace)
+                    )
             case Relation():
                 self._shapes[message.oid] = _shape(message)
             case Begin():
@@ -455,11 +475,11 @@ class ChangeDecoder:
             raise PgOutputError(f"Commit at {commit.commit_lsn} without a Begin")
         if begin.final_lsn != commit.commit_lsn:
             raise PgOutputError(
-                f"Commit at {commit.commit_lsn} closes a transaction begun for "
-                f"{begin.final_lsn}"
+                f"Commit at {commit.commit_lsn} closes a transaction begun for {begin.final_lsn}"
             )
-        transaction = Transaction(begin.xid, commit.commit_lsn, commit.end_lsn,
-                                  commit.commit_time, tuple(self._changes))
+        transaction = Transaction(
+            begin.xid, commit.commit_lsn, commit.end_lsn, commit.commit_time, tuple(self._changes)
+        )
         self._begin = None
         self._changes = []
         return transaction
@@ -488,8 +508,9 @@ class ChangeDecoder:
                 for name in filled:
                     new[name] = old[name]
                 unchanged -= filled
-        return RowChange("update", shape.relation.name, new, old, unchanged,
-                         shape.relation.namespace)
+        return RowChange(
+            "update", shape.relation.name, new, old, unchanged, shape.relation.namespace
+        )
 
     @staticmethod
     def _row(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from dataclasses import dataclass, field
 
@@ -35,7 +36,5 @@ class Backoff:
         if stop is None:
             await asyncio.sleep(delay)
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
-        except TimeoutError:
-            pass

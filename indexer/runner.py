@@ -9,6 +9,7 @@ When the watched tables are idle, the slot still moves to a captured ``pg_curren
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -204,10 +205,8 @@ class Indexer:
                 state = "running"
             backoff.reset()
             if not result.full and result.transactions == 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self._settings.idle_sleep_ms / 1000)
-                except TimeoutError:
-                    pass
         await self.close()
 
     async def _drop_connection(self) -> None:

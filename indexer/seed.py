@@ -95,8 +95,10 @@ def seed_database(
         raise SeedError(f"{step}: {one_line(error)}") from error
     demo = source.demo_key()
     return SeedReport(
-        rows=rows, seconds=seconds,
-        demo_app_id=demo[0] if demo else None, demo_token=demo[1] if demo else None,
+        rows=rows,
+        seconds=seconds,
+        demo_app_id=demo[0] if demo else None,
+        demo_token=demo[1] if demo else None,
         elapsed=time.perf_counter() - started,
         key_checks="per table" if check_per_table else "per row",
     )
@@ -124,8 +126,14 @@ def _copy_table(
     statement = query(f"seed_copy_{table}")
     stream = source.rows(table)
     loaded = 0
-    with tqdm(total=source.expected_rows(table), desc=table, unit=" rows", unit_scale=True,
-              disable=not progress, file=sys.stderr) as bar:
+    with tqdm(
+        total=source.expected_rows(table),
+        desc=table,
+        unit=" rows",
+        unit_scale=True,
+        disable=not progress,
+        file=sys.stderr,
+    ) as bar:
         # Rows stream into the COPY as they are made: the server parses one part while the
         # next is generated, and no chunk is ever held in memory.
         for first in stream:
@@ -177,22 +185,35 @@ def add_command(subparsers: Any) -> None:
         default=os.environ.get("LOYALTY_PG_DSN", DEFAULT_DSN),
         help="Postgres connection string (default: $LOYALTY_PG_DSN or %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="seed of every generated value (default: %(default)s)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="seed of every generated value (default: %(default)s)",
+    )
     for plan_field in fields(SeedPlan):
         if plan_field.name in _COUNT_HELP:
             parser.add_argument(
-                f"--{plan_field.name}", type=int, metavar="N",
+                f"--{plan_field.name}",
+                type=int,
+                metavar="N",
                 default=getattr(defaults, plan_field.name),
                 help=f"{_COUNT_HELP[plan_field.name]} (default: %(default)s)",
             )
-    parser.add_argument("--truncate", action="store_true",
-                        help="empty the contract tables first")
-    parser.add_argument("--per-row-key-checks", action="store_true",
-                        help="keep foreign-key triggers during the load (slower) instead of "
-                        "checking each table once loaded")
-    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, metavar="N",
-                        help="rows per COPY and transaction (default: %(default)s)")
+    parser.add_argument("--truncate", action="store_true", help="empty the contract tables first")
+    parser.add_argument(
+        "--per-row-key-checks",
+        action="store_true",
+        help="keep foreign-key triggers during the load (slower) instead of "
+        "checking each table once loaded",
+    )
+    parser.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=DEFAULT_CHUNK_ROWS,
+        metavar="N",
+        help="rows per COPY and transaction (default: %(default)s)",
+    )
     parser.set_defaults(handler=run_seed)
 
 
@@ -203,13 +224,19 @@ def run_seed(args: argparse.Namespace) -> int:
         print(f"indexer seed: {error}", file=sys.stderr)
         return 2
     if args.chunk_rows < 1:
-        print(f"indexer seed: --chunk-rows must be at least 1, not {args.chunk_rows}",
-              file=sys.stderr)
+        print(
+            f"indexer seed: --chunk-rows must be at least 1, not {args.chunk_rows}", file=sys.stderr
+        )
         return 2
     try:
-        report = seed_database(args.dsn, plan, progress=sys.stderr.isatty(),
-                               truncate=args.truncate, chunk_rows=args.chunk_rows,
-                               per_row_key_checks=args.per_row_key_checks)
+        report = seed_database(
+            args.dsn,
+            plan,
+            progress=sys.stderr.isatty(),
+            truncate=args.truncate,
+            chunk_rows=args.chunk_rows,
+            per_row_key_checks=args.per_row_key_checks,
+        )
     except SeedError as error:
         print(f"indexer seed: {error}", file=sys.stderr)
         return 1

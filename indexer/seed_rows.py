@@ -9,6 +9,7 @@ stream never depends on how a consumer batches it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -38,7 +39,13 @@ Row = tuple[Any, ...]
 
 # Tables in foreign-key order: a table only references tables before it.
 TABLES = (
-    "projects", "api_keys", "customers", "campaigns", "vouchers", "redemptions", "segments",
+    "projects",
+    "api_keys",
+    "customers",
+    "campaigns",
+    "vouchers",
+    "redemptions",
+    "segments",
     "segment_members",
 )
 # Row indexes are stored in typed arrays and voucher codes hold 40 bits.
@@ -132,8 +139,19 @@ def code_maker(seed: int) -> Callable[[int], str]:
     return code
 
 
-def at(offset_ms: int) -> datetime:
-    return EPOCH + timedelta(milliseconds=offset_ms)
+@functools.cache
+def _day_text(day: int) -> str:
+    return (EPOCH + timedelta(days=day)).date().isoformat()
+
+
+def at(offset_ms: int) -> str:
+    """The instant ``EPOCH + offset_ms`` as timestamptz text. Formatting it here costs less
+    than adapting a ``datetime`` per value, and COPY parses it the same way."""
+    day, rest = divmod(offset_ms, DAY_MS)
+    second, milli = divmod(rest, 1000)
+    minute, second = divmod(second, 60)
+    hour, minute = divmod(minute, 60)
+    return f"{_day_text(day)} {hour:02d}:{minute:02d}:{second:02d}.{milli:03d}+00"
 
 
 def token_for(seed: int, key_index: int) -> str:
@@ -155,8 +173,8 @@ class CampaignFacts:
     name: str
     code_prefix: str
     active: bool
-    start_date: datetime | None
-    expiration_date: datetime | None
+    start_date: str | None
+    expiration_date: str | None
     created_ms: int
     updated_ms: int
     discount: str | None
@@ -214,9 +232,13 @@ class SeedRows:
 
     def rows(self, table: str) -> Iterator[Row]:
         streams: dict[str, Callable[[], Iterator[Row]]] = {
-            "projects": self.projects, "api_keys": self.api_keys, "customers": self.customers,
-            "campaigns": self.campaigns, "vouchers": self.vouchers,
-            "redemptions": self.redemptions, "segments": self.segments,
+            "projects": self.projects,
+            "api_keys": self.api_keys,
+            "customers": self.customers,
+            "campaigns": self.campaigns,
+            "vouchers": self.vouchers,
+            "redemptions": self.redemptions,
+            "segments": self.segments,
             "segment_members": self.segment_members,
         }
         return streams[table]()
@@ -285,21 +307,33 @@ class SeedRows:
                 phone = f"{dial} {1_000_000 + int(r() * 9_000_000)}" if r() < 0.7 else None
                 address = None
                 if r() < 0.8:
-                    address = json.dumps({
-                        "city": city, "state": state, "country": country,
-                        "line_1": f"{1 + int(r() * 998)} {STREETS[int(r() * len(STREETS))]}",
-                        "line_2": f"Apt {1 + int(r() * 60)}" if r() < 0.3 else None,
-                        "postal_code": f"{postal}{int(r() * 1000):03d}",
-                    }, ensure_ascii=False)
+                    address = json.dumps(
+                        {
+                            "city": city,
+                            "state": state,
+                            "country": country,
+                            "line_1": f"{1 + int(r() * 998)} {STREETS[int(r() * len(STREETS))]}",
+                            "line_2": f"Apt {1 + int(r() * 60)}" if r() < 0.3 else None,
+                            "postal_code": f"{postal}{int(r() * 1000):03d}",
+                        },
+                        ensure_ascii=False,
+                    )
                 metadata: dict[str, Any] = {"tier": rng.choices(TIERS, TIER_WEIGHTS)[0]}
                 if r() < 0.9:
                     metadata["age"] = 18 + int(r() * 63)
                 metadata["vip"] = r() < 0.1
-                signup = at(created) - timedelta(days=int(r() * 900))
-                metadata["signup_date"] = signup.date().isoformat()
+                metadata["signup_date"] = _day_text(created // DAY_MS - int(r() * 900))
                 yield (
-                    self.customer_id(i), project_id, source_id, name, email, phone, address,
-                    json.dumps(metadata), at(created), at(updated),
+                    self.customer_id(i),
+                    project_id,
+                    source_id,
+                    name,
+                    email,
+                    phone,
+                    address,
+                    json.dumps(metadata),
+                    at(created),
+                    at(updated),
                 )
 
     def campaign_facts(self) -> list[CampaignFacts]:
@@ -322,31 +356,48 @@ class SeedRows:
                 expiration = None
                 if rng.random() < 0.6:
                     expiration = (start or created) + rng.randrange(30 * DAY_MS, YEAR_MS)
-                facts.append(CampaignFacts(
-                    id=self.campaign_id(i), project=p, kind=kind,
-                    name=f"{theme} {EPOCH.year + created // YEAR_MS}", code_prefix=prefix,
-                    active=rng.random() < 0.85,
-                    start_date=None if start is None else at(start),
-                    expiration_date=None if expiration is None else at(expiration),
-                    created_ms=created, updated_ms=updated,
-                    discount=_campaign_discount(rng) if kind == 0 else None,
-                    gift_amount=rng.choice(_GIFT_AMOUNTS) if kind == 1 else None,
-                    redemption_quantity=rng.choice((None, None, 1, 5, 100)) if kind == 0 else None,
-                    metadata=json.dumps({
-                        "channel": rng.choice(CHANNELS),
-                        "budget": rng.randrange(10, 1_000) * 10_000,
-                        "region": rng.choice(("EU", "NA", "LATAM", "GLOBAL")),
-                    }),
-                ))
+                facts.append(
+                    CampaignFacts(
+                        id=self.campaign_id(i),
+                        project=p,
+                        kind=kind,
+                        name=f"{theme} {EPOCH.year + created // YEAR_MS}",
+                        code_prefix=prefix,
+                        active=rng.random() < 0.85,
+                        start_date=None if start is None else at(start),
+                        expiration_date=None if expiration is None else at(expiration),
+                        created_ms=created,
+                        updated_ms=updated,
+                        discount=_campaign_discount(rng) if kind == 0 else None,
+                        gift_amount=rng.choice(_GIFT_AMOUNTS) if kind == 1 else None,
+                        redemption_quantity=rng.choice((None, None, 1, 5, 100))
+                        if kind == 0
+                        else None,
+                        metadata=json.dumps(
+                            {
+                                "channel": rng.choice(CHANNELS),
+                                "budget": rng.randrange(10, 1_000) * 10_000,
+                                "region": rng.choice(("EU", "NA", "LATAM", "GLOBAL")),
+                            }
+                        ),
+                    )
+                )
         return facts
 
     def campaigns(self) -> Iterator[Row]:
         for c in self.campaign_facts():
             yield (
-                c.id, self.project_ids[c.project], c.name, CAMPAIGN_TYPES[c.kind], c.active,
-                c.start_date, c.expiration_date, c.metadata, at(c.created_ms), at(c.updated_ms),
+                c.id,
+                self.project_ids[c.project],
+                c.name,
+                CAMPAIGN_TYPES[c.kind],
+                c.active,
+                c.start_date,
+                c.expiration_date,
+                c.metadata,
+                at(c.created_ms),
+                at(c.updated_ms),
             )
-
 
     def voucher_facts(self) -> VoucherFacts:
         if self._vouchers is None:
@@ -361,8 +412,10 @@ class SeedRows:
         campaigns = self.campaign_facts()
         count = self.plan.vouchers
         facts = VoucherFacts(
-            project=array("l", [0]) * count, kind=bytearray(count),
-            holder=array("q", [-1]) * count, created_ms=array("q", [0]) * count,
+            project=array("l", [0]) * count,
+            kind=bytearray(count),
+            holder=array("q", [-1]) * count,
+            created_ms=array("q", [0]) * count,
         )
         for p, block in enumerate(self.voucher_ranges):
             project_id = self.project_ids[p]
@@ -388,12 +441,20 @@ class SeedRows:
                         quantity = 1
                     redeemed = int(r() * (quantity + 1)) if quantity else int(r() * r() * 20)
                 elif kind == 1:
-                    gift_amount = (campaign.gift_amount if campaign
-                                   else _GIFT_AMOUNTS[int(r() * len(_GIFT_AMOUNTS))])
+                    gift_amount = (
+                        campaign.gift_amount
+                        if campaign
+                        else _GIFT_AMOUNTS[int(r() * len(_GIFT_AMOUNTS))]
+                    )
                     assert gift_amount is not None
                     spent = r()
-                    gift_balance = (gift_amount if spent < 0.4 else 0 if spent < 0.55
-                                    else int(r() * gift_amount))
+                    gift_balance = (
+                        gift_amount
+                        if spent < 0.4
+                        else 0
+                        if spent < 0.55
+                        else int(r() * gift_amount)
+                    )
                     redeemed = 0 if gift_balance == gift_amount else 1 + int(r() * 5)
                 else:
                     points = int(r() * 20_000)
@@ -402,22 +463,37 @@ class SeedRows:
                 holder = -1
                 if own_customers and r() < _HOLDER_CHANCE[kind]:
                     holder = own_customers[int(r() * len(own_customers))]
-                updated = created if r() < 0.6 else created + int(r() * 30 * DAY_MS)
+                created_at = at(created)
+                updated_at = created_at if r() < 0.6 else at(created + int(r() * 30 * DAY_MS))
                 metadata = "{}"
                 if r() < 0.6:
                     printed = ', "printed": true' if r() < 0.1 else ""
-                    metadata = (f'{{"batch": {1 + int(r() * 40)}, '
-                                f'"channel": "{CHANNELS[int(r() * len(CHANNELS))]}"{printed}}}')
+                    metadata = (
+                        f'{{"batch": {1 + int(r() * 40)}, '
+                        f'"channel": "{CHANNELS[int(r() * len(CHANNELS))]}"{printed}}}'
+                    )
                 facts.project[i], facts.kind[i] = p, kind
                 facts.holder[i], facts.created_ms[i] = holder, created
                 yield (
-                    self.voucher_id(i), project_id, f"{prefix}-{self.voucher_code(i)}",
-                    campaign.id if campaign else None, VOUCHER_TYPES[kind], discount,
-                    gift_amount, gift_balance, points, balance, active,
+                    self.voucher_id(i),
+                    project_id,
+                    f"{prefix}-{self.voucher_code(i)}",
+                    campaign.id if campaign else None,
+                    VOUCHER_TYPES[kind],
+                    discount,
+                    gift_amount,
+                    gift_balance,
+                    points,
+                    balance,
+                    active,
                     campaign.start_date if campaign else None,
-                    campaign.expiration_date if campaign else None, quantity, redeemed,
-                    self.customer_id(holder) if holder >= 0 else None, metadata,
-                    at(created), at(updated),
+                    campaign.expiration_date if campaign else None,
+                    quantity,
+                    redeemed,
+                    self.customer_id(holder) if holder >= 0 else None,
+                    metadata,
+                    created_at,
+                    updated_at,
                 )
         self._vouchers = facts
 
@@ -441,8 +517,14 @@ class SeedRows:
             points = 10 * (1 + int(r() * 50)) if kind == 2 else None
             created = facts.created_ms[v] + int(r() * 90 * DAY_MS)
             yield (
-                self.redemption_id(n), self.project_ids[p], self.voucher_id(v), customer,
-                amount, points, result, at(created),
+                self.redemption_id(n),
+                self.project_ids[p],
+                self.voucher_id(v),
+                customer,
+                amount,
+                points,
+                result,
+                at(created),
             )
 
     def segments(self) -> Iterator[Row]:
@@ -459,8 +541,13 @@ class SeedRows:
                     name, segment_filter = auto_segment(rng)
                     kind, filter_json = "auto-update", json.dumps(segment_filter)
                 yield (
-                    self.segment_id(i), self.project_ids[p], name, kind, filter_json,
-                    at(created), at(updated),
+                    self.segment_id(i),
+                    self.project_ids[p],
+                    name,
+                    kind,
+                    filter_json,
+                    at(created),
+                    at(updated),
                 )
 
     def segment_members(self) -> Iterator[Row]:

@@ -7,25 +7,64 @@ import random
 from typing import Any
 
 PROJECT_NAMES = (
-    "Acme Coffee", "Northwind Outfitters", "Bluebird Books", "Helios Fitness", "Copper Kettle",
-    "Urban Sprout Grocers", "Polar Petcare", "Lumen Cinemas",
+    "Acme Coffee",
+    "Northwind Outfitters",
+    "Bluebird Books",
+    "Helios Fitness",
+    "Copper Kettle",
+    "Urban Sprout Grocers",
+    "Polar Petcare",
+    "Lumen Cinemas",
 )
 
 # (as written, as used in an e-mail address): names with accents and apostrophes on purpose.
 FIRST_NAMES = (
-    ("Ada", "ada"), ("Alan", "alan"), ("Grace", "grace"), ("José", "jose"), ("Zoë", "zoe"),
-    ("Søren", "soren"), ("Łukasz", "lukasz"), ("Mia", "mia"), ("Noah", "noah"),
-    ("Olivia", "olivia"), ("Liam", "liam"), ("Emma", "emma"), ("Chloé", "chloe"),
-    ("Mateo", "mateo"), ("Aisha", "aisha"), ("Yuki", "yuki"), ("Priya", "priya"),
-    ("Omar", "omar"), ("Hannah", "hannah"), ("Lucas", "lucas"), ("Ingrid", "ingrid"),
-    ("Kwame", "kwame"), ("Elif", "elif"), ("Diego", "diego"),
+    ("Ada", "ada"),
+    ("Alan", "alan"),
+    ("Grace", "grace"),
+    ("José", "jose"),
+    ("Zoë", "zoe"),
+    ("Søren", "soren"),
+    ("Łukasz", "lukasz"),
+    ("Mia", "mia"),
+    ("Noah", "noah"),
+    ("Olivia", "olivia"),
+    ("Liam", "liam"),
+    ("Emma", "emma"),
+    ("Chloé", "chloe"),
+    ("Mateo", "mateo"),
+    ("Aisha", "aisha"),
+    ("Yuki", "yuki"),
+    ("Priya", "priya"),
+    ("Omar", "omar"),
+    ("Hannah", "hannah"),
+    ("Lucas", "lucas"),
+    ("Ingrid", "ingrid"),
+    ("Kwame", "kwame"),
+    ("Elif", "elif"),
+    ("Diego", "diego"),
 )
 LAST_NAMES = (
-    ("Smith", "smith"), ("Johnson", "johnson"), ("García", "garcia"), ("Müller", "muller"),
-    ("Kowalski", "kowalski"), ("O'Brien", "obrien"), ("Nguyen", "nguyen"), ("Rossi", "rossi"),
-    ("Dubois", "dubois"), ("Tanaka", "tanaka"), ("Silva", "silva"), ("Novak", "novak"),
-    ("Jensen", "jensen"), ("Patel", "patel"), ("Cohen", "cohen"), ("Brown", "brown"),
-    ("Okafor", "okafor"), ("Öztürk", "ozturk"), ("van Dijk", "vandijk"), ("Lee", "lee"),
+    ("Smith", "smith"),
+    ("Johnson", "johnson"),
+    ("García", "garcia"),
+    ("Müller", "muller"),
+    ("Kowalski", "kowalski"),
+    ("O'Brien", "obrien"),
+    ("Nguyen", "nguyen"),
+    ("Rossi", "rossi"),
+    ("Dubois", "dubois"),
+    ("Tanaka", "tanaka"),
+    ("Silva", "silva"),
+    ("Novak", "novak"),
+    ("Jensen", "jensen"),
+    ("Patel", "patel"),
+    ("Cohen", "cohen"),
+    ("Brown", "brown"),
+    ("Okafor", "okafor"),
+    ("Öztürk", "ozturk"),
+    ("van Dijk", "vandijk"),
+    ("Lee", "lee"),
 )
 DOMAINS = ("example.com", "example.org", "mail.example.net", "shop.example")
 
@@ -45,8 +84,15 @@ CITIES = (
     ("São Paulo", "SP", "BR", "01310-", "+55 11"),
 )
 STREETS = (
-    "Main Street", "Oak Avenue", "Market Street", "Hauptstraße", "Rue de la Paix",
-    "Calle Mayor", "Via Roma", "King Street", "Ulica Długa",
+    "Main Street",
+    "Oak Avenue",
+    "Market Street",
+    "Hauptstraße",
+    "Rue de la Paix",
+    "Calle Mayor",
+    "Via Roma",
+    "King Street",
+    "Ulica Długa",
 )
 
 TIERS = ("bronze", "silver", "gold", "platinum")
@@ -55,16 +101,23 @@ TIER_WEIGHTS = (50, 30, 15, 5)
 # campaign type -> (theme, voucher code prefix)
 CAMPAIGN_THEMES = {
     "DISCOUNT_COUPONS": (
-        ("Summer Sale", "SUMMER"), ("Black Friday", "BF"), ("Welcome Offer", "WELCOME"),
-        ("Spring Clearance", "SPRING"), ("Weekend Flash Sale", "FLASH"),
+        ("Summer Sale", "SUMMER"),
+        ("Black Friday", "BF"),
+        ("Welcome Offer", "WELCOME"),
+        ("Spring Clearance", "SPRING"),
+        ("Weekend Flash Sale", "FLASH"),
         ("Back to School", "SCHOOL"),
     ),
     "GIFT_VOUCHERS": (
-        ("Holiday Gift Cards", "GIFT"), ("Birthday Gift", "BDAY"),
-        ("Corporate Gifts", "CORP"), ("Store Credit", "CREDIT"),
+        ("Holiday Gift Cards", "GIFT"),
+        ("Birthday Gift", "BDAY"),
+        ("Corporate Gifts", "CORP"),
+        ("Store Credit", "CREDIT"),
     ),
     "LOYALTY_PROGRAM": (
-        ("Coffee Club", "CLUB"), ("Rewards Plus", "PLUS"), ("Frequent Visitor", "FREQ"),
+        ("Coffee Club", "CLUB"),
+        ("Rewards Plus", "PLUS"),
+        ("Frequent Visitor", "FREQ"),
         ("VIP Points", "VIP"),
     ),
 }
@@ -72,8 +125,12 @@ CHANNELS = ("email", "sms", "in_store", "web", "partner")
 UNIT_TYPES = ("sku_espresso", "sku_tote_bag", "prod_free_shipping")
 
 STATIC_SEGMENT_NAMES = (
-    "Newsletter subscribers", "Beta testers", "Store staff", "Event attendees",
-    "Survey respondents", "Wholesale accounts",
+    "Newsletter subscribers",
+    "Beta testers",
+    "Store staff",
+    "Event attendees",
+    "Survey respondents",
+    "Wholesale accounts",
 )
 
 
@@ -97,8 +154,7 @@ def auto_segment(rng: random.Random) -> tuple[str, dict[str, Any]]:
         redeemed, points = rng.randint(1, 5), rng.choice((500, 1000, 5000))
         return "Active redeemers", {
             "junction": "or",
-            "summary.redemptions.total_succeeded": {
-                "conditions": {"$more_than_equal": [redeemed]}},
+            "summary.redemptions.total_succeeded": {"conditions": {"$more_than_equal": [redeemed]}},
             "loyalty.points": {"conditions": {"$more_than": [points]}},
         }
     if template == 3:
@@ -106,11 +162,13 @@ def auto_segment(rng: random.Random) -> tuple[str, dict[str, Any]]:
         return f"Age {age} to {age + 14}, gold or example.com", {
             "junction": "and",
             "metadata.age": {"conditions": {"$more_than_equal": [age], "$less_than": [age + 15]}},
-            "filters": [{
-                "junction": "or",
-                "metadata.tier": {"conditions": {"$is": ["gold"]}},
-                "email": {"conditions": {"$ends_with": ["@example.com"]}},
-            }],
+            "filters": [
+                {
+                    "junction": "or",
+                    "metadata.tier": {"conditions": {"$is": ["gold"]}},
+                    "email": {"conditions": {"$ends_with": ["@example.com"]}},
+                }
+            ],
         }
     if template == 4:
         month = rng.randint(2, 12)

@@ -84,17 +84,17 @@ async def verify(
         async for hit in _indexed(search, kind):
             object_id = hit["_id"]
             seen.add(object_id)
-            document = expected.get(object_id)
-            if document is None:
+            wanted = expected.get(object_id)
+            if wanted is None:
                 report.differ(f"{kind.value} {object_id}: in elasticsearch, not in the source")
                 continue
             source_doc = hit["_source"]
-            if source_doc.get("doc") != document.body:
+            if source_doc.get("doc") != wanted.body:
                 report.differ(
                     f"{kind.value} {object_id}: elasticsearch body differs: "
-                    f"{source_doc.get('doc')} != {document.body}"
+                    f"{source_doc.get('doc')} != {wanted.body}"
                 )
-            for name, value in document.fields.items():
+            for name, value in wanted.fields.items():
                 if source_doc.get(name) != value:
                     report.differ(f"{kind.value} {object_id}: elasticsearch field {name} differs")
         for object_id in expected.keys() - seen:

@@ -42,10 +42,11 @@ SETTINGS: dict[str, str] = {
     "max_wal_senders": "64",
     "max_connections": "300",
     "fsync": "off",
-    "synchronous_commit": "off",
+    # Commits stay synchronous: a writer that reads pg_current_wal_lsn() after its commit must
+    # get a position at or past that commit (the read-your-writes contract), and decoding only
+    # sees flushed WAL. With fsync off a synchronous commit costs next to nothing.
+    "synchronous_commit": "on",
     "full_page_writes": "off",
-    # Logical decoding by SQL only sees flushed WAL; with asynchronous commits a commit waits for
-    # the WAL writer (3 x 200ms by default) before the indexer can read it. Flush often instead.
     "wal_writer_delay": "'10ms'",
 }
 

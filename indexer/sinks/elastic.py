@@ -210,7 +210,7 @@ class ElasticSink:
                 page = await self._client.search(
                     index=self.alias(kind),
                     size=1000,
-                    source=["project_id"],
+                    source_includes=["project_id"],
                     sort=[{"id": "asc"}],
                     search_after=search_after,
                     query={"match_all": {}},

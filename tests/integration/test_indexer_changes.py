@@ -25,7 +25,7 @@ async def seed_base(h: IndexerHarness) -> None:
     await h.execute(
         "INSERT INTO vouchers (id, project_id, code, campaign_id, type, discount) VALUES "
         "('v_1', 'proj_a', 'SUMMER-1', 'camp_1', 'DISCOUNT_VOUCHER',"
-        " '{\"type\": \"PERCENT\", \"percent_off\": 10}')"
+        ' \'{"type": "PERCENT", "percent_off": 10}\')'
     )
     await h.execute(
         "INSERT INTO vouchers (id, project_id, code, campaign_id, type, loyalty_points,"
@@ -77,8 +77,9 @@ async def test_updates_and_deletes_recompute_derived_values(harness: IndexerHarn
     )
     await harness.catch_up()
     # A card changes hands and balance; a redemption is deleted; a campaign is deleted.
-    await harness.execute("UPDATE vouchers SET holder_id = 'cust_2', loyalty_balance = 70 "
-                          "WHERE id = 'card_2'")
+    await harness.execute(
+        "UPDATE vouchers SET holder_id = 'cust_2', loyalty_balance = 70 WHERE id = 'card_2'"
+    )
     await harness.execute("DELETE FROM redemptions WHERE id = 'r1'")
     await harness.execute("DELETE FROM campaigns WHERE id = 'camp_1'")
     await harness.catch_up()
@@ -147,9 +148,9 @@ async def test_segments_static_and_auto_update(harness: IndexerHarness) -> None:
         "INSERT INTO segments (id, project_id, name, type, filter) VALUES "
         "('seg_static', 'proj_a', 'Chosen', 'static', NULL),"
         "('seg_gold', 'proj_a', 'Gold', 'auto-update',"
-        " '{\"junction\": \"and\", \"metadata.tier\": {\"conditions\": {\"$is\": [\"gold\"]}}}'),"
+        ' \'{"junction": "and", "metadata.tier": {"conditions": {"$is": ["gold"]}}}\'),'
         "('seg_bad', 'proj_a', 'Broken', 'auto-update', '{\"email\": {\"conditions\": "
-        "{\"$nope\": [1]}}}')"
+        '{"$nope": [1]}}}\')'
     )
     await harness.execute(
         "INSERT INTO segment_members (segment_id, customer_id) VALUES ('seg_static', 'cust_2')"
@@ -161,8 +162,8 @@ async def test_segments_static_and_auto_update(harness: IndexerHarness) -> None:
     assert second is not None and second["segment_ids"] == ["seg_static"]
     # The filter changes: every customer of the project is evaluated again.
     await harness.execute(
-        "UPDATE segments SET filter = '{\"email\": {\"conditions\": "
-        "{\"$ends_with\": [\"example.com\"]}}}' WHERE id = 'seg_gold'"
+        'UPDATE segments SET filter = \'{"email": {"conditions": '
+        '{"$ends_with": ["example.com"]}}}\' WHERE id = \'seg_gold\''
     )
     await harness.execute("DELETE FROM segment_members WHERE segment_id = 'seg_static'")
     await harness.catch_up()

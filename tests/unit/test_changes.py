@@ -1,0 +1,121 @@
+"""Fan-out rules: which objects a row change marks for rebuilding, without any service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cache.types import ObjectKind
+from indexer.changes import TouchedObjects, collect_touched
+
+
+@dataclass(frozen=True)
+class Change:
+    op: str
+    table: str
+    new: dict[str, Any] | None = None
+    old: dict[str, Any] | None = None
+
+
+def touched_by(*changes: tuple[int, Change]) -> TouchedObjects:
+    return collect_touched(changes)
+
+
+def test_voucher_insert_marks_voucher_campaign_and_card_holder() -> None:
+    card = {
+        "id": "v1",
+        "project_id": "p",
+        "code": "C",
+        "campaign_id": "k",
+        "holder_id": "c1",
+        "type": "LOYALTY_CARD",
+    }
+    touched = touched_by((10, Change("insert", "vouchers", new=card)))
+    assert set(touched.objects) == {
+        (ObjectKind.VOUCHER, "v1"),
+        (ObjectKind.CAMPAIGN, "k"),
+        (ObjectKind.CUSTOMER, "c1"),
+    }
+    assert all(mark.version == 10 for mark in touched.objects.values())
+
+
+def test_discount_voucher_update_does_not_touch_its_holder() -> None:
+    row = {
+        "id": "v1",
+        "project_id": "p",
+        "code": "C",
+        "campaign_id": "k",
+        "holder_id": "c1",
+        "type": "DISCOUNT_VOUCHER",
+    }
+    touched = touched_by((5, Change("update", "vouchers", new={**row, "active": False}, old=row)))
+    assert set(touched.objects) == {(ObjectKind.VOUCHER, "v1")}
+
+
+def test_code_change_releases_the_old_code() -> None:
+    old = {"id": "v1", "project_id": "p", "code": "OLD", "type": "DISCOUNT_VOUCHER"}
+    touched = touched_by((7, Change("update", "vouchers", new={**old, "code": "NEW"}, old=old)))
+    assert touched.removed_codes == {("p", "OLD"): 7}
+
+
+def test_holder_move_marks_both_holders() -> None:
+    old = {"id": "v1", "project_id": "p", "code": "C", "holder_id": "a", "type": "LOYALTY_CARD"}
+    touched = touched_by((3, Change("update", "vouchers", new={**old, "holder_id": "b"}, old=old)))
+    assert (ObjectKind.CUSTOMER, "a") in touched.objects
+    assert (ObjectKind.CUSTOMER, "b") in touched.objects
+
+
+def test_campaign_rename_fans_out_but_other_updates_do_not() -> None:
+    old = {"id": "k", "project_id": "p", "name": "A", "active": True}
+    renamed = touched_by((9, Change("update", "campaigns", new={**old, "name": "B"}, old=old)))
+    assert renamed.renamed_campaigns == {"k": 9}
+    paused = touched_by((9, Change("update", "campaigns", new={**old, "active": False}, old=old)))
+    assert paused.renamed_campaigns == {}
+
+
+def test_redemption_marks_old_and_new_customer() -> None:
+    old = {"id": "r", "project_id": "p", "customer_id": "a"}
+    touched = touched_by(
+        (4, Change("update", "redemptions", new={**old, "customer_id": "b"}, old=old))
+    )
+    assert {key for key in touched.objects} == {
+        (ObjectKind.CUSTOMER, "a"),
+        (ObjectKind.CUSTOMER, "b"),
+    }
+
+
+def test_auto_segment_filter_change_resegments_the_project() -> None:
+    old = {"id": "s", "project_id": "p", "type": "auto-update", "filter": {"a": 1}}
+    touched = touched_by(
+        (8, Change("update", "segments", new={**old, "filter": {"a": 2}}, old=old))
+    )
+    assert touched.resegmented_projects == {"p": 8}
+    renamed = touched_by((8, Change("update", "segments", new={**old, "name": "x"}, old=old)))
+    assert renamed.resegmented_projects == {}
+
+
+def test_newest_version_wins_and_project_is_kept() -> None:
+    touched = touched_by(
+        (1, Change("insert", "segment_members", new={"segment_id": "s", "customer_id": "c"})),
+        (
+            2,
+            Change(
+                "update",
+                "customers",
+                new={"id": "c", "project_id": "p"},
+                old={"id": "c", "project_id": "p"},
+            ),
+        ),
+    )
+    mark = touched.objects[(ObjectKind.CUSTOMER, "c")]
+    assert (mark.version, mark.project_id) == (2, "p")
+
+
+def test_truncate_is_recorded_per_table() -> None:
+    touched = touched_by((6, Change("truncate", "vouchers")))
+    assert touched.truncated_tables == {"vouchers": 6}
+    assert touched
+
+
+def test_unwatched_table_touches_nothing() -> None:
+    assert not touched_by((1, Change("insert", "projects", new={"id": "p", "name": "x"})))

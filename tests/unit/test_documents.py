@@ -1,0 +1,124 @@
+"""API objects of API.md §3 built from recomputed rows, without any service."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from indexer.documents import (
+    MAX_METADATA_PAIRS,
+    customer_document,
+    epoch_micros,
+    iso_timestamp,
+    metadata_pairs,
+    voucher_document,
+)
+
+T0 = datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+def voucher_row(**overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": "v1",
+        "project_id": "p",
+        "code": "SUMMER",
+        "campaign_id": "k",
+        "campaign_name": "Summer",
+        "type": "GIFT_VOUCHER",
+        "discount": None,
+        "gift_amount": 1000,
+        "gift_balance": None,
+        "loyalty_points": None,
+        "loyalty_balance": None,
+        "active": True,
+        "start_date": None,
+        "expiration_date": None,
+        "redemption_quantity": None,
+        "redeemed_quantity": 2,
+        "holder_id": None,
+        "metadata": {"color": "red", "n": 3},
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    row.update(overrides)
+    return row
+
+
+def test_voucher_object_shape() -> None:
+    body = voucher_document(voucher_row()).body
+    assert list(body) == [
+        "id",
+        "code",
+        "object",
+        "campaign",
+        "campaign_id",
+        "type",
+        "discount",
+        "gift",
+        "loyalty_card",
+        "start_date",
+        "expiration_date",
+        "active",
+        "redemption",
+        "holder_id",
+        "metadata",
+        "created_at",
+        "updated_at",
+    ]
+    assert body["object"] == "voucher"
+    assert body["gift"] == {"amount": 1000, "balance": None}
+    assert body["loyalty_card"] is None
+    assert body["redemption"] == {"quantity": None, "redeemed_quantity": 2}
+    assert body["created_at"] == "2024-05-01T10:00:00.123456Z"
+
+
+def test_search_text_holds_code_and_metadata_values() -> None:
+    fields = voucher_document(voucher_row()).fields
+    assert fields["search_text"] == "SUMMER red 3"
+    assert fields["code_lower"] == "summer"
+
+
+def test_timestamps_keep_the_instant_in_utc() -> None:
+    local = datetime(2024, 5, 1, 12, 0, 0, 5, tzinfo=timezone(timedelta(hours=2)))
+    assert iso_timestamp(local) == "2024-05-01T10:00:00.000005Z"
+    assert iso_timestamp(None) is None
+    assert epoch_micros(T0) == int(T0.timestamp()) * 1_000_000 + 123456
+
+
+def test_customer_summary_and_segments() -> None:
+    row = {
+        "id": "c1",
+        "project_id": "p",
+        "source_id": "crm",
+        "name": "Ann",
+        "email": "Ann@Example.com",
+        "phone": None,
+        "address": None,
+        "metadata": {"tier": "gold"},
+        "created_at": T0,
+        "updated_at": T0,
+        "total_redeemed": 3,
+        "total_succeeded": 2,
+        "total_failed": 1,
+        "redeemed_amount": 150,
+        "redeemed_points": 0,
+        "loyalty_points": 40,
+        "static_segment_ids": ["s_static"],
+    }
+    document = customer_document(
+        row, [("s_gold", lambda c: c["metadata"]["tier"] == "gold"), ("s_none", lambda c: False)]
+    )
+    assert document.body["summary"]["redemptions"]["total_succeeded"] == 2
+    assert document.body["loyalty"] == {"points": 40}
+    assert document.fields["segment_ids"] == ["s_gold", "s_static"]
+    assert document.fields["email_lower"] == "ann@example.com"
+
+
+def test_metadata_pairs_are_typed_and_bounded() -> None:
+    pairs = metadata_pairs({"a": 1, "b": True, "c": "2024-01-01", "d": {"e": "x"}})
+    assert {"k": "a", "n": 1} in pairs
+    assert {"k": "b", "b": True} in pairs
+    assert {"k": "c", "s": "2024-01-01", "d": "2024-01-01"} in pairs
+    assert {"k": "d.e", "s": "x"} in pairs
+    many = metadata_pairs({f"k{i}": i for i in range(1000)})
+    assert len(many) == MAX_METADATA_PAIRS
