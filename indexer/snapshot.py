@@ -9,6 +9,7 @@ memory stays bounded by one chunk whatever the table size.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from cache.types import Lsn, ObjectKind
 from indexer.changes import TouchedObjects
 from indexer.errors import SourceUnavailable
-from indexer.rebuild import Rebuilder
+from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.settings import IndexerSettings
 from indexer.sinks.elastic import ElasticSink, VersionedDelete
 from indexer.sinks.redis import RedisSink
@@ -69,34 +70,37 @@ async def initial_load(
             await open_snapshot_reader(reader, snapshot_name)
             source = DocumentSource(reader)
             rebuilder = Rebuilder(source, chunk_ids=settings.snapshot_chunk_rows)
-            for table, kind in _TABLES:
-                total = await _count(reader, table)
-                with tqdm(
-                    total=total,
-                    desc=f"snapshot {table}",
-                    unit="rows",
-                    disable=not show,
-                    file=sys.stderr,
-                ) as bar:
-                    query_name = f"primary_keys_{table}"
-                    async for ids in source.primary_key_chunks(
-                        query_name, settings.snapshot_chunk_rows
-                    ):
-                        touched = TouchedObjects()
-                        for object_id in ids:
-                            if kind is None:
-                                touched.mark_api_key(object_id, None, int(point))
-                            else:
-                                touched.mark(kind, object_id, None, int(point))
-                        async for chunk in rebuilder.writes(touched):
-                            deletes = [
-                                VersionedDelete(r.kind, r.object_id, r.version)
-                                for r in chunk.removed
-                            ]
-                            await search.apply(chunk.documents, deletes)
-                            await cache.apply(chunk)
-                        loaded += len(ids)
-                        bar.update(len(ids))
+            # Reading and building the next chunk overlaps with writing the previous one;
+            # the bounded queue keeps memory at a few chunks whatever the table size.
+            queue: asyncio.Queue[SinkWrites | None] = asyncio.Queue(maxsize=2)
+            writer = asyncio.create_task(_write_chunks(queue, search, cache))
+            try:
+                for table, kind in _TABLES:
+                    total = await _count(reader, table)
+                    with tqdm(
+                        total=total,
+                        desc=f"snapshot {table}",
+                        unit="rows",
+                        disable=not show,
+                        file=sys.stderr,
+                    ) as bar:
+                        async for ids in source.primary_key_chunks(
+                            f"primary_keys_{table}", settings.snapshot_chunk_rows
+                        ):
+                            touched = TouchedObjects()
+                            for object_id in ids:
+                                if kind is None:
+                                    touched.mark_api_key(object_id, None, int(point))
+                                else:
+                                    touched.mark(kind, object_id, None, int(point))
+                            async for chunk in rebuilder.writes(touched):
+                                await _put(queue, writer, chunk)
+                            loaded += len(ids)
+                            bar.update(len(ids))
+                await _put(queue, writer, None)
+                await writer
+            finally:
+                writer.cancel()
             await reader.rollback()
     await search.refresh()
     await search.set_meta(
@@ -114,6 +118,26 @@ async def initial_load(
         },
     )
     return point
+
+
+async def _put(
+    queue: asyncio.Queue[SinkWrites | None], writer: asyncio.Task[None], item: SinkWrites | None
+) -> None:
+    """Queue a chunk, surfacing the writer's failure instead of waiting on a full queue."""
+    put = asyncio.ensure_future(queue.put(item))
+    done, _ = await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
+    if writer in done:
+        put.cancel()
+        writer.result()  # raises the writer's error
+        raise RuntimeError("snapshot writer stopped early")
+
+
+async def _write_chunks(
+    queue: asyncio.Queue[SinkWrites | None], search: ElasticSink, cache: RedisSink
+) -> None:
+    while (chunk := await queue.get()) is not None:
+        deletes = [VersionedDelete(r.kind, r.object_id, r.version) for r in chunk.removed]
+        await asyncio.gather(search.apply(chunk.documents, deletes), cache.apply(chunk))
 
 
 async def _count(conn: psycopg.AsyncConnection[Any], table: str) -> int:
