@@ -126,10 +126,11 @@ async def _put(
     """Queue a chunk, surfacing the writer's failure instead of waiting on a full queue."""
     put = asyncio.ensure_future(queue.put(item))
     done, _ = await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
-    if writer in done:
-        put.cancel()
-        writer.result()  # raises the writer's error
-        raise RuntimeError("snapshot writer stopped early")
+    if put in done:
+        return
+    put.cancel()
+    writer.result()  # raises the writer's error
+    raise RuntimeError("snapshot writer stopped before the end of the snapshot")
 
 
 async def _write_chunks(

@@ -72,7 +72,7 @@ def test_official_images(services: dict[str, Any]) -> None:
 def test_postgres_is_set_up_for_logical_decoding(services: dict[str, Any]) -> None:
     command = " ".join(services["postgres"]["command"])
     for setting in ("wal_level=logical", "max_replication_slots=64", "max_wal_senders=64",
-                    "max_connections=300", "fsync=off", "synchronous_commit=off",
+                    "max_connections=300", "fsync=off", "synchronous_commit=on",
                     "full_page_writes=off"):
         assert setting in command
     assert _environment(services["postgres"])["POSTGRES_DB"] == "loyalty"
