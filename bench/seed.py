@@ -26,11 +26,18 @@ from indexer.seed_rows import SeedPlan
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Seed a scratch database and print rows/s per table and total.")
-    parser.add_argument("--dsn", default=os.environ.get("LOYALTY_PG_DSN", DEFAULT_DSN),
-                        help="any database of the server to use (default: %(default)s)")
-    parser.add_argument("--database", default="loyalty_bench_seed",
-                        help="scratch database, dropped and created (default: %(default)s)")
+        description="Seed a scratch database and print rows/s per table and total."
+    )
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("LOYALTY_PG_DSN", DEFAULT_DSN),
+        help="any database of the server to use (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--database",
+        default="loyalty_bench_seed",
+        help="scratch database, dropped and created (default: %(default)s)",
+    )
     defaults = SeedPlan()
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--projects", type=int, default=defaults.projects)
@@ -41,16 +48,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--segments", type=int, default=defaults.segments)
     parser.add_argument("--keys", type=int, default=defaults.keys)
     parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)
-    parser.add_argument("--per-row-key-checks", action="store_true",
-                        help="keep foreign-key triggers during the load")
+    parser.add_argument(
+        "--per-row-key-checks",
+        action="store_true",
+        help="keep foreign-key triggers during the load",
+    )
     parser.add_argument("--keep", action="store_true", help="do not drop the scratch database")
     return parser.parse_args()
 
 
 def recreate(admin_dsn: str, name: str, *, create: bool) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
         if create:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
@@ -58,9 +69,14 @@ def recreate(admin_dsn: str, name: str, *, create: bool) -> None:
 def main() -> int:
     args = parse_args()
     plan = SeedPlan(
-        seed=args.seed, projects=args.projects, customers=args.customers,
-        campaigns=args.campaigns, vouchers=args.vouchers, redemptions=args.redemptions,
-        segments=args.segments, keys=args.keys,
+        seed=args.seed,
+        projects=args.projects,
+        customers=args.customers,
+        campaigns=args.campaigns,
+        vouchers=args.vouchers,
+        redemptions=args.redemptions,
+        segments=args.segments,
+        keys=args.keys,
     )
     admin_dsn = psycopg.conninfo.make_conninfo(args.dsn, dbname="postgres")
     scratch_dsn = psycopg.conninfo.make_conninfo(args.dsn, dbname=args.database)
@@ -68,9 +84,13 @@ def main() -> int:
     try:
         apply_migrations(scratch_dsn)
         cpu_before = time.process_time()
-        report = seed_database(scratch_dsn, plan, progress=sys.stderr.isatty(),
-                               chunk_rows=args.chunk_rows,
-                               per_row_key_checks=args.per_row_key_checks)
+        report = seed_database(
+            scratch_dsn,
+            plan,
+            progress=sys.stderr.isatty(),
+            chunk_rows=args.chunk_rows,
+            per_row_key_checks=args.per_row_key_checks,
+        )
         client_cpu = time.process_time() - cpu_before
     finally:
         if not args.keep:
@@ -78,8 +98,10 @@ def main() -> int:
     print(format_report(report))
     load = os.getloadavg()[0]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"client CPU {client_cpu:.1f} s of {report.elapsed:.1f} s wall, "
-          f"peak RSS {peak_mb:.0f} MB, load average {load:.2f} on {os.cpu_count()} CPUs")
+    print(
+        f"client CPU {client_cpu:.1f} s of {report.elapsed:.1f} s wall, "
+        f"peak RSS {peak_mb:.0f} MB, load average {load:.2f} on {os.cpu_count()} CPUs"
+    )
     return 0
 
 

@@ -180,7 +180,8 @@ class InvalidationListener:
             await conn.send_command("CLIENT", "ID")
             self.client_id = int(await conn.read_response())
             await conn.send_command("SUBSCRIBE", self._layout.channel)
-            reply = await conn.read_response()
+            # Subscribed replies may come typed as pushes: ask for them, as PubSub does.
+            reply = await conn.read_response(push_request=True)
         if not (isinstance(reply, list) and reply and reply[0] == b"subscribe"):
             raise RedisConnectionError(f"unexpected answer to SUBSCRIBE: {reply!r}")
 
@@ -188,7 +189,7 @@ class InvalidationListener:
         awaiting_pong = False
         while True:
             reply = await conn.read_response(
-                timeout=self._ping_interval, disconnect_on_error=False
+                timeout=self._ping_interval, disconnect_on_error=False, push_request=True
             )
             if reply is None:
                 if awaiting_pong:

@@ -62,16 +62,19 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[tuple[Any, ...]]:
 
 
 def apply_migrations(dsn: str, migrations: Sequence[Migration] | None = None) -> list[str]:
-    """Apply the pending migrations in order; return the names applied (empty when none)."""
-    pending_source = bundled_migrations() if migrations is None else list(migrations)
+    """Apply the pending migrations in order; return the names applied (empty when none).
+
+    ``migrations`` defaults to the package's files; raises ``MigrationError`` on any failure.
+    """
+    candidates = bundled_migrations() if migrations is None else list(migrations)
     try:
         with connect(dsn, autocommit=True) as conn:
-            conn.execute(query("migrations_lock"))
+            conn.execute(query("migrate_lock"))
             try:
-                return _apply_pending(conn, pending_source)
+                return _apply_pending(conn, candidates)
             finally:
                 if not conn.closed and not conn.broken:
-                    conn.execute(query("migrations_unlock"))
+                    conn.execute(query("migrate_unlock"))
     except psycopg.Error as error:
         raise MigrationError(one_line(error)) from error
 
@@ -79,8 +82,8 @@ def apply_migrations(dsn: str, migrations: Sequence[Migration] | None = None) ->
 def _apply_pending(
     conn: psycopg.Connection[tuple[Any, ...]], migrations: Sequence[Migration]
 ) -> list[str]:
-    conn.execute(query("create_schema_migrations"))
-    done = {row[0] for row in conn.execute(query("applied_migrations"))}
+    conn.execute(query("migrate_create_log"))
+    done = {row[0] for row in conn.execute(query("migrate_applied"))}
     applied: list[str] = []
     for migration in migrations:
         if migration.name in done:
@@ -89,7 +92,7 @@ def _apply_pending(
             with conn.transaction():
                 # No parameters: the file may hold many statements and literal percent signs.
                 conn.execute(migration.sql)
-                conn.execute(query("record_migration"), {"name": migration.name})
+                conn.execute(query("migrate_record"), {"name": migration.name})
         except psycopg.Error as error:
             raise MigrationError(f"{migration.name}: {one_line(error)}") from error
         applied.append(migration.name)

@@ -91,6 +91,8 @@ def seed_database(
                 if check_per_table and table != "projects":
                     _check_references(conn, table)
                 seconds[table] = time.perf_counter() - table_started
+    except psycopg.errors.UndefinedTable as error:
+        raise SeedError(f"{step}: {one_line(error)} (run `indexer migrate` first)") from error
     except psycopg.Error as error:
         raise SeedError(f"{step}: {one_line(error)}") from error
     demo = source.demo_key()

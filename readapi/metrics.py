@@ -6,6 +6,8 @@ Label children are created once and kept: the hot path only increments and obser
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -13,7 +15,30 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
+
+# Values kept by the objects that count them (single-flight, the Elasticsearch reader),
+# read only when /metrics is scraped.
+CountsByLabels = Callable[[], Mapping[tuple[str, ...], float]]
+
+
+class _CountersFromFunctions:
+    def __init__(self) -> None:
+        self._items: list[tuple[str, str, Sequence[str], CountsByLabels]] = []
+
+    def add(self, name: str, doc: str, labels: Sequence[str], counts: CountsByLabels) -> None:
+        self._items.append((name, doc, labels, counts))
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc, labels, counts in self._items:
+            family = CounterMetricFamily(name, doc, labels=list(labels))
+            for values, count in counts().items():
+                family.add_metric(list(values), count)
+            yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Request latencies of a cache-served API sit well below a millisecond.
@@ -47,13 +72,8 @@ class ApiMetrics:
             "readapi_fills", "Redis fills from Elasticsearch reads (written or kept newer)",
             ["result"], registry=r,
         )
-        self.singleflight_waits = Counter(
-            "readapi_singleflight_waits",
-            "Lookups that joined a read already in flight for the same key", registry=r,
-        )
-        self.es_requests = Counter(
-            "readapi_es_requests", "Requests sent to Elasticsearch", ["operation"], registry=r,
-        )
+        self.from_functions = _CountersFromFunctions()
+        r.register(self.from_functions)
         self.dependency_errors = Counter(
             "readapi_dependency_errors", "Failed calls to Redis or Elasticsearch",
             ["dependency"], registry=r,
@@ -71,6 +91,10 @@ class ApiMetrics:
         )
         self.l1_entries = Gauge(
             "readapi_l1_entries", "Entries held in the in-process object cache", registry=r,
+        )
+        self.invalidation_connected = Gauge(
+            "readapi_invalidation_connected",
+            "1 while subscribed to the invalidation channel (L1 on), else 0", registry=r,
         )
         self._children: dict[tuple[str, str, int], MetricWrapperBase] = {}
         self._latency_children: dict[str, Histogram] = {}

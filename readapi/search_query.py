@@ -203,8 +203,13 @@ def _shown(name: str) -> str:
 
 def _check_names(query: Mapping[str, str], kind: ListKind) -> None:
     allowed = ALLOWED_PARAMETERS[kind]
-    # A MultiDict yields a repeated key once per value; a plain mapping never repeats.
-    counts = Counter(query.keys())
+    # A MultiDict yields one item per value (its keys() may be deduplicated), and getall()
+    # sees every value whatever the version; a plain mapping never repeats a name.
+    counts = Counter(name for name, _ in query.items())
+    getall = getattr(query, "getall", None)
+    if callable(getall):
+        for name in counts:
+            counts[name] = max(counts[name], len(getall(name)))
     for name in counts:
         if name not in allowed:
             listed = ", ".join(allowed)

@@ -100,7 +100,8 @@ CONTRACT: dict[str, dict[str, tuple[str, bool, bool]]] = {
     },
 }
 PRIMARY_KEYS = {table: ("id",) for table in CONTRACT} | {
-    "segment_members": ("segment_id", "customer_id")}
+    "segment_members": ("segment_id", "customer_id")
+}
 UNIQUES = {("customers", ("project_id", "source_id")), ("vouchers", ("project_id", "code"))}
 # (table, column, referenced table, delete rule): "c" cascade, "n" set null (pg_constraint).
 FOREIGN_KEYS = {
@@ -131,30 +132,35 @@ def empty_dsn(pg_dsn: str) -> Iterator[str]:
     admin_dsn = psycopg.conninfo.make_conninfo(pg_dsn, dbname="postgres")
     name = f"t_empty_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
-            sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
     try:
         yield psycopg.conninfo.make_conninfo(pg_dsn, dbname=name)
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 # --- structure ---------------------------------------------------------------------------
 
+
 def test_tables_are_the_contract_and_the_migration_log(pg_dsn: str) -> None:
-    tables = fetch(pg_dsn, "SELECT table_name FROM information_schema.tables "
-                           "WHERE table_schema = 'public'")
+    tables = fetch(
+        pg_dsn, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    )
     assert {name for (name,) in tables} == set(CONTRACT) | {"schema_migrations"}
 
 
 def test_columns_are_the_contract(pg_dsn: str) -> None:
-    rows = fetch(pg_dsn, """
+    rows = fetch(
+        pg_dsn,
+        """
         SELECT table_name, column_name, data_type, is_nullable, column_default
         FROM information_schema.columns
         WHERE table_schema = 'public' AND table_name <> 'schema_migrations'
-        ORDER BY table_name, ordinal_position""")
+        ORDER BY table_name, ordinal_position""",
+    )
     found: dict[str, dict[str, tuple[str, bool, bool]]] = {}
     for table, column, data_type, nullable, default in rows:
         found.setdefault(table, {})[column] = (data_type, nullable == "YES", default is not None)
@@ -164,20 +170,32 @@ def test_columns_are_the_contract(pg_dsn: str) -> None:
 
 
 def test_defaults_are_the_contract(pg_dsn: str) -> None:
-    defaults = dict(((table, column), default) for table, column, default in fetch(pg_dsn, """
+    defaults = dict(
+        ((table, column), default)
+        for table, column, default in fetch(
+            pg_dsn,
+            """
         SELECT table_name, column_name, column_default FROM information_schema.columns
-        WHERE table_schema = 'public' AND column_default IS NOT NULL"""))
+        WHERE table_schema = 'public' AND column_default IS NOT NULL""",
+        )
+    )
     assert {key for key, value in defaults.items() if value == "now()"} == {
-        (table, column) for table, columns in CONTRACT.items() for column in columns
-        if column in {"created_at", "updated_at"}} | {("schema_migrations", "applied_at")}
+        (table, column)
+        for table, columns in CONTRACT.items()
+        for column in columns
+        if column in {"created_at", "updated_at"}
+    } | {("schema_migrations", "applied_at")}
     assert {key for key, value in defaults.items() if value.startswith("'{}'")} == {
-        (table, "metadata") for table in ("customers", "campaigns", "vouchers")}
+        (table, "metadata") for table in ("customers", "campaigns", "vouchers")
+    }
     assert defaults[("campaigns", "active")] == defaults[("vouchers", "active")] == "true"
     assert defaults[("vouchers", "redeemed_quantity")] == "0"
 
 
 def _constraints(dsn: str, kind: str) -> list[tuple[Any, ...]]:
-    return fetch(dsn, """
+    return fetch(
+        dsn,
+        """
         SELECT c.conrelid::regclass::text,
                ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(num, pos)
                      JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num
@@ -185,7 +203,9 @@ def _constraints(dsn: str, kind: str) -> list[tuple[Any, ...]]:
                c.confrelid::regclass::text, c.confdeltype::text
         FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
         WHERE n.nspname = 'public' AND c.contype = %s
-          AND c.conrelid <> 'schema_migrations'::regclass""", (kind,))
+          AND c.conrelid <> 'schema_migrations'::regclass""",
+        (kind,),
+    )
 
 
 def test_primary_keys(pg_dsn: str) -> None:
@@ -207,24 +227,33 @@ def test_foreign_keys_and_their_delete_rules(pg_dsn: str) -> None:
 
 
 def test_every_contract_table_logs_full_old_rows(pg_dsn: str) -> None:
-    rows = fetch(pg_dsn, "SELECT relname, relreplident::text FROM pg_class "
-                         "WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' "
-                         "AND relname <> 'schema_migrations'")
+    rows = fetch(
+        pg_dsn,
+        "SELECT relname, relreplident::text FROM pg_class "
+        "WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' "
+        "AND relname <> 'schema_migrations'",
+    )
     assert dict(rows) == dict.fromkeys(CONTRACT, "f")
 
 
 def test_no_triggers(pg_dsn: str) -> None:
-    rows = fetch(pg_dsn, "SELECT tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                         "WHERE c.relnamespace = 'public'::regnamespace AND NOT t.tgisinternal")
+    rows = fetch(
+        pg_dsn,
+        "SELECT tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "WHERE c.relnamespace = 'public'::regnamespace AND NOT t.tgisinternal",
+    )
     assert rows == []
 
 
 def test_join_columns_lead_an_index(pg_dsn: str) -> None:
-    rows = fetch(pg_dsn, """
+    rows = fetch(
+        pg_dsn,
+        """
         SELECT c.relname, a.attname FROM pg_index i
         JOIN pg_class c ON c.oid = i.indrelid
         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-        WHERE c.relnamespace = 'public'::regnamespace""")
+        WHERE c.relnamespace = 'public'::regnamespace""",
+    )
     assert set(rows) >= JOIN_COLUMNS
 
 
@@ -232,8 +261,10 @@ def test_enumerated_values_are_checked(pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn) as conn:
         conn.execute("INSERT INTO projects (id, name) VALUES ('p', 'P')")
         with pytest.raises(psycopg.errors.CheckViolation):
-            conn.execute("INSERT INTO campaigns (id, project_id, name, type) "
-                         "VALUES ('c', 'p', 'C', 'COUPONS')")
+            conn.execute(
+                "INSERT INTO campaigns (id, project_id, name, type) "
+                "VALUES ('c', 'p', 'C', 'COUPONS')"
+            )
 
 
 def test_omitted_columns_take_their_defaults(pg_dsn: str) -> None:
@@ -242,11 +273,13 @@ def test_omitted_columns_take_their_defaults(pg_dsn: str) -> None:
         row = conn.execute(
             "INSERT INTO vouchers (id, project_id, code, type) VALUES ('v', 'p', 'C', "
             "'GIFT_VOUCHER') RETURNING active, redeemed_quantity, metadata, "
-            "created_at IS NOT NULL AND updated_at IS NOT NULL").fetchone()
+            "created_at IS NOT NULL AND updated_at IS NOT NULL"
+        ).fetchone()
     assert row == (True, 0, {}, True)
 
 
 # --- applying migrations -----------------------------------------------------------------
+
 
 def test_migrations_apply_once_in_order(empty_dsn: str) -> None:
     names = [migration.name for migration in bundled_migrations()]
@@ -278,7 +311,8 @@ def test_concurrent_runs_apply_each_migration_once(empty_dsn: str) -> None:
         thread.join()
     assert errors == []
     assert sorted(name for result in results for name in result) == sorted(
-        migration.name for migration in bundled_migrations())
+        migration.name for migration in bundled_migrations()
+    )
 
 
 def test_a_failed_migration_leaves_nothing_behind(empty_dsn: str) -> None:
@@ -300,16 +334,20 @@ def test_a_failed_migration_leaves_nothing_behind(empty_dsn: str) -> None:
 def test_migrate_command(empty_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["migrate", "--dsn", empty_dsn]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"applied {migration.name}" for migration in bundled_migrations()]
+        f"applied {migration.name}" for migration in bundled_migrations()
+    ]
     assert main(["migrate", "--dsn", empty_dsn]) == 0
     assert "up to date" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("dsn", [
-    "postgresql://postgres@127.0.0.1:1/loyalty",  # nothing listens there
-    "host=127.0.0.1 port=5433 user=postgres dbname=no_such_database_here",
-    "this is not a dsn",
-])
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://postgres@127.0.0.1:1/loyalty",  # nothing listens there
+        "host=127.0.0.1 port=5433 user=postgres dbname=no_such_database_here",
+        "this is not a dsn",
+    ],
+)
 def test_migrate_command_fails_in_one_line(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["migrate", "--dsn", dsn]) == 1
     captured = capsys.readouterr()
@@ -368,9 +406,14 @@ def test_deleting_a_customer_detaches_its_vouchers_and_redemptions(
 ) -> None:
     graph.execute("DELETE FROM customers WHERE id = 'c1'")
     assert rows_of(graph, "SELECT id, holder_id FROM vouchers WHERE project_id = 'p1'") == {
-        ("v1", None), ("v2", "c2")}
+        ("v1", None),
+        ("v2", "c2"),
+    }
     assert rows_of(graph, "SELECT id, customer_id FROM redemptions WHERE project_id = 'p1'") == {
-        ("r1", None), ("r2", None), ("r3", "c2")}
+        ("r1", None),
+        ("r2", None),
+        ("r3", "c2"),
+    }
     assert rows_of(graph, "SELECT * FROM segment_members") == {("s1", "c2"), ("s9", "c9")}
 
 
@@ -379,7 +422,10 @@ def test_deleting_a_campaign_keeps_its_vouchers(
 ) -> None:
     graph.execute("DELETE FROM campaigns WHERE id = 'k1'")
     assert rows_of(graph, "SELECT id, campaign_id FROM vouchers") == {
-        ("v1", None), ("v2", None), ("v9", "k9")}
+        ("v1", None),
+        ("v2", None),
+        ("v9", "k9"),
+    }
 
 
 def test_deleting_a_voucher_deletes_its_redemptions(
@@ -400,8 +446,15 @@ def test_deleting_a_project_deletes_everything_it_owns(
     graph: psycopg.Connection[tuple[Any, ...]],
 ) -> None:
     graph.execute("DELETE FROM projects WHERE id = 'p1'")
-    survivors = {"projects": "p2", "api_keys": "k2", "customers": "c9", "campaigns": "k9",
-                 "vouchers": "v9", "redemptions": "r9", "segments": "s9"}
+    survivors = {
+        "projects": "p2",
+        "api_keys": "k2",
+        "customers": "c9",
+        "campaigns": "k9",
+        "vouchers": "v9",
+        "redemptions": "r9",
+        "segments": "s9",
+    }
     for table, survivor in survivors.items():
         assert rows_of(graph, f"SELECT id FROM {table}") == {(survivor,)}, table
     assert rows_of(graph, "SELECT * FROM segment_members") == {("s9", "c9")}

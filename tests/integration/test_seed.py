@@ -15,8 +15,16 @@ from indexer.cli import main
 from indexer.seed import SeedError, SeedPlan, seed_database
 from indexer.seed_rows import TABLES
 
-PLAN = SeedPlan(seed=11, projects=3, customers=900, campaigns=9, vouchers=2_500,
-                redemptions=1_500, segments=6, keys=2)
+PLAN = SeedPlan(
+    seed=11,
+    projects=3,
+    customers=900,
+    campaigns=9,
+    vouchers=2_500,
+    redemptions=1_500,
+    segments=6,
+    keys=2,
+)
 ORDER = {table: "id" for table in TABLES} | {"segment_members": "segment_id, customer_id"}
 
 
@@ -29,16 +37,20 @@ def new_database(pg_dsn: str, pg_template: str) -> Iterator[Callable[[], str]]:
     def make() -> str:
         name = f"t_seed_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(pg_template)))
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(pg_template)
+                )
+            )
         names.append(name)
         return psycopg.conninfo.make_conninfo(pg_dsn, dbname=name)
 
     yield make
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         for name in names:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 def table_digests(dsn: str) -> dict[str, str]:
@@ -57,8 +69,10 @@ def table_digests(dsn: str) -> dict[str, str]:
 
 def counts(dsn: str) -> dict[str, int]:
     with psycopg.connect(dsn) as conn:
-        return {table: _scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(
-            sql.Identifier(table))) for table in TABLES}
+        return {
+            table: _scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+            for table in TABLES
+        }
 
 
 def _scalar(conn: psycopg.Connection[tuple[Any, ...]], query: sql.Composed | sql.SQL) -> Any:
@@ -89,8 +103,14 @@ def test_row_counts_follow_the_plan(pg_dsn: str) -> None:
     found = counts(pg_dsn)
     assert dict(report.rows) == found
     assert found == {
-        "projects": 3, "api_keys": 6, "customers": 900, "campaigns": 9, "vouchers": 2_500,
-        "redemptions": 1_500, "segments": 6, "segment_members": found["segment_members"],
+        "projects": 3,
+        "api_keys": 6,
+        "customers": 900,
+        "campaigns": 9,
+        "vouchers": 2_500,
+        "redemptions": 1_500,
+        "segments": 6,
+        "segment_members": found["segment_members"],
     }
     assert found["segment_members"] > 0
     assert report.total_rows == sum(found.values())
@@ -100,7 +120,9 @@ def test_row_counts_follow_the_plan(pg_dsn: str) -> None:
 def test_seeded_rows_are_consistent(pg_dsn: str) -> None:
     seed_database(pg_dsn, PLAN)
     with psycopg.connect(pg_dsn) as conn:
-        mismatches = _scalar(conn, sql.SQL("""
+        mismatches = _scalar(
+            conn,
+            sql.SQL("""
             SELECT (SELECT count(*) FROM vouchers v JOIN campaigns c ON c.id = v.campaign_id
                     WHERE c.project_id <> v.project_id
                        OR (c.type, v.type) NOT IN (('DISCOUNT_COUPONS', 'DISCOUNT_VOUCHER'),
@@ -116,9 +138,9 @@ def test_seeded_rows_are_consistent(pg_dsn: str) -> None:
                           FROM jsonb_object_keys(address) k) <> ARRAY[
                           'city', 'country', 'line_1', 'line_2', 'postal_code', 'state'])
                  + (SELECT count(*) FROM segments
-                    WHERE (type = 'static') <> (filter IS NULL))"""))
-        per_project = conn.execute(
-            "SELECT count(DISTINCT project_id) FROM vouchers").fetchone()
+                    WHERE (type = 'static') <> (filter IS NULL))"""),
+        )
+        per_project = conn.execute("SELECT count(DISTINCT project_id) FROM vouchers").fetchone()
     assert mismatches == 0
     assert per_project == (PLAN.projects,)
 
@@ -126,16 +148,21 @@ def test_seeded_rows_are_consistent(pg_dsn: str) -> None:
 def test_seed_command_prints_a_working_demo_key(
     pg_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["seed", "--dsn", pg_dsn, "--customers", "200", "--vouchers", "500",
-                 "--redemptions", "300"]) == 0
+    sizes = ["--customers", "200", "--vouchers", "500", "--redemptions", "300"]
+    assert main(["seed", "--dsn", pg_dsn, *sizes]) == 0
     out = capsys.readouterr().out
     printed = dict(line.split(": ", 1) for line in out.splitlines() if line.startswith("demo "))
     app_id, token = printed["demo app id"], printed["demo token"]
     with psycopg.connect(pg_dsn) as conn:
-        key = conn.execute("SELECT token_sha256, revoked_at FROM api_keys WHERE id = %s",
-                           (app_id,)).fetchone()
-        stored_in_clear = _scalar(conn, sql.SQL(
-            "SELECT count(*) FROM api_keys WHERE token_sha256 = {}").format(sql.Literal(token)))
+        key = conn.execute(
+            "SELECT token_sha256, revoked_at FROM api_keys WHERE id = %s", (app_id,)
+        ).fetchone()
+        stored_in_clear = _scalar(
+            conn,
+            sql.SQL("SELECT count(*) FROM api_keys WHERE token_sha256 = {}").format(
+                sql.Literal(token)
+            ),
+        )
     assert key == (hashlib.sha256(token.encode()).hexdigest(), None)
     assert stored_in_clear == 0
     assert "vouchers" in out and "rows/s" in out
@@ -154,12 +181,15 @@ def test_truncate_reseeds_and_a_second_load_fails_in_one_line(
     assert table_digests(pg_dsn) == before
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--customers", "-1"], "customers must be between 0"),
-    (["--projects", "0"], "need at least one project"),
-    (["--vouchers", "0", "--redemptions", "5"], "redemptions need at least one voucher"),
-    (["--chunk-rows", "0"], "--chunk-rows must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--customers", "-1"], "customers must be between 0"),
+        (["--projects", "0"], "need at least one project"),
+        (["--vouchers", "0", "--redemptions", "5"], "redemptions need at least one voucher"),
+        (["--chunk-rows", "0"], "--chunk-rows must be at least 1"),
+    ],
+)
 def test_bad_arguments_fail_in_one_line(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -184,6 +214,15 @@ def test_unreachable_database_fails_in_one_line(capsys: pytest.CaptureFixture[st
     assert len(err.splitlines()) == 1 and err.startswith("indexer seed: connect: ")
     with pytest.raises(SeedError):
         seed_database("postgresql://postgres@127.0.0.1:1/none", PLAN)
+
+
+def test_missing_schema_fails_in_one_line(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("DROP TABLE segment_members")
+    assert main(["seed", "--dsn", pg_dsn, "--customers", "50", "--vouchers", "50"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith("indexer seed: segment_members: ") and "indexer migrate" in err
 
 
 def _counts(plan: SeedPlan) -> dict[str, int]:

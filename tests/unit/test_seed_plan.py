@@ -30,12 +30,32 @@ from indexer.seed_rows import (
     token_sha256,
 )
 
-SMALL = SeedPlan(seed=7, projects=3, customers=300, campaigns=10, vouchers=900,
-                 redemptions=700, segments=7, keys=3)
+SMALL = SeedPlan(
+    seed=7,
+    projects=3,
+    customers=300,
+    campaigns=10,
+    vouchers=900,
+    redemptions=700,
+    segments=7,
+    keys=3,
+)
 OPERATORS = {
-    "$is", "$is_not", "$in", "$not_in", "$more_than", "$more_than_equal", "$less_than",
-    "$less_than_equal", "$contains", "$starts_with", "$ends_with", "$is_unknown", "$has_value",
-    "$before", "$after",
+    "$is",
+    "$is_not",
+    "$in",
+    "$not_in",
+    "$more_than",
+    "$more_than_equal",
+    "$less_than",
+    "$less_than_equal",
+    "$contains",
+    "$starts_with",
+    "$ends_with",
+    "$is_unknown",
+    "$has_value",
+    "$before",
+    "$after",
 }
 
 
@@ -51,12 +71,14 @@ def small() -> dict[str, list[tuple[Any, ...]]]:
 
 # --- plan validation ---------------------------------------------------------------------
 
+
 def test_default_plan_is_valid() -> None:
     assert SeedPlan().projects > 0
 
 
-@pytest.mark.parametrize("name", ["projects", "customers", "campaigns", "vouchers",
-                                  "redemptions", "segments", "keys"])
+@pytest.mark.parametrize(
+    "name", ["projects", "customers", "campaigns", "vouchers", "redemptions", "segments", "keys"]
+)
 def test_negative_counts_are_refused(name: str) -> None:
     with pytest.raises(SeedPlanError, match=name):
         SeedPlan(**{name: -1})
@@ -86,14 +108,16 @@ def test_redemptions_need_vouchers() -> None:
 
 
 def test_an_empty_plan_makes_no_rows() -> None:
-    plan = SeedPlan(projects=0, customers=0, campaigns=0, vouchers=0, redemptions=0,
-                    segments=0, keys=5)
+    plan = SeedPlan(
+        projects=0, customers=0, campaigns=0, vouchers=0, redemptions=0, segments=0, keys=5
+    )
     rows = SeedRows(plan)
     assert all(list(rows.rows(table)) == [] for table in TABLES)
     assert rows.demo_key() is None
 
 
 # --- building blocks ---------------------------------------------------------------------
+
 
 @given(total=st.integers(0, 10_000), parts=st.integers(1, 50))
 def test_split_evenly_covers_every_index_once(total: int, parts: int) -> None:
@@ -103,8 +127,11 @@ def test_split_evenly_covers_every_index_once(total: int, parts: int) -> None:
     assert max(map(len, ranges)) - min(map(len, ranges)) <= 1
 
 
-@given(seed=st.integers(-(2**63), 2**63), first=st.integers(0, MAX_ROWS),
-       second=st.integers(0, MAX_ROWS))
+@given(
+    seed=st.integers(-(2**63), 2**63),
+    first=st.integers(0, MAX_ROWS),
+    second=st.integers(0, MAX_ROWS),
+)
 def test_ids_and_codes_are_unique_per_index(seed: int, first: int, second: int) -> None:
     make_id, make_code = id_maker(seed, "v_", "vouchers"), code_maker(seed)
     assert (make_id(first) == make_id(second)) == (first == second)
@@ -125,6 +152,7 @@ def test_timestamps_are_the_epoch_plus_the_offset(offset: int) -> None:
 
 
 # --- determinism -------------------------------------------------------------------------
+
 
 def test_same_plan_same_rows(small: dict[str, list[tuple[Any, ...]]]) -> None:
     assert all_rows(SMALL) == small
@@ -148,12 +176,12 @@ def test_a_table_does_not_depend_on_counts_it_does_not_use(
     small: dict[str, list[tuple[Any, ...]]],
 ) -> None:
     more_vouchers = all_rows(SeedPlan(**{**_counts(SMALL), "vouchers": 5_000}))
-    for table in ("projects", "api_keys", "customers", "campaigns", "segments",
-                  "segment_members"):
+    for table in ("projects", "api_keys", "customers", "campaigns", "segments", "segment_members"):
         assert more_vouchers[table] == small[table], table
 
 
 # --- shape and consistency ---------------------------------------------------------------
+
 
 def test_rows_fit_the_copy_statements(small: dict[str, list[tuple[Any, ...]]]) -> None:
     for table in TABLES:
@@ -217,8 +245,14 @@ def test_voucher_values_match_their_type(small: dict[str, list[tuple[Any, ...]]]
         if voucher_type == "DISCOUNT_VOUCHER":
             parsed = json.loads(discount)
             assert parsed["type"] in {"AMOUNT", "PERCENT", "UNIT"}
-            assert set(parsed) <= {"type", "amount_off", "percent_off", "amount_limit",
-                                   "unit_off", "unit_type"}
+            assert set(parsed) <= {
+                "type",
+                "amount_off",
+                "percent_off",
+                "amount_limit",
+                "unit_off",
+                "unit_type",
+            }
             assert (gift_amount, gift_balance, points, balance) == (None,) * 4
         elif voucher_type == "GIFT_VOUCHER":
             assert discount is None and points is None and balance is None

@@ -1,0 +1,149 @@
+"""``X-App-Id`` / ``X-App-Token`` against the API key records the indexer keeps in Redis.
+
+A key is valid when ``sha256(token)`` (hex) equals the record's ``token_sha256``, compared in
+constant time, and the record is not revoked. Records are kept in a small L1 invalidated by
+the invalidation channel (the indexer publishes the app key's Redis key when the row
+changes), so a revoked key is refused as soon as that message arrives, and a hit costs no
+network call.
+
+While Redis is unreachable the L1 is off (nothing would tell it about changes); a key record
+read from Redis within the last ``grace_seconds`` still authenticates (documented choice:
+an outage does not lock out every client, and a revocation during it waits at most that
+long). A key never seen within that time gets 503 ``unavailable``, not 401: the service
+cannot tell whether it is valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from cache.codec import api_key_from_data
+from cache.errors import CacheDecodeError, CacheUnavailable
+from cache.l1 import L1Cache
+from cache.records import ApiKeyRecord
+from cache.store import CacheStore
+from readapi.dependency import DependencyGate
+from readapi.errors import unauthorized, unavailable
+from readapi.metrics import ApiMetrics
+
+MAX_APP_ID_LENGTH = 200
+MAX_TOKEN_LENGTH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated key of one request."""
+
+    app_id: str
+    project_id: str
+    rate_limit_per_minute: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """What the key L1 holds for one app id; ``record`` is None for an unknown app id."""
+
+    record: ApiKeyRecord | None
+    token_sha256: bytes
+
+
+_UNKNOWN = KeyEntry(None, b"")
+
+
+class Authenticator:
+    def __init__(
+        self,
+        store: CacheStore,
+        l1: L1Cache[KeyEntry],
+        gate: DependencyGate,
+        metrics: ApiMetrics,
+        *,
+        default_limit: int,
+        grace_seconds: float,
+        recent_capacity: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._l1 = l1
+        self._gate = gate
+        self._metrics = metrics
+        self._default_limit = default_limit
+        self._grace = grace_seconds
+        self._clock = clock
+        self._capacity = recent_capacity
+        # app id -> (entry, when Redis last confirmed it): the outage fallback.
+        self._recent: OrderedDict[str, tuple[KeyEntry, float]] = OrderedDict()
+
+    async def authenticate(self, headers: Mapping[str, str], *, bypass_l1: bool = False) -> Caller:
+        app_id = headers.get("X-App-Id")
+        token = headers.get("X-App-Token")
+        if not app_id or not token:
+            raise unauthorized("X-App-Id and X-App-Token headers are required.")
+        if len(app_id) > MAX_APP_ID_LENGTH or len(token) > MAX_TOKEN_LENGTH:
+            raise unauthorized("Unknown app id or wrong token.")
+        entry = None if bypass_l1 else self._l1_entry(app_id)
+        if entry is None:
+            entry = await self._load(app_id)
+        record = entry.record
+        if record is None or record.revoked:
+            raise unauthorized("Unknown app id, wrong token or revoked key.")
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest().encode()
+        if not hmac.compare_digest(digest, entry.token_sha256):
+            raise unauthorized("Unknown app id, wrong token or revoked key.")
+        limit = record.rate_limit_per_minute
+        return Caller(app_id, record.project_id, self._default_limit if limit is None else limit)
+
+    def _l1_entry(self, app_id: str) -> KeyEntry | None:
+        hit = self._l1.get(self._store.layout.app_key(app_id))
+        return None if hit is None else hit.value
+
+    async def _load(self, app_id: str) -> KeyEntry:
+        key = self._store.layout.app_key(app_id)
+        if not self._gate.should_try():
+            return self._during_outage(app_id)
+        token = self._l1.begin_fill(key)
+        try:
+            envelope = await self._store.get(key)
+        except CacheUnavailable as error:
+            self._gate.failed(error)
+            self._metrics.dependency_errors.labels("redis").inc()
+            return self._during_outage(app_id)
+        except CacheDecodeError:
+            envelope = None
+        self._gate.succeeded()
+        entry = _UNKNOWN
+        version = 0
+        if envelope is not None:
+            version = envelope.version
+            if not envelope.is_tombstone:
+                try:
+                    record = api_key_from_data(envelope.data)
+                except CacheDecodeError:
+                    record = None
+                if record is not None:
+                    entry = KeyEntry(record, record.token_sha256.encode("utf-8", "surrogatepass"))
+        self._l1.install(key, entry, version, token)
+        self._remember(app_id, entry)
+        return entry
+
+    def _remember(self, app_id: str, entry: KeyEntry) -> None:
+        recent = self._recent
+        if entry.record is None:
+            recent.pop(app_id, None)
+            return
+        recent[app_id] = (entry, self._clock())
+        recent.move_to_end(app_id)
+        if len(recent) > self._capacity:
+            recent.popitem(last=False)
+
+    def _during_outage(self, app_id: str) -> KeyEntry:
+        seen = self._recent.get(app_id)
+        if seen is None or self._clock() - seen[1] > self._grace:
+            raise unavailable("API keys cannot be checked: Redis is unreachable.")
+        self._metrics.stale_serves.labels("api_key").inc()
+        return seen[0]

@@ -1,0 +1,133 @@
+"""The ``readapi`` command: ``readapi serve`` runs the read API.
+
+``--workers N`` forks N processes that each run one event loop (uvloop) and listen on the
+same port with SO_REUSEPORT, so the kernel spreads connections over them; each has its own L1
+and its own invalidation subscription. SIGTERM or SIGINT to the parent is passed on to every
+worker, which stops accepting, finishes the requests in flight and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from cache.logs import configure_logging
+from readapi.settings import ENVIRONMENT_HELP, ApiSettings, SettingsError
+
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="readapi",
+        description="Read API of the loyalty platform: HTTP over Redis and Elasticsearch.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve the HTTP API",
+        description="Serve the read API (API.md §3). Holds no Postgres setting: documents, API "
+        "keys and the watermark come from Redis and Elasticsearch, kept by the indexer.",
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument(
+        "--port", type=int, default=None,
+        help="port to listen on (default: $LOYALTY_API_PORT or 8080)",
+    )
+    serve.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1,
+        help="worker processes sharing the port (default: one per core, %(default)s here)",
+    )
+    serve.add_argument("--log-level", default="INFO", help="log level (default: %(default)s)")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+def _run_worker(settings: ApiSettings, host: str, port: int, access_log: bool) -> None:
+    import logging
+
+    import uvloop
+    from aiohttp import web
+
+    from readapi.app import create_app
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    web.run_app(
+        create_app(settings),
+        host=host,
+        port=port,
+        reuse_port=True,
+        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+        print=None,
+        handle_signals=True,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = ApiSettings.from_env()
+    except SettingsError as error:
+        print(f"readapi serve: {error}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("readapi serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    port = settings.port if args.port is None else args.port
+    configure_logging(args.log_level)
+    if args.workers == 1:
+        _run_worker(settings, args.host, port, args.access_log)
+        return 0
+    children: list[int] = []
+    for _ in range(args.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _run_worker(settings, args.host, port, args.access_log)
+            except BaseException:  # a worker must never return into the parent's loop
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    return _supervise(children)
+
+
+def _supervise(children: list[int]) -> int:
+    """Pass SIGTERM/SIGINT on to the workers and wait for all of them."""
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for pid in children:
+        while True:
+            try:
+                _, code = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        if os.waitstatus_to_exitcode(code) != 0:
+            status = 1
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

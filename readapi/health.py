@@ -1,0 +1,107 @@
+"""Service endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document and docs.
+
+``/readyz`` is ready when Redis and Elasticsearch answer, the indexer has loaded API keys
+(a key record exists under the prefix and a watermark is known) and the invalidation
+listener is subscribed (without it L1 is off and revocations would reach this process only
+through Redis reads). Not ready answers 503 with the error body plus the checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from aiohttp import web
+
+from cache.errors import CacheError
+from readapi.errors import ApiError
+from readapi.metrics import CONTENT_TYPE as METRICS_TYPE
+from readapi.middleware import JSON_TYPE
+from readapi.openapi import build_openapi, docs_page
+from readapi.services import SERVICES, Services
+
+_PROBE_TIMEOUT = 2.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(body=b'{"status":"ok"}', headers={"Content-Type": JSON_TYPE})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    redis_ok, es_ok, keys_ok = await asyncio.gather(
+        _redis_answers(services), services.search.ping(), _api_keys_loaded(services)
+    )
+    checks = {
+        "redis": redis_ok,
+        "elasticsearch": es_ok,
+        "api_keys": keys_ok,
+        "watermark": services.watermark.value is not None,
+        "invalidation_listener": services.listener.connected,
+    }
+    if all(checks.values()):
+        return web.Response(
+            body=orjson.dumps({"status": "ready", "checks": checks}),
+            headers={"Content-Type": JSON_TYPE},
+        )
+    failing = ", ".join(name for name, ok in checks.items() if not ok)
+    raise ApiError(503, "unavailable", "Not ready.", f"Failing checks: {failing}.")
+
+
+async def _redis_answers(services: Services) -> bool:
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT):
+            await services.store.ping()
+    except (CacheError, TimeoutError):
+        return False
+    return True
+
+
+async def _api_keys_loaded(services: Services) -> bool:
+    """Whether any API key record exists; once seen, assumed for the process's life."""
+    if services.api_keys_seen:
+        return True
+    pattern = services.store.layout.app_key_prefix + "*"
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT):
+            async for _key in services.redis.scan_iter(match=pattern, count=1000):
+                services.api_keys_seen = True
+                break
+    except (CacheError, TimeoutError, OSError, ConnectionError):
+        return False
+    except Exception:  # redis-py errors: not ready, whatever the cause
+        return False
+    return services.api_keys_seen
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[SERVICES].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_TYPE})
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    static = request.app[SERVICES].static
+    body = static.get("openapi")
+    if body is None:
+        body = static["openapi"] = orjson.dumps(build_openapi())
+    return web.Response(body=body, headers={"Content-Type": JSON_TYPE})
+
+
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(
+        body=docs_page(),
+        headers={
+            "Content-Type": "text/html; charset=utf-8",
+            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+            "style-src 'unsafe-inline'; connect-src 'self'",
+        },
+    )
+
+
+def add_service_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/healthz", healthz, allow_head=False)
+    router.add_get("/readyz", readyz, allow_head=False)
+    router.add_get("/metrics", metrics, allow_head=False)
+    router.add_get("/openapi.json", openapi_json, allow_head=False)
+    router.add_get("/docs", docs, allow_head=False)

@@ -1,0 +1,95 @@
+"""Lists from Elasticsearch: vouchers, customers, a customer's vouchers and segments, and
+the member count of a segment.
+
+Parameters, queries, sort and cursors come from ``readapi.search_query`` and
+``readapi.cursor``; every query is filtered by the caller's project. Searches see what the
+last index refresh made visible; a request that waited for ``X-Min-Watermark`` refreshes
+the index first (shared by the requests of one watermark), so it reads its own writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from cache.types import ObjectKind
+from readapi.elastic import SearchReader
+from readapi.search_query import (
+    ListParams,
+    build_search,
+    decode_starting_after,
+    encode_next_cursor,
+    page_from_response,
+)
+
+
+class ListReader:
+    def __init__(self, search: SearchReader, cursor_secret: str) -> None:
+        self._search = search
+        self._secret = cursor_secret
+
+    async def page(self, params: ListParams, project_id: str, *, fresh_at: int | None) -> bytes:
+        """The list answer of one page (``fresh_at``: the watermark waited for, if any)."""
+        after = decode_starting_after(params, project_id, self._secret)
+        body = build_search(params.kind, params, project_id, after=after)
+        kind = params.kind.object_kind
+        if fresh_at is not None:
+            await self._search.refresh(kind, fresh_at)
+        response = await self._search.search(
+            kind,
+            query=body["query"],
+            sort=body["sort"],
+            size=body["size"],
+            track_total_hits=body["track_total_hits"],
+            source=body["_source"],
+            search_after=body.get("search_after"),
+        )
+        page = page_from_response(response, params.limit)
+        ref = params.kind.data_ref
+        return orjson.dumps({
+            "object": "list",
+            "data_ref": ref,
+            ref: page.docs,
+            "total": page.total,
+            "has_more": page.has_more,
+            "next_cursor": encode_next_cursor(params, project_id, page.next_sort_key,
+                                              self._secret),
+        })
+
+    async def customer_segments(self, project_id: str, customer_id: str) -> bytes | None:
+        """``{"object":"list","data_ref":"data","data":[...],"total"}``; None: no customer.
+
+        Realtime GETs only (the customer's ``segment_ids``, then the segments' names), so
+        the answer needs no refresh to be as fresh as the watermark."""
+        customer = await self._search.get(
+            ObjectKind.CUSTOMER, customer_id, fields=("project_id", "segment_ids")
+        )
+        if customer is None or customer.source.get("project_id") != project_id:
+            return None
+        ids = customer.source.get("segment_ids") or []
+        segments = await self._search.mget(
+            ObjectKind.SEGMENT, [i for i in ids if isinstance(i, str)], ("project_id", "name")
+        )
+        data: list[dict[str, Any]] = [
+            {"id": found.object_id, "name": found.source.get("name"), "object": "segment"}
+            for found in segments
+            if found.source.get("project_id") == project_id
+        ]
+        return orjson.dumps(
+            {"object": "list", "data_ref": "data", "data": data, "total": len(data)}
+        )
+
+    async def segment_count(
+        self, project_id: str, segment_id: str, *, fresh_at: int | None
+    ) -> int:
+        """Members of a segment: the customers of the project listing it in ``segment_ids``."""
+        if fresh_at is not None:
+            await self._search.refresh(ObjectKind.CUSTOMER, fresh_at)
+        return await self._search.count(
+            ObjectKind.CUSTOMER,
+            {"bool": {"filter": [
+                {"term": {"project_id": project_id}},
+                {"term": {"segment_ids": segment_id}},
+            ]}},
+        )

@@ -1,0 +1,310 @@
+"""Object lookups through the layers: L1 (in process) → L2 (Redis) → Elasticsearch.
+
+L1 holds, per Redis key, the encoded JSON body ready to write (or the knowledge that the
+object is absent); it is filled only through ``begin_fill``/``install``, so a value read
+before an invalidation arrived is never installed after it. L2 misses read Elasticsearch with
+a realtime GET whose ``_version`` is the commit LSN, and fill Redis through the same
+versioned script the indexer writes with: a fill racing a newer CDC write cannot go back.
+
+Absent objects leave a versioned tombstone in Redis whose version is the watermark read
+before the lookup began: every write committed at or before it was already visible, and any
+later write of the object has a higher LSN and replaces the tombstone. Never a wall-clock
+version.
+
+Secondary identifiers (voucher code, customer source_id) resolve through the alias envelopes
+the indexer keeps. An alias may be stale, so the target's code (or source_id) must equal what
+was asked; otherwise Elasticsearch is asked with a term query, within the project.
+
+Concurrent misses of one key share one read (single-flight), per watermark value: a request
+that waited for ``X-Min-Watermark`` never joins a read that began before that watermark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from cache.errors import CacheDecodeError, CacheError, CacheUnavailable
+from cache.keys import AliasKind
+from cache.l1 import L1Cache
+from cache.records import Envelope
+from cache.singleflight import SingleFlight
+from cache.store import CacheStore
+from cache.types import ObjectKind
+from cache.watermark import WatermarkHolder
+from readapi.dependency import DependencyGate
+from readapi.elastic import SearchReader, SearchUnavailable
+from readapi.metrics import ApiMetrics
+
+# Schema of object envelopes written by the indexer: data is the API object as a map.
+DOCUMENT_SCHEMA = 1
+
+# Field of the API object that an alias of the kind must match.
+_ALIAS_FIELD = {
+    AliasKind.VOUCHER_CODE: ("code", ObjectKind.VOUCHER),
+    AliasKind.CUSTOMER_SOURCE_ID: ("source_id", ObjectKind.CUSTOMER),
+}
+
+Hook = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedObject:
+    """An object as L1 keeps it: ``body`` is the JSON to answer, ``None`` when absent;
+    ``match`` is its code or source_id, to check aliases against."""
+
+    body: bytes | None
+    match: str | None
+    version: int
+    object_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAlias:
+    """An alias as L1 keeps it: the target id, ``None`` when no object holds the value."""
+
+    target: str | None
+    version: int
+
+
+ABSENT = CachedObject(None, None, 0)
+
+
+@dataclass(slots=True)
+class LookupHooks:
+    """Test hooks, awaited with the Redis key concerned: ``after_read`` between the read of
+    L2 or Elasticsearch and the fill/install, ``before_source`` before an Elasticsearch read."""
+
+    after_read: Hook | None = None
+    before_source: Hook | None = None
+
+
+class ObjectLookups:
+    def __init__(
+        self,
+        store: CacheStore,
+        search: SearchReader,
+        l1: L1Cache[Any],
+        watermark: WatermarkHolder,
+        redis_gate: DependencyGate,
+        metrics: ApiMetrics,
+        *,
+        use_l1: bool = True,
+    ) -> None:
+        self._store = store
+        self._layout = store.layout
+        self._search = search
+        self._l1 = l1
+        self._watermark = watermark
+        self._redis_gate = redis_gate
+        self._metrics = metrics
+        self._use_l1 = use_l1
+        self._flights: SingleFlight[tuple[str, int | None], Any] = SingleFlight()
+        self.hooks = LookupHooks()
+
+    @property
+    def flights(self) -> SingleFlight[tuple[str, int | None], Any]:
+        return self._flights
+
+    # -- per endpoint -------------------------------------------------------------------------
+
+    async def voucher(self, project_id: str, code_or_id: str, *, fresh: bool) -> CachedObject:
+        """A code match wins over an id match."""
+        by_code = await self._by_alias(AliasKind.VOUCHER_CODE, project_id, code_or_id, fresh)
+        if by_code.body is not None:
+            return by_code
+        return await self.by_id(ObjectKind.VOUCHER, project_id, code_or_id, fresh=fresh)
+
+    async def customer(self, project_id: str, id_or_source: str, *, fresh: bool) -> CachedObject:
+        """An id match wins over a source_id match."""
+        by_id = await self.by_id(ObjectKind.CUSTOMER, project_id, id_or_source, fresh=fresh)
+        if by_id.body is not None:
+            return by_id
+        return await self._by_alias(
+            AliasKind.CUSTOMER_SOURCE_ID, project_id, id_or_source, fresh
+        )
+
+    async def by_id(
+        self, kind: ObjectKind, project_id: str, object_id: str, *, fresh: bool
+    ) -> CachedObject:
+        key = self._layout.object_key(project_id, kind, object_id)
+        if self._use_l1 and not fresh:
+            entry = self._l1.get(key)
+            if entry is not None:
+                self._metrics.layer_l1.inc()
+                value: CachedObject = entry.value
+                return value
+        result: CachedObject = await self._shared(
+            key, lambda: self._load_object(kind, project_id, object_id, key)
+        )
+        return result
+
+    # -- the layered reads --------------------------------------------------------------------
+
+    async def _shared(self, key: str, load: Callable[[], Awaitable[Any]]) -> Any:
+        async def compute() -> Any:
+            return await load()
+
+        return await self._flights.do((key, self._watermark.value), compute)
+
+    async def _load_object(
+        self, kind: ObjectKind, project_id: str, object_id: str, key: str
+    ) -> CachedObject:
+        token = self._l1.begin_fill(key)
+        before = self._watermark.value
+        redis_answered, envelope = await self._read_l2(key)
+        if envelope is not None and (envelope.is_tombstone or _readable(envelope)):
+            self._metrics.layer_l2.inc()
+            result = _object_of(kind, envelope)
+            await self._hook_after_read(key)
+            self._install(key, result, token)
+            return result
+        if self.hooks.before_source is not None:
+            await self.hooks.before_source(key)
+        found = await self._search.get(kind, object_id)
+        self._metrics.layer_es.inc()
+        if found is None or found.source.get("project_id") != project_id:
+            # Another project's object is absent for this one, exactly like a missing one.
+            await self._hook_after_read(key)
+            if before is None:
+                return ABSENT
+            result = CachedObject(None, None, before)
+            if redis_answered and not await self._fill(key, Envelope.tombstone(before)):
+                return result  # Redis holds something newer: install nothing
+            self._install(key, result, token)
+            return result
+        body = found.source.get("doc")
+        if not isinstance(body, dict):
+            raise SearchUnavailable(f"document {object_id} has no API object")
+        result = _present(kind, body, found.version)
+        await self._hook_after_read(key)
+        if redis_answered and not await self._fill(
+            key, Envelope(found.version, DOCUMENT_SCHEMA, body)
+        ):
+            return result
+        self._install(key, result, token)
+        return result
+
+    async def _by_alias(
+        self, alias: AliasKind, project_id: str, value: str, fresh: bool
+    ) -> CachedObject:
+        field, kind = _ALIAS_FIELD[alias]
+        key = self._layout.alias_key(project_id, alias, value)
+        target: CachedAlias | None = None
+        if self._use_l1 and not fresh:
+            entry = self._l1.get(key)
+            if entry is not None:
+                target = entry.value
+        if target is None:
+            target = await self._shared(
+                key, lambda: self._load_alias(alias, kind, field, project_id, value, key)
+            )
+        if target.target is None:
+            return ABSENT
+        found = await self.by_id(kind, project_id, target.target, fresh=fresh)
+        if found.body is not None and found.match == value:
+            return found
+        # A stale alias (the object moved on): ask the index which object holds the value.
+        object_id = await self._search.find_one(kind, project_id, field, value)
+        if object_id is None:
+            return ABSENT
+        found = await self.by_id(kind, project_id, object_id, fresh=fresh)
+        return found if found.body is not None and found.match == value else ABSENT
+
+    async def _load_alias(
+        self, alias: AliasKind, kind: ObjectKind, field: str, project_id: str, value: str,
+        key: str,
+    ) -> CachedAlias:
+        token = self._l1.begin_fill(key)
+        before = self._watermark.value
+        redis_answered, envelope = await self._read_l2(key)
+        if envelope is not None:
+            data = envelope.data
+            result = CachedAlias(data if isinstance(data, str) else None, envelope.version)
+            await self._hook_after_read(key)
+            self._install(key, result, token)
+            return result
+        if self.hooks.before_source is not None:
+            await self.hooks.before_source(key)
+        object_id = await self._search.find_one(kind, project_id, field, value)
+        await self._hook_after_read(key)
+        if object_id is not None:
+            # Not filled: a search hit carries no version to fill with; the object read
+            # that follows fills the object itself.
+            return CachedAlias(object_id, 0)
+        if before is None or not redis_answered:
+            # Without Redis's "no alias" the search alone (not realtime) proves nothing.
+            return CachedAlias(None, 0)
+        # Redis answered "no alias" after the watermark ``before`` was published, and the
+        # indexer writes an alias before publishing the watermark that covers it: no object
+        # held the value at ``before``, and a later one writes a newer alias over this.
+        result = CachedAlias(None, before)
+        if not await self._fill(key, Envelope.tombstone(before)):
+            return result
+        self._install(key, result, token)
+        return result
+
+    async def _read_l2(self, key: str) -> tuple[bool, Envelope | None]:
+        """(whether Redis answered, the envelope it holds); an outage reads as a miss."""
+        if not self._redis_gate.should_try():
+            return False, None
+        try:
+            envelope = await self._store.get(key)
+        except CacheUnavailable as error:
+            self._redis_gate.failed(error)
+            self._metrics.dependency_errors.labels("redis").inc()
+            return False, None
+        except CacheDecodeError:
+            return True, None  # not something the indexer wrote: read the source
+        except CacheError as error:
+            self._redis_gate.failed(error)
+            return False, None
+        self._redis_gate.succeeded()
+        return True, envelope
+
+    async def _fill(self, key: str, envelope: Envelope) -> bool:
+        """Versioned write to Redis; whether this version is now the one stored."""
+        try:
+            written = await self._store.fill(key, envelope)
+        except CacheError as error:
+            self._redis_gate.failed(error)
+            self._metrics.dependency_errors.labels("redis").inc()
+            return False
+        self._metrics.fills.labels("written" if written else "kept").inc()
+        return written
+
+    def _install(self, key: str, value: CachedObject | CachedAlias, token: int) -> None:
+        if self._use_l1:
+            self._l1.install(key, value, value.version, token)
+
+    async def _hook_after_read(self, key: str) -> None:
+        if self.hooks.after_read is not None:
+            await self.hooks.after_read(key)
+
+
+def _present(kind: ObjectKind, body: dict[str, Any], version: int) -> CachedObject:
+    match: Any = None
+    if kind is ObjectKind.VOUCHER:
+        match = body.get("code")
+    elif kind is ObjectKind.CUSTOMER:
+        match = body.get("source_id")
+    object_id = body.get("id")
+    return CachedObject(
+        orjson.dumps(body),
+        match if isinstance(match, str) else None,
+        version,
+        object_id if isinstance(object_id, str) else None,
+    )
+
+
+def _readable(envelope: Envelope) -> bool:
+    return envelope.schema == DOCUMENT_SCHEMA and isinstance(envelope.data, dict)
+
+
+def _object_of(kind: ObjectKind, envelope: Envelope) -> CachedObject:
+    if envelope.is_tombstone:
+        return CachedObject(None, None, envelope.version)
+    return _present(kind, envelope.data, envelope.version)

@@ -1,0 +1,183 @@
+"""The endpoints of API.md §3 and the /v1 pipeline in front of them.
+
+Every /v1 request goes: credentials (401) → rate limit (429) → ``X-Min-Watermark`` wait
+(400/503) → the handler, which returns the JSON body; the answer carries
+``X-Read-Watermark`` (read before the data, so it never claims more than the data shows)
+and the rate-limit headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from cache.types import ObjectKind
+from readapi.auth import Caller
+from readapi.elastic import SearchRejected, SearchUnavailable
+from readapi.errors import ApiError, invalid_request, not_found, unavailable
+from readapi.freshness import parse_min_watermark, parse_wait_ms, wait_for_watermark
+from readapi.lists import ListReader
+from readapi.middleware import JSON_TYPE, RATE
+from readapi.params import no_query, path_id
+from readapi.search_query import (
+    InvalidParameter,
+    MalformedSearchResponse,
+    parse_customer_list,
+    parse_holder_voucher_list,
+    parse_voucher_list,
+)
+from readapi.services import SERVICES, Services
+
+# (request, caller, watermark waited for or None) -> JSON body
+V1Handler = Callable[[web.Request, Caller, int | None], Awaitable[bytes]]
+
+
+def v1(handler: V1Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def endpoint(request: web.Request) -> web.Response:
+        services = request.app[SERVICES]
+        headers = request.headers
+        wants_fresh = "X-Min-Watermark" in headers
+        caller = await services.auth.authenticate(headers, bypass_l1=wants_fresh)
+        decision = await services.limiter.acquire(caller.app_id, caller.rate_limit_per_minute)
+        request[RATE] = decision
+        if not decision.allowed:
+            raise ApiError(
+                429, "rate_limited", "Rate limit exceeded.",
+                f"At most {decision.limit} requests per minute for this key.",
+                headers={"Retry-After": str(decision.retry_after)},
+            )
+        fresh_at = None
+        if wants_fresh:
+            fresh_at = parse_min_watermark(headers)
+            assert fresh_at is not None
+            await wait_for_watermark(services.watermark, fresh_at, parse_wait_ms(headers))
+        watermark = services.watermark_text.current()
+        try:
+            body = await handler(request, caller, fresh_at)
+        except InvalidParameter as error:
+            raise invalid_request(error.message, f"parameter: {error.name}") from None
+        except SearchRejected as error:
+            raise invalid_request("The search was refused.", str(error)[:300]) from None
+        except (SearchUnavailable, MalformedSearchResponse) as error:
+            raise unavailable(str(error)[:300]) from None
+        return web.Response(
+            body=body,
+            headers={
+                "Content-Type": JSON_TYPE,
+                "X-Read-Watermark": watermark,
+                "X-Rate-Limit-Limit": str(decision.limit),
+                "X-Rate-Limit-Remaining": str(decision.remaining),
+            },
+        )
+
+    return endpoint
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def _lists(request: web.Request) -> ListReader:
+    services = request.app[SERVICES]
+    return ListReader(services.search, services.settings.cursor_secret)
+
+
+async def get_voucher(request: web.Request, caller: Caller, fresh_at: int | None) -> bytes:
+    no_query(request.query)
+    code = path_id(request.match_info["code"], "code")
+    found = await _services(request).lookups.voucher(
+        caller.project_id, code, fresh=fresh_at is not None
+    )
+    if found.body is None:
+        raise not_found("Voucher")
+    return found.body
+
+
+async def get_customer(request: web.Request, caller: Caller, fresh_at: int | None) -> bytes:
+    no_query(request.query)
+    customer_id = path_id(request.match_info["id"], "id")
+    found = await _services(request).lookups.customer(
+        caller.project_id, customer_id, fresh=fresh_at is not None
+    )
+    if found.body is None:
+        raise not_found("Customer")
+    return found.body
+
+
+async def get_campaign(request: web.Request, caller: Caller, fresh_at: int | None) -> bytes:
+    no_query(request.query)
+    campaign_id = path_id(request.match_info["id"], "id")
+    found = await _services(request).lookups.by_id(
+        ObjectKind.CAMPAIGN, caller.project_id, campaign_id, fresh=fresh_at is not None
+    )
+    if found.body is None:
+        raise not_found("Campaign")
+    return found.body
+
+
+async def get_segment(request: web.Request, caller: Caller, fresh_at: int | None) -> bytes:
+    no_query(request.query)
+    segment_id = path_id(request.match_info["id"], "id")
+    found = await _services(request).lookups.by_id(
+        ObjectKind.SEGMENT, caller.project_id, segment_id, fresh=fresh_at is not None
+    )
+    if found.body is None:
+        raise not_found("Segment")
+    count = await _lists(request).segment_count(caller.project_id, segment_id, fresh_at=fresh_at)
+    # The cached body is a JSON object without ``count``: add it before the closing brace.
+    return b"%s,\"count\":%d}" % (found.body[:-1], count)
+
+
+async def list_vouchers(request: web.Request, caller: Caller, fresh_at: int | None) -> bytes:
+    params = parse_voucher_list(request.query)
+    return await _lists(request).page(params, caller.project_id, fresh_at=fresh_at)
+
+
+async def list_customers(request: web.Request, caller: Caller, fresh_at: int | None) -> bytes:
+    params = parse_customer_list(request.query)
+    return await _lists(request).page(params, caller.project_id, fresh_at=fresh_at)
+
+
+async def _customer_id(request: web.Request, caller: Caller, fresh_at: int | None) -> str:
+    """The id of the customer named by ``{id}`` (an id, else a source_id), or 404."""
+    value = path_id(request.match_info["id"], "id")
+    found = await _services(request).lookups.customer(
+        caller.project_id, value, fresh=fresh_at is not None
+    )
+    if found.body is None or found.object_id is None:
+        raise not_found("Customer")
+    return found.object_id
+
+
+async def list_customer_vouchers(
+    request: web.Request, caller: Caller, fresh_at: int | None
+) -> bytes:
+    # Parameters first: a bad query is a 400 whether or not the customer exists.
+    parse_holder_voucher_list(request.query, "-")
+    customer_id = await _customer_id(request, caller, fresh_at)
+    params = parse_holder_voucher_list(request.query, customer_id)
+    return await _lists(request).page(params, caller.project_id, fresh_at=fresh_at)
+
+
+async def list_customer_segments(
+    request: web.Request, caller: Caller, fresh_at: int | None
+) -> bytes:
+    no_query(request.query)
+    customer_id = await _customer_id(request, caller, fresh_at)
+    body = await _lists(request).customer_segments(caller.project_id, customer_id)
+    if body is None:
+        raise not_found("Customer")
+    return body
+
+
+def add_v1_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/v1/vouchers", v1(list_vouchers), allow_head=False)
+    router.add_get("/v1/vouchers/{code}", v1(get_voucher), allow_head=False)
+    router.add_get("/v1/customers", v1(list_customers), allow_head=False)
+    router.add_get("/v1/customers/{id}", v1(get_customer), allow_head=False)
+    router.add_get("/v1/customers/{id}/vouchers", v1(list_customer_vouchers), allow_head=False)
+    router.add_get("/v1/customers/{id}/segments", v1(list_customer_segments), allow_head=False)
+    router.add_get("/v1/campaigns/{id}", v1(get_campaign), allow_head=False)
+    router.add_get("/v1/segments/{id}", v1(get_segment), allow_head=False)

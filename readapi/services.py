@@ -1,0 +1,167 @@
+"""The parts of one read API process, built from settings without I/O and started with the
+app: clients, caches, the invalidation listener, the watermark, auth, limits, lookups."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from aiohttp import web
+from elastic_transport import OrjsonSerializer
+from elasticsearch import AsyncElasticsearch
+
+from cache.errors import CacheError
+from cache.invalidation import InvalidationListener
+from cache.keys import KeyLayout
+from cache.l1 import L1Cache
+from cache.store import CacheStore
+from cache.watermark import WatermarkHolder
+from readapi.auth import Authenticator, KeyEntry
+from readapi.dependency import DependencyGate
+from readapi.elastic import SearchReader
+from readapi.freshness import WatermarkPoller, WatermarkText
+from readapi.lookups import ObjectLookups
+from readapi.metrics import ApiMetrics
+from readapi.ratelimit import RateLimiter
+from readapi.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+# L1 for API key records: short-lived like the object L1, and small.
+KEY_L1_MAX_AGE_SECONDS = 1.0
+
+
+@dataclass
+class Services:
+    settings: ApiSettings
+    redis: aioredis.Redis
+    elastic: AsyncElasticsearch
+    store: CacheStore
+    metrics: ApiMetrics
+    redis_gate: DependencyGate
+    es_gate: DependencyGate
+    search: SearchReader
+    l1: L1Cache[Any]
+    key_l1: L1Cache[KeyEntry]
+    watermark: WatermarkHolder
+    watermark_text: WatermarkText
+    listener: InvalidationListener
+    poller: WatermarkPoller
+    auth: Authenticator
+    limiter: RateLimiter
+    lookups: ObjectLookups
+    static: dict[str, bytes] = field(default_factory=dict)
+    api_keys_seen: bool = False
+
+    @classmethod
+    def build(cls, settings: ApiSettings) -> Services:
+        metrics = ApiMetrics()
+        redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            protocol=2,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+            # This service decides how to fall back; the driver must not retry meanwhile.
+            retry=Retry(NoBackoff(), 0),
+        )
+        elastic = AsyncElasticsearch(
+            settings.es_url,
+            request_timeout=settings.es_timeout_seconds,
+            max_retries=0,
+            retry_on_timeout=False,
+            serializer=OrjsonSerializer(),
+        )
+        layout = KeyLayout(settings.redis_key_prefix)
+        store = CacheStore(redis, layout)
+        redis_gate = DependencyGate("redis", settings.dependency_retry_seconds)
+        es_gate = DependencyGate("elasticsearch", settings.dependency_retry_seconds)
+        search = SearchReader(elastic, settings.es_index_prefix, es_gate)
+        l1: L1Cache[Any] = L1Cache(settings.l1_max_entries, settings.l1_max_age_ms / 1000)
+        key_l1: L1Cache[KeyEntry] = L1Cache(settings.key_cache_entries, KEY_L1_MAX_AGE_SECONDS)
+        watermark = WatermarkHolder()
+        listener = InvalidationListener(redis, layout)
+        listener.add_cache(l1)
+        listener.add_cache(key_l1, layout.app_key_prefix)
+        listener.add_callback(watermark.on_invalidation)
+        listener.add_connect_hook(lambda: watermark.refresh(store))
+        services = cls(
+            settings=settings,
+            redis=redis,
+            elastic=elastic,
+            store=store,
+            metrics=metrics,
+            redis_gate=redis_gate,
+            es_gate=es_gate,
+            search=search,
+            l1=l1,
+            key_l1=key_l1,
+            watermark=watermark,
+            watermark_text=WatermarkText(watermark),
+            listener=listener,
+            poller=WatermarkPoller(
+                watermark, store, listener, settings.watermark_poll_seconds
+            ),
+            auth=Authenticator(
+                store, key_l1, redis_gate, metrics,
+                default_limit=settings.rate_limit_default,
+                grace_seconds=settings.key_outage_grace_seconds,
+            ),
+            limiter=RateLimiter(store, redis_gate, metrics),
+            lookups=ObjectLookups(
+                store, search, l1, watermark, redis_gate, metrics, use_l1=settings.l1_enabled
+            ),
+        )
+        services._register_metrics()
+        return services
+
+    def _register_metrics(self) -> None:
+        m = self.metrics
+        flights = self.lookups.flights
+        m.from_functions.add(
+            "readapi_singleflight_waits",
+            "Lookups that joined a read already in flight for the same key",
+            (), lambda: {(): float(flights.waits)},
+        )
+        m.from_functions.add(
+            "readapi_singleflight_reads",
+            "Reads started for lookups that missed L1 (each shared by its waiters)",
+            (), lambda: {(): float(flights.calls)},
+        )
+        requests = self.search.requests
+        m.from_functions.add(
+            "readapi_es_requests", "Requests sent to Elasticsearch", ("operation",),
+            lambda: {(op,): float(n) for op, n in requests.items()},
+        )
+        m.from_functions.add(
+            "readapi_l1_hits", "L1 hits per cache (objects, api_keys)", ("cache",),
+            lambda: {("objects",): float(self.l1.hits), ("api_keys",): float(self.key_l1.hits)},
+        )
+        m.l1_entries.set_function(lambda: len(self.l1))
+        m.watermark.set_function(lambda: float(self.watermark.value or 0))
+        m.invalidation_connected.set_function(lambda: 1.0 if self.listener.connected else 0.0)
+
+    async def start(self) -> None:
+        """Load scripts and the watermark (tolerating a Redis outage), start the listener."""
+        try:
+            await self.store.load_scripts()
+        except CacheError as error:
+            log.warning("Lua scripts not loaded at start: %s", error)
+        await self.poller.seed()
+        await self.listener.start()
+        self.poller.start()
+
+    async def close(self) -> None:
+        await self.poller.stop()
+        await self.listener.stop()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+        with contextlib.suppress(Exception):
+            await self.elastic.close()
+
+
+SERVICES = web.AppKey("services", Services)

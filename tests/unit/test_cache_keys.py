@@ -1,0 +1,111 @@
+"""Key layout: exact key text, hash tags per project, and no two things sharing a key."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cache.keys import (
+    DEFAULT_PREFIX,
+    PREFIX_ENV,
+    AliasKind,
+    KeyLayout,
+    hash_tag_of,
+    project_hash_tag,
+)
+from cache.types import ObjectKind
+
+layout = KeyLayout("loyalty:")
+
+
+def test_key_text() -> None:
+    assert layout.object_key("p_1", ObjectKind.VOUCHER, "V1") == "loyalty:{p_1}:v:V1"
+    assert layout.object_key("p_1", ObjectKind.CUSTOMER, "C1") == "loyalty:{p_1}:c:C1"
+    assert layout.object_key("p_1", ObjectKind.CAMPAIGN, "K1") == "loyalty:{p_1}:m:K1"
+    assert layout.object_key("p_1", ObjectKind.SEGMENT, "S1") == "loyalty:{p_1}:s:S1"
+    code, source_id = AliasKind.VOUCHER_CODE, AliasKind.CUSTOMER_SOURCE_ID
+    assert layout.alias_key("p_1", code, "SUMMER10") == "loyalty:{p_1}:vc:SUMMER10"
+    assert layout.alias_key("p_1", source_id, "crm-42") == "loyalty:{p_1}:cs:crm-42"
+    assert layout.app_key("app_1") == "loyalty:ak:app_1"
+    assert layout.rate_limit_key("app_1") == "loyalty:rl:app_1"
+    assert layout.watermark_key == "loyalty:wm"
+    assert layout.channel == "loyalty:inv"
+
+
+def test_kinds_may_be_plain_strings() -> None:
+    assert layout.object_key("p", "voucher", "x") == layout.object_key("p", ObjectKind.VOUCHER, "x")
+    assert layout.alias_key("p", "voucher_code", "x") == layout.alias_key(
+        "p", AliasKind.VOUCHER_CODE, "x"
+    )
+
+
+def test_unknown_kinds_are_refused() -> None:
+    with pytest.raises(ValueError):
+        layout.object_key("p", "redemption", "x")
+    with pytest.raises(ValueError):
+        layout.alias_key("p", "voucher", "x")
+
+
+def test_prefix_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PREFIX_ENV, "other:")
+    assert KeyLayout().prefix == "other:"
+    monkeypatch.delenv(PREFIX_ENV)
+    assert KeyLayout().prefix == DEFAULT_PREFIX
+
+
+@pytest.mark.parametrize("prefix", ["a{b:", "a}:", "{x}:"])
+def test_prefix_with_braces_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError):
+        KeyLayout(prefix)
+
+
+@pytest.mark.parametrize("project_id", ["", "}", "}x", "a}b", "%", "50%", "{", "a{b}"])
+def test_awkward_project_ids_still_give_one_non_empty_tag(project_id: str) -> None:
+    tag = project_hash_tag(project_id)
+    assert tag
+    assert "}" not in tag
+    keys = [
+        layout.object_key(project_id, ObjectKind.VOUCHER, "v"),
+        layout.object_key(project_id, ObjectKind.SEGMENT, "}{"),
+        layout.alias_key(project_id, AliasKind.VOUCHER_CODE, "C}"),
+    ]
+    assert {hash_tag_of(key) for key in keys} == {tag}
+
+
+def test_global_keys_have_no_hash_tag() -> None:
+    for key in (layout.app_key("app_1"), layout.rate_limit_key("x"), layout.watermark_key):
+        assert hash_tag_of(key) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "tag"),
+    [("a{b}c", "b"), ("a{}b{c}", None), ("a{b", None), ("{b}}", "b"), ("a{{b}", "{b")],
+)
+def test_hash_tag_of_follows_redis_cluster(key: str, tag: str | None) -> None:
+    assert hash_tag_of(key) == tag
+
+
+kinds = st.sampled_from([*ObjectKind, *AliasKind])
+text = st.text(max_size=12)
+
+
+@given(st.tuples(text, kinds, text), st.tuples(text, kinds, text))
+def test_distinct_identities_never_share_a_key(
+    a: tuple[str, str, str], b: tuple[str, str, str]
+) -> None:
+    def key(project_id: str, kind: str, ident: str) -> str:
+        if kind in set(AliasKind):
+            return layout.alias_key(project_id, kind, ident)
+        return layout.object_key(project_id, kind, ident)
+
+    if a != b:
+        assert key(*a) != key(*b)
+    assert key(*a).startswith(layout.prefix)
+    assert hash_tag_of(key(*a)) == project_hash_tag(a[0])
+
+
+@given(text, text)
+def test_projects_never_share_a_tag(a: str, b: str) -> None:
+    if a != b:
+        assert project_hash_tag(a) != project_hash_tag(b)

@@ -1,0 +1,426 @@
+"""The OpenAPI document: valid 3.1, complete for API.md §3, consistent with the validation
+and with the objects the indexer builds; and the documentation page."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from indexer.documents import (
+    campaign_document,
+    customer_document,
+    segment_document,
+    voucher_document,
+)
+from readapi.openapi import STATIC_DIR, build_openapi, docs_page
+from readapi.search_query import ALLOWED_PARAMETERS, ListKind
+
+CONTRACT_PATHS = {
+    "/v1/vouchers/{code}",
+    "/v1/vouchers",
+    "/v1/customers/{id}",
+    "/v1/customers",
+    "/v1/customers/{id}/vouchers",
+    "/v1/customers/{id}/segments",
+    "/v1/segments/{id}",
+    "/v1/campaigns/{id}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+}
+ERROR_KEYS = {
+    "invalid_request",
+    "unauthorized",
+    "not_found",
+    "method_not_allowed",
+    "rate_limited",
+    "not_yet_indexed",
+    "unavailable",
+    "internal_error",
+}
+V1_ERROR_STATUSES = {"400", "401", "405", "429", "503", "500"}
+LIST_PATHS = {
+    "/v1/vouchers": ListKind.VOUCHERS,
+    "/v1/customers": ListKind.CUSTOMERS,
+    "/v1/customers/{id}/vouchers": ListKind.CUSTOMER_VOUCHERS,
+}
+T0 = datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return build_openapi()
+
+
+def _operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method in {"get", "put", "post", "delete", "patch", "head", "options", "trace"}:
+                yield path, method, operation
+
+
+def _resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        target: Any = spec
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        node = target
+    return node
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def test_document_is_valid_openapi_3_1(spec: dict[str, Any]) -> None:
+    validator = pytest.importorskip("openapi_spec_validator")
+    assert spec["openapi"].startswith("3.1.")
+    validator.validate(spec)
+
+
+def test_document_is_plain_json_and_fresh_each_call(spec: dict[str, Any]) -> None:
+    assert json.loads(json.dumps(spec)) == spec
+    other = build_openapi()
+    other["paths"].clear()
+    assert build_openapi() == spec
+
+
+def test_every_contract_path_is_described(spec: dict[str, Any]) -> None:
+    assert set(spec["paths"]) == CONTRACT_PATHS
+
+
+def test_every_reference_resolves(spec: dict[str, Any]) -> None:
+    refs = set(_refs(spec))
+    assert refs
+    for ref in refs:
+        assert ref.startswith("#/components/"), ref
+        _resolve(spec, {"$ref": ref})
+
+
+def test_every_component_is_used(spec: dict[str, Any]) -> None:
+    refs = set(_refs(spec))
+    for section, entries in spec["components"].items():
+        if section == "securitySchemes":
+            continue
+        for name in entries:
+            assert f"#/components/{section}/{name}" in refs, (section, name)
+
+
+def test_every_operation_has_an_id_responses_and_a_summary(spec: dict[str, Any]) -> None:
+    ids = []
+    for path, method, operation in _operations(spec):
+        assert method == "get", path
+        ids.append(operation["operationId"])
+        assert operation["summary"]
+        assert "200" in operation["responses"], path
+        for response in operation["responses"].values():
+            assert _resolve(spec, response)["description"]
+    assert len(ids) == len(set(ids)) == len(CONTRACT_PATHS)
+
+
+def test_v1_operations_need_both_credential_headers(spec: dict[str, Any]) -> None:
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["AppId"] == {
+        **schemes["AppId"],
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-App-Id",
+    }
+    assert schemes["AppToken"] == {
+        **schemes["AppToken"],
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-App-Token",
+    }
+    for path, _, operation in _operations(spec):
+        if path.startswith("/v1/"):
+            assert operation["security"] == [{"AppId": [], "AppToken": []}], path
+        else:
+            assert operation["security"] == [], path
+
+
+def test_v1_operations_document_freshness_headers_and_errors(spec: dict[str, Any]) -> None:
+    for path, _, operation in _operations(spec):
+        if not path.startswith("/v1/"):
+            continue
+        names = {(p := _resolve(spec, param))["name"]: p for param in operation["parameters"]}
+        assert names["X-Min-Watermark"]["in"] == "header"
+        assert names["X-Wait-Timeout-Ms"]["in"] == "header"
+        responses = operation["responses"]
+        assert set(responses) >= V1_ERROR_STATUSES, path
+        if "{" in path:
+            assert "404" in responses, path
+        ok = _resolve(spec, responses["200"])
+        assert set(ok["headers"]) >= {
+            "X-Request-Id",
+            "X-Read-Watermark",
+            "X-Rate-Limit-Limit",
+            "X-Rate-Limit-Remaining",
+        }
+        limited = _resolve(spec, responses["429"])
+        assert "Retry-After" in limited["headers"]
+        for status, response in responses.items():
+            resolved = _resolve(spec, response)
+            assert "X-Request-Id" in resolved["headers"], (path, status)
+            if status != "200":
+                schema = resolved["content"]["application/json"]["schema"]
+                assert {"$ref": "#/components/schemas/Error"} in schema["allOf"]
+
+
+def test_path_parameters_are_declared(spec: dict[str, Any]) -> None:
+    for path, _, operation in _operations(spec):
+        declared = {
+            p["name"]
+            for p in (_resolve(spec, param) for param in operation.get("parameters", []))
+            if p["in"] == "path"
+        }
+        assert declared == set(re.findall(r"{([^}]+)}", path)), path
+
+
+@pytest.mark.parametrize(("path", "kind"), list(LIST_PATHS.items()))
+def test_list_query_parameters_match_the_validation(
+    spec: dict[str, Any], path: str, kind: ListKind
+) -> None:
+    parameters = [_resolve(spec, p) for p in spec["paths"][path]["get"]["parameters"]]
+    query = {p["name"] for p in parameters if p["in"] == "query"}
+    assert query == set(ALLOWED_PARAMETERS[kind])
+    limit = next(p for p in parameters if p["name"] == "limit")["schema"]
+    assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 100, 10)
+
+
+def test_voucher_filters_are_typed(spec: dict[str, Any]) -> None:
+    parameters = {
+        (p := _resolve(spec, raw))["name"]: p
+        for raw in spec["paths"]["/v1/vouchers"]["get"]["parameters"]
+    }
+    assert parameters["type"]["schema"]["enum"] == [
+        "DISCOUNT_VOUCHER",
+        "GIFT_VOUCHER",
+        "LOYALTY_CARD",
+    ]
+    assert parameters["active"]["schema"] == {"type": "boolean"}
+    assert parameters["q"]["schema"]["maxLength"] == 200
+    assert parameters["campaign_id"]["schema"]["maxLength"] == 200
+
+
+def test_error_schema(spec: dict[str, Any]) -> None:
+    error = spec["components"]["schemas"]["Error"]
+    assert set(error["required"]) == {"code", "key", "message", "details", "request_id"}
+    assert set(error["properties"]["key"]["enum"]) == ERROR_KEYS
+
+
+def test_list_schemas(spec: dict[str, Any]) -> None:
+    schemas = spec["components"]["schemas"]
+    for name, data_ref in (("VoucherList", "vouchers"), ("CustomerList", "customers")):
+        schema = schemas[name]
+        assert set(schema["required"]) == {
+            "object",
+            "data_ref",
+            data_ref,
+            "total",
+            "has_more",
+            "next_cursor",
+        }
+        assert schema["properties"]["data_ref"]["const"] == data_ref
+    segments = schemas["CustomerSegmentList"]
+    assert set(segments["required"]) == {"object", "data_ref", "data", "total"}
+    assert set(schemas["SegmentRef"]["required"]) == {"id", "name", "object"}
+
+
+@pytest.mark.parametrize(
+    ("name", "fields"),
+    [
+        (
+            "Voucher",
+            "id, code, object, campaign, campaign_id, type, discount, gift, loyalty_card, "
+            "start_date, expiration_date, active, redemption, holder_id, metadata, created_at, "
+            "updated_at",
+        ),
+        (
+            "Customer",
+            "id, source_id, object, name, email, phone, address, metadata, summary, loyalty, "
+            "created_at, updated_at",
+        ),
+        ("Segment", "id, name, type, filter, count, created_at, object"),
+        (
+            "Campaign",
+            "id, name, type, active, start_date, expiration_date, metadata, vouchers_count, "
+            "created_at, updated_at, object",
+        ),
+    ],
+)
+def test_object_schemas_have_the_contract_fields(
+    spec: dict[str, Any], name: str, fields: str
+) -> None:
+    schema = spec["components"]["schemas"][name]
+    assert set(schema["required"]) == set(fields.split(", "))
+    assert set(schema["properties"]) == set(fields.split(", "))
+
+
+def _schema_validator(schema: dict[str, Any]) -> Any:
+    # jsonschema comes with openapi-spec-validator; without it these checks are skipped.
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _validator(spec: dict[str, Any], name: str) -> Any:
+    return _schema_validator(
+        {"components": spec["components"], "$ref": f"#/components/schemas/{name}"}
+    )
+
+
+def _voucher_row(**overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": "v_1",
+        "project_id": "p_1",
+        "code": "SUMMER-24",
+        "campaign_name": "Summer",
+        "campaign_id": "camp_1",
+        "type": "DISCOUNT_VOUCHER",
+        "discount": {"type": "PERCENT", "percent_off": 10},
+        "gift_amount": None,
+        "gift_balance": None,
+        "loyalty_points": None,
+        "loyalty_balance": None,
+        "start_date": None,
+        "expiration_date": T0,
+        "active": True,
+        "redemption_quantity": None,
+        "redeemed_quantity": 0,
+        "holder_id": None,
+        "metadata": {"tier": "gold", "nested": {"n": 1}},
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    return {**row, **overrides}
+
+
+def test_indexed_objects_validate_against_their_schemas(spec: dict[str, Any]) -> None:
+    vouchers = [
+        _voucher_row(),
+        _voucher_row(
+            type="GIFT_VOUCHER",
+            discount=None,
+            gift_amount=5000,
+            gift_balance=1200,
+            campaign_id=None,
+            campaign_name=None,
+            holder_id="c_1",
+            redemption_quantity=3,
+        ),
+        _voucher_row(type="LOYALTY_CARD", discount=None, loyalty_points=10, loyalty_balance=None),
+    ]
+    for row in vouchers:
+        _validator(spec, "Voucher").validate(voucher_document(row).body)
+    customer = {
+        "id": "c_1",
+        "project_id": "p_1",
+        "source_id": None,
+        "name": "Ann Lee",
+        "email": "ann@example.com",
+        "phone": None,
+        "address": {"city": "Oslo", "country": "NO"},
+        "metadata": {},
+        "total_redeemed": 3,
+        "total_succeeded": 2,
+        "total_failed": 1,
+        "redeemed_amount": 100,
+        "redeemed_points": None,
+        "loyalty_points": 40,
+        "created_at": T0,
+        "updated_at": T0,
+        "static_segment_ids": ["s_1"],
+    }
+    _validator(spec, "Customer").validate(customer_document(customer, []).body)
+    _validator(spec, "Customer").validate(customer_document({**customer, "address": None}, []).body)
+    campaign = {
+        "id": "camp_1",
+        "project_id": "p_1",
+        "name": "Summer",
+        "type": "DISCOUNT_COUPONS",
+        "active": True,
+        "start_date": T0,
+        "expiration_date": None,
+        "metadata": {},
+        "vouchers_count": 3,
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    _validator(spec, "Campaign").validate(campaign_document(campaign).body)
+    segment = {
+        "id": "s_1",
+        "project_id": "p_1",
+        "name": "Gold",
+        "type": "auto-update",
+        "filter": {"junction": "and", "metadata.tier": {"conditions": {"$is": ["gold"]}}},
+        "created_at": T0,
+    }
+    # The read API adds the member count to the stored body.
+    _validator(spec, "Segment").validate({**segment_document(segment).body, "count": 4})
+
+
+def test_list_and_error_examples_validate(spec: dict[str, Any]) -> None:
+    voucher = voucher_document(_voucher_row()).body
+    _validator(spec, "VoucherList").validate(
+        {
+            "object": "list",
+            "data_ref": "vouchers",
+            "vouchers": [voucher],
+            "total": 1,
+            "has_more": False,
+            "next_cursor": None,
+        }
+    )
+    _validator(spec, "CustomerSegmentList").validate(
+        {
+            "object": "list",
+            "data_ref": "data",
+            "data": [{"id": "s_1", "name": "Gold", "object": "segment"}],
+            "total": 1,
+        }
+    )
+    for path, _, operation in _operations(spec):
+        for status, response in operation["responses"].items():
+            resolved = _resolve(spec, response)
+            if status == "200":
+                continue
+            media = resolved["content"]["application/json"]
+            root = {"components": spec["components"], **media["schema"]}
+            _schema_validator(root).validate(media["example"])
+            assert media["example"]["code"] == int(status), (path, status)
+
+
+def test_docs_page_is_self_contained() -> None:
+    page = docs_page()
+    assert isinstance(page, bytes)
+    text = page.decode("utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    assert "/openapi.json" in text
+    assert "__DOCS_" not in text
+    assert "function render(spec)" in text
+    assert ".method {" in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+    assert "<script src" not in text
+    assert "innerHTML" not in text
+    assert docs_page() is page
+
+
+def test_static_directory() -> None:
+    assert STATIC_DIR.is_dir()
+    assert {p.name for p in STATIC_DIR.iterdir()} >= {"docs.html", "docs.js", "docs.css"}
