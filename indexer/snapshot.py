@@ -16,11 +16,15 @@ import time
 from typing import Any
 
 import psycopg
+from redis.exceptions import RedisError
 from tqdm import tqdm
 
+from cache.codec import decode_envelope
+from cache.errors import CacheDecodeError, CacheUnavailable
+from cache.records import Envelope, VersionedWrite
 from cache.types import Lsn, ObjectKind
 from indexer.changes import TouchedObjects
-from indexer.errors import SourceUnavailable
+from indexer.errors import SinkUnavailable, SourceUnavailable
 from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.settings import IndexerSettings
 from indexer.sinks.elastic import ElasticSink, VersionedDelete
@@ -102,6 +106,10 @@ async def initial_load(
             finally:
                 writer.cancel()
             await reader.rollback()
+    # A load run again (after a crash half way through one, or after ``indexer drop``) finds
+    # the earlier load's Redis values: those of objects, codes and keys gone since are older
+    # than this load's point and would stay live for ever, as no change will come for them.
+    await retire_older_cache_values(cache, point)
     await search.refresh()
     await search.set_meta(
         {"slot": settings.slot_name, "state": "complete", "consistent_point": str(point)}
@@ -139,6 +147,37 @@ async def _write_chunks(
     while (chunk := await queue.get()) is not None:
         deletes = [VersionedDelete(r.kind, r.object_id, r.version) for r in chunk.removed]
         await asyncio.gather(search.apply(chunk.documents, deletes), cache.apply(chunk))
+
+
+async def retire_older_cache_values(cache: RedisSink, point: Lsn) -> int:
+    """Tombstone, at ``point``, every live object, alias and API key value in Redis older
+    than ``point``: a complete load at ``point`` rewrote everything that still exists."""
+    store = cache.store
+    layout = store.layout
+    stale: list[VersionedWrite] = []
+    try:
+        for pattern in (f"{layout.project_keys_prefix}*", f"{layout.app_key_prefix}*"):
+            async for key in store.redis.scan_iter(match=pattern, count=1000):
+                blob = await store.redis.get(key)
+                if not isinstance(blob, bytes):
+                    continue
+                try:
+                    envelope = decode_envelope(blob)
+                except CacheDecodeError:
+                    continue  # not ours
+                if not envelope.is_tombstone and envelope.version < point:
+                    name = key.decode() if isinstance(key, bytes) else str(key)
+                    stale.append(VersionedWrite(name, Envelope.tombstone(int(point))))
+    except (RedisError, OSError) as error:
+        raise SinkUnavailable(f"redis: {error}") from error
+    for start in range(0, len(stale), 1000):
+        try:
+            await store.apply_writes(stale[start : start + 1000])
+        except CacheUnavailable as error:
+            raise SinkUnavailable(f"redis: {error}") from error
+    if stale:
+        log.info("retired cache values of an earlier load", extra={"keys": len(stale)})
+    return len(stale)
 
 
 async def _count(conn: psycopg.AsyncConnection[Any], table: str) -> int:
