@@ -193,16 +193,48 @@ def _project_vouchers(project: str) -> list[Document]:
 def _project_customers(project: str) -> list[Document]:
     p = project[-1]
     return [
-        _customer(project, f"{p}_cust_1", T0, name="Ann Lee", email="Ann.Lee@Example.com",
-                  source_id="crm-1", segments=("seg_gold",)),
-        _customer(project, f"{p}_cust_2", T0, name="Bob Stone", email="bob@example.com",
-                  source_id="CRM-2", segments=("seg_gold", "seg_new")),
-        _customer(project, f"{p}_cust_3", T0 - timedelta(days=1), name="Ann Marie",
-                  email=None, source_id=None),
-        _customer(project, f"{p}_cust_4", T0 - timedelta(days=2), name=None,
-                  email="lee@example.org", source_id="crm-4", segments=("seg_new",)),
-        _customer(project, f"{p}_cust_5", T0 - timedelta(days=2, microseconds=1),
-                  name="Carl", email="carl@example.net"),
+        _customer(
+            project,
+            f"{p}_cust_1",
+            T0,
+            name="Ann Lee",
+            email="Ann.Lee@Example.com",
+            source_id="crm-1",
+            segments=("seg_gold",),
+        ),
+        _customer(
+            project,
+            f"{p}_cust_2",
+            T0,
+            name="Bob Stone",
+            email="bob@example.com",
+            source_id="CRM-2",
+            segments=("seg_gold", "seg_new"),
+        ),
+        _customer(
+            project,
+            f"{p}_cust_3",
+            T0 - timedelta(days=1),
+            name="Ann Marie",
+            email=None,
+            source_id=None,
+        ),
+        _customer(
+            project,
+            f"{p}_cust_4",
+            T0 - timedelta(days=2),
+            name=None,
+            email="lee@example.org",
+            source_id="crm-4",
+            segments=("seg_new",),
+        ),
+        _customer(
+            project,
+            f"{p}_cust_5",
+            T0 - timedelta(days=2, microseconds=1),
+            name="Carl",
+            email="carl@example.net",
+        ),
     ]
 
 
@@ -256,7 +288,9 @@ class Lists:
         return ids, total
 
     async def ids(
-        self, parse: Callable[[Mapping[str, str]], ListParams], query: Mapping[str, str],
+        self,
+        parse: Callable[[Mapping[str, str]], ListParams],
+        query: Mapping[str, str],
         project: str = A,
     ) -> list[str]:
         ids, total = await self.walk(parse, {**query, "limit": "100"}, project)
@@ -264,8 +298,9 @@ class Lists:
         return ids
 
 
-async def _load(client: AsyncElasticsearch, prefix: str, docs: list[Document],
-                generation: int = 1) -> ElasticSink:
+async def _load(
+    client: AsyncElasticsearch, prefix: str, docs: list[Document], generation: int = 1
+) -> ElasticSink:
     sink = ElasticSink(client, prefix)
     await sink.create_indices(generation, {})
     await sink.apply([(doc, 1) for doc in docs], [])
@@ -367,9 +402,11 @@ async def test_cursor_from_another_list_is_refused(lists: Lists) -> None:
         ({"active": "true"}, lambda d: d.fields["active"] is True),
         (
             {"active": "true", "holder_id": "a_cust_1", "type": "DISCOUNT_VOUCHER"},
-            lambda d: d.fields["active"]
-            and d.fields["holder_id"] == "a_cust_1"
-            and d.fields["type"] == "DISCOUNT_VOUCHER",
+            lambda d: (
+                d.fields["active"]
+                and d.fields["holder_id"] == "a_cust_1"
+                and d.fields["type"] == "DISCOUNT_VOUCHER"
+            ),
         ),
         ({"campaign_id": "nope"}, lambda d: False),
     ],
@@ -397,11 +434,19 @@ async def test_created_at_bounds_are_exclusive_to_the_microsecond(lists: Lists) 
     )
     assert before == _expected(docs, lambda d: d.fields["created_at_us"] < micro_b)
     assert "a_us_b" not in before and "a_tie_0" in before
+    # Naive means UTC; a date alone is midnight; sub-microsecond digits count exactly.
+    naive = await lists.ids(parse_voucher_list, {CREATED_AFTER: "2024-05-01T12:00:00"})
+    assert naive == after
     window = await lists.ids(
         parse_voucher_list,
         {CREATED_AFTER: "2024-04-26", CREATED_BEFORE: "2024-04-30T12:00:00.0000001"},
     )
-    assert window == ["a_summer_25", "a_gift_1", "a_card_1", "a_card_2"]
+    assert window == ["a_summer_24", "a_summer_25", "a_gift_1", "a_card_1", "a_card_2"]
+    window = await lists.ids(
+        parse_voucher_list,
+        {CREATED_AFTER: "2024-04-27T12:00:00", CREATED_BEFORE: "2024-04-30T12:00:00Z"},
+    )
+    assert window == ["a_summer_25", "a_gift_1"]
     empty = await lists.ids(
         parse_voucher_list, {CREATED_AFTER: "2024-06-01", CREATED_BEFORE: "2024-05-01"}
     )
@@ -422,9 +467,17 @@ async def test_customer_filters(lists: Lists) -> None:
     assert await lists.ids(
         parse_customer_list, {"segment_id": "seg_new", CREATED_BEFORE: "2024-05-01T12:00:00Z"}
     ) == ["a_cust_4"]
-    assert await lists.ids(
-        parse_customer_list, {CREATED_AFTER: "2024-04-29T12:00:00.000000Z"}
-    ) == ["a_cust_2", "a_cust_1", "a_cust_3", "a_cust_4"]
+    assert await lists.ids(parse_customer_list, {CREATED_AFTER: "2024-04-29T12:00:00Z"}) == [
+        "a_cust_2",
+        "a_cust_1",
+        "a_cust_3",
+    ]
+    assert await lists.ids(parse_customer_list, {CREATED_AFTER: "2024-04-29T11:59:59.999999Z"}) == [
+        "a_cust_2",
+        "a_cust_1",
+        "a_cust_3",
+        "a_cust_4",
+    ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -476,14 +529,14 @@ async def test_customer_text_search(lists: Lists, q: str, expected: list[str]) -
 @pytest.mark.parametrize(
     "q",
     [
-        'code:* OR (a AND b)',
+        "code:* OR (a AND b)",
         "*",
         "?",
         '"unbalanced',
         "a~2 b^3 -c +d",
         "/.*/",
         "\\",
-        "{\"query\": {\"match_all\": {}}}",
+        '{"query": {"match_all": {}}}',
         "!!!",
         "x" * 200,
         "ünïcödé 日本語 🎉",
