@@ -93,10 +93,12 @@ async def handler(request):
         row = await (await conn.execute(SQL, (key["project_id"], code, code, code))).fetchone()
     if row is None:
         return web.Response(status=404)
-    row["gift"] = None if row["gift_amount"] is None and row["gift_balance"] is None else {
-        "amount": row.pop("gift_amount"), "balance": row.pop("gift_balance")}
-    row["loyalty_card"] = None if row["loyalty_points"] is None and row["loyalty_balance"] is None else {
-        "points": row.pop("loyalty_points"), "balance": row.pop("loyalty_balance")}
+    amount, gift_balance = row.pop("gift_amount"), row.pop("gift_balance")
+    row["gift"] = None if amount is None and gift_balance is None else {
+        "amount": amount, "balance": gift_balance}
+    points, balance = row.pop("loyalty_points"), row.pop("loyalty_balance")
+    row["loyalty_card"] = None if points is None and balance is None else {
+        "points": points, "balance": balance}
     row["redemption"] = {"quantity": row.pop("redemption_quantity"),
                          "redeemed_quantity": row.pop("redeemed_quantity")}
     return web.Response(body=orjson.dumps(row, default=str), content_type="application/json")
@@ -372,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scratch = Scratch()
     scratch.create()
     try:
-        project_id, codes = prepare_data(scratch, args)
+        _project_id, codes = prepare_data(scratch, args)
         results = run_all(scratch, codes, args)
     finally:
         if not args.keep:

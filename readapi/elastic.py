@@ -9,7 +9,6 @@ see an ``elasticsearch`` exception. Every call of a request is one counted ES re
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -73,8 +72,11 @@ class SearchReader:
             return None
         return FoundDocument(object_id, int(body["_version"]), dict(body["_source"]))
 
-    async def find_one(self, kind: str, project_id: str, field: str, value: str) -> str | None:
-        """Id of the document of ``project_id`` whose keyword ``field`` equals ``value``."""
+    async def find_one(
+        self, kind: str, project_id: str, field: str, value: str
+    ) -> tuple[str, int] | None:
+        """(id, version) of the document of ``project_id`` whose keyword ``field`` equals
+        ``value`` (a search: it sees the last refresh, not later writes)."""
         response = await self._call(
             "search",
             self.client.search(
@@ -85,11 +87,12 @@ class SearchReader:
                 ]}},
                 size=1,
                 source=False,
+                version=True,
                 track_total_hits=False,
             ),
         )
         hits = response.body["hits"]["hits"]
-        return str(hits[0]["_id"]) if hits else None
+        return (str(hits[0]["_id"]), int(hits[0]["_version"])) if hits else None
 
     async def count(self, kind: str, query: Mapping[str, Any]) -> int:
         response = await self._call(
@@ -157,7 +160,7 @@ class SearchReader:
         except (elasticsearch.ApiError, elasticsearch.TransportError, OSError) as error:
             self.gate.failed(error)
             raise SearchUnavailable(f"elasticsearch: {error}") from error
-        except asyncio.TimeoutError as error:
+        except TimeoutError as error:
             self.gate.failed(error)
             raise SearchUnavailable("elasticsearch: timed out") from error
         self.gate.succeeded()

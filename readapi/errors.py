@@ -1,7 +1,7 @@
 """The error answers of API.md §3: one exception type and the JSON body every error carries.
 
-Handlers raise ``ApiError``; the middleware (``readapi/middleware.py``) turns it, aiohttp's
-own HTTP exceptions and anything unexpected into
+Handlers raise ``ApiError``; ``readapi/endpoint.py`` turns it, aiohttp's own HTTP exceptions
+and anything unexpected into
 ``{"code", "key", "message", "details", "request_id"}``.
 """
 

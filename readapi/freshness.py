@@ -130,7 +130,6 @@ class WatermarkPoller:
             await asyncio.sleep(self._interval)
             if self._listener.connected:
                 continue
-            try:
+            # Redis down too: nothing to read; the listener's reconnect will tell.
+            with contextlib.suppress(CacheError):
                 await self._holder.refresh(self._store)
-            except CacheError:
-                pass  # Redis is down too: the listener's reconnect will tell

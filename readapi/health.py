@@ -14,9 +14,9 @@ import orjson
 from aiohttp import web
 
 from cache.errors import CacheError
+from readapi.endpoint import JSON_TYPE, guarded
 from readapi.errors import ApiError
 from readapi.metrics import CONTENT_TYPE as METRICS_TYPE
-from readapi.middleware import JSON_TYPE
 from readapi.openapi import build_openapi, docs_page
 from readapi.services import SERVICES, Services
 
@@ -100,8 +100,11 @@ async def docs(request: web.Request) -> web.Response:
 
 def add_service_routes(app: web.Application) -> None:
     router = app.router
-    router.add_get("/healthz", healthz, allow_head=False)
-    router.add_get("/readyz", readyz, allow_head=False)
-    router.add_get("/metrics", metrics, allow_head=False)
-    router.add_get("/openapi.json", openapi_json, allow_head=False)
-    router.add_get("/docs", docs, allow_head=False)
+    for path, handler in (
+        ("/healthz", healthz),
+        ("/readyz", readyz),
+        ("/metrics", metrics),
+        ("/openapi.json", openapi_json),
+        ("/docs", docs),
+    ):
+        router.add_get(path, guarded(path, handler), allow_head=False)

@@ -101,6 +101,7 @@ class ObjectLookups:
         self._watermark = watermark
         self._redis_gate = redis_gate
         self._metrics = metrics
+        self._layers = metrics.requests.layers
         self._use_l1 = use_l1
         self._flights: SingleFlight[tuple[str, int | None], Any] = SingleFlight()
         self.hooks = LookupHooks()
@@ -134,7 +135,7 @@ class ObjectLookups:
         if self._use_l1 and not fresh:
             entry = self._l1.get(key)
             if entry is not None:
-                self._metrics.layer_l1.inc()
+                self._layers[0] += 1
                 value: CachedObject = entry.value
                 return value
         result: CachedObject = await self._shared(
@@ -157,7 +158,7 @@ class ObjectLookups:
         before = self._watermark.value
         redis_answered, envelope = await self._read_l2(key)
         if envelope is not None and (envelope.is_tombstone or _readable(envelope)):
-            self._metrics.layer_l2.inc()
+            self._layers[1] += 1
             result = _object_of(kind, envelope)
             await self._hook_after_read(key)
             self._install(key, result, token)
@@ -165,7 +166,7 @@ class ObjectLookups:
         if self.hooks.before_source is not None:
             await self.hooks.before_source(key)
         found = await self._search.get(kind, object_id)
-        self._metrics.layer_es.inc()
+        self._layers[2] += 1
         if found is None or found.source.get("project_id") != project_id:
             # Another project's object is absent for this one, exactly like a missing one.
             await self._hook_after_read(key)
@@ -208,10 +209,10 @@ class ObjectLookups:
         if found.body is not None and found.match == value:
             return found
         # A stale alias (the object moved on): ask the index which object holds the value.
-        object_id = await self._search.find_one(kind, project_id, field, value)
-        if object_id is None:
+        hit = await self._search.find_one(kind, project_id, field, value)
+        if hit is None:
             return ABSENT
-        found = await self.by_id(kind, project_id, object_id, fresh=fresh)
+        found = await self.by_id(kind, project_id, hit[0], fresh=fresh)
         return found if found.body is not None and found.match == value else ABSENT
 
     async def _load_alias(
@@ -229,12 +230,17 @@ class ObjectLookups:
             return result
         if self.hooks.before_source is not None:
             await self.hooks.before_source(key)
-        object_id = await self._search.find_one(kind, project_id, field, value)
+        hit = await self._search.find_one(kind, project_id, field, value)
         await self._hook_after_read(key)
-        if object_id is not None:
-            # Not filled: a search hit carries no version to fill with; the object read
-            # that follows fills the object itself.
-            return CachedAlias(object_id, 0)
+        if hit is not None:
+            # Filled at the version of the document the search saw: a newer alias or
+            # tombstone the indexer writes is newer still, and the target is checked anyway.
+            result = CachedAlias(hit[0], hit[1])
+            if redis_answered and await self._fill(
+                key, Envelope(hit[1], DOCUMENT_SCHEMA, hit[0])
+            ):
+                self._install(key, result, token)
+            return result
         if before is None or not redis_answered:
             # Without Redis's "no alias" the search alone (not realtime) proves nothing.
             return CachedAlias(None, 0)

@@ -1,22 +1,18 @@
 """Prometheus metrics of one read API process, in a registry of its own (one per app, so
 tests may build several apps in one process).
 
-Label children are created once and kept: the hot path only increments and observes.
+Per-request figures (request counts, latency histograms, answers per cache layer) are kept
+in plain ints and lists and turned into metric families only when /metrics is scraped:
+prometheus_client's own counters take a lock per increment, too dear for the hot path.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 # Values kept by the objects that count them (single-flight, the Elasticsearch reader),
 # read only when /metrics is scraped.
@@ -40,6 +36,61 @@ class _CountersFromFunctions:
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
+
+class RequestStats:
+    """Request counts per (route, method, status) and latency histograms per route."""
+
+    __slots__ = ("_histograms", "counts", "layers")
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = {}
+        # route -> [count per bucket (the last one is +Inf)..., sum of seconds]
+        self._histograms: dict[str, list[float]] = {}
+        # Objects answered per cache layer: [l1, l2, es].
+        self.layers: list[int] = [0, 0, 0]
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+        histogram = self._histograms.get(route)
+        if histogram is None:
+            histogram = self._histograms[route] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
+        histogram[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        histogram[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "readapi_requests",
+            "HTTP requests answered, per route template, method and status",
+            labels=["route", "method", "status"],
+        )
+        for (route, method, status), count in list(self.counts.items()):
+            requests.add_metric([route, method, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "readapi_request_duration_seconds", "Time to answer, per route template",
+            labels=["route"],
+        )
+        for route, histogram in list(self._histograms.items()):
+            cumulative: float = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, hits in zip((*_LATENCY_BUCKETS, float("inf")), histogram, strict=False):
+                cumulative += hits
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([route], buckets, sum_value=histogram[-1])
+        yield latency
+        layers = CounterMetricFamily(
+            "readapi_lookup_source", "Objects answered per cache layer (l1, l2, es)",
+            labels=["layer"],
+        )
+        for name, count in zip(("l1", "l2", "es"), self.layers, strict=True):
+            layers.add_metric([name], count)
+        yield layers
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Request latencies of a cache-served API sit well below a millisecond.
 _LATENCY_BUCKETS = (
@@ -51,18 +102,8 @@ class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._requests = Counter(
-            "readapi_requests", "HTTP requests answered, per route template, method and status",
-            ["route", "method", "status"], registry=r,
-        )
-        self._latency = Histogram(
-            "readapi_request_duration_seconds", "Time to answer, per route template",
-            ["route"], buckets=_LATENCY_BUCKETS, registry=r,
-        )
-        self._lookups = Counter(
-            "readapi_lookup_source", "Objects answered per cache layer (l1, l2, es)",
-            ["layer"], registry=r,
-        )
+        self.requests = RequestStats()
+        r.register(self.requests)
         self.stale_serves = Counter(
             "readapi_stale_serves",
             "Answers served from a cache while the layer behind it was unreachable",
@@ -96,22 +137,6 @@ class ApiMetrics:
             "readapi_invalidation_connected",
             "1 while subscribed to the invalidation channel (L1 on), else 0", registry=r,
         )
-        self._children: dict[tuple[str, str, int], MetricWrapperBase] = {}
-        self._latency_children: dict[str, Histogram] = {}
-        self.layer_l1 = self._lookups.labels("l1")
-        self.layer_l2 = self._lookups.labels("l2")
-        self.layer_es = self._lookups.labels("es")
-
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        counter = self._children.get(key)
-        if counter is None:
-            counter = self._children[key] = self._requests.labels(route, method, str(status))
-        counter.inc()  # type: ignore[attr-defined]
-        histogram = self._latency_children.get(route)
-        if histogram is None:
-            histogram = self._latency_children[route] = self._latency.labels(route)
-        histogram.observe(seconds)
 
     def render(self) -> bytes:
         result: bytes = generate_latest(self.registry)

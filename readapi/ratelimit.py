@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from cache.errors import CacheError, CacheUnavailable
 from cache.singleflight import SingleFlight
@@ -94,7 +95,7 @@ class RateLimiter:
             if not self._gate.should_try():
                 return self._fallback(app_id, limit, now)
             try:
-                await self._leases.do(app_id, lambda: self._lease(app_id, bucket))
+                await self._leases.do(app_id, partial(self._lease, app_id, bucket))
             except CacheUnavailable as error:
                 self._gate.failed(error)
                 self._metrics.dependency_errors.labels("redis").inc()

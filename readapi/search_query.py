@@ -12,6 +12,21 @@ Pure functions, no I/O. The handler of a list endpoint does::
     # {"object": "list", "data_ref": params.kind.data_ref, params.kind.data_ref: page.docs,
     #  "total": page.total, "has_more": page.has_more, "next_cursor": next_cursor}
 
+Interface:
+
+- ``parse_voucher_list(query: Mapping[str, str]) -> VoucherListParams``
+- ``parse_customer_list(query: Mapping[str, str]) -> CustomerListParams``
+- ``parse_holder_voucher_list(query: Mapping[str, str], customer_id: str)
+  -> HolderVoucherListParams`` (``customer_id``: the holder's resolved id)
+- ``decode_starting_after(params, project_id, secret) -> SortKey | None``
+- ``build_search(kind: ListKind, params, project_id, *, after: SortKey | None) -> dict``
+- ``page_from_response(response: Mapping[str, Any], limit: int) -> Page``, a NamedTuple
+  ``(docs, has_more, next_sort_key, total)``; ``MalformedSearchResponse`` if the answer
+  lacks what the body asked for (a server-side fault, not a client one)
+- ``encode_next_cursor(params, project_id, sort_key: SortKey | None, secret) -> str | None``
+- ``cursor_scope(params, project_id) -> str``, ``parse_instant(name, value)``, ``ListKind``
+  (``.object_kind``, ``.data_ref``), ``ALLOWED_PARAMETERS`` and the ``MAX_*`` bounds.
+
 Every validation failure raises ``InvalidParameter(name, message)`` (a ``ValueError``) whose
 ``message`` names the parameter and suits a 400 ``invalid_request`` answer; no input string
 raises anything else. Unknown parameters and repeated parameters are refused.
@@ -35,8 +50,8 @@ Semantics (API.md §3):
 - ``email`` is exact but case-insensitive (the lower-cased value against ``email_lower``).
 - ``active`` is ``true`` or ``false`` exactly; ``type`` is one of the voucher type names
   exactly; ids and ``segment_id`` are 1 to 200 characters; ``limit`` is an integer 1 to 100
-  (default 10). Control characters are refused in every value (tab and newlines excepted
-  inside ``q``).
+  (default 10); email is at most 320 characters, instants 64. Control characters are
+  refused in every value (tab and newlines excepted inside ``q``).
 - A cursor (``starting_after``) is bound to its list: the kind, the project and the filters
   (``cursor_scope``), not ``limit``, which may change from page to page.
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from aiohttp import web
 from elastic_transport import OrjsonSerializer
 from elasticsearch import AsyncElasticsearch
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from cache.errors import CacheError
 from cache.invalidation import InvalidationListener

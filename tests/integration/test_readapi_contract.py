@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.readapi import (  # noqa: F401  (fixtures)
+from tests.fixtures.readapi import (
     KEY_B,
     ApiHarness,
-    api,
     assert_error,
     assert_v1_headers,
 )
+from tests.fixtures.readapi import api_fixture as api_fixture
 
 VOUCHER_KEYS = {
     "id", "code", "object", "campaign", "campaign_id", "type", "discount", "gift",

@@ -444,7 +444,7 @@ def test_list_kinds() -> None:
 # Cursors bound to their list
 
 
-def test_cursor_round_trip_through_the_list_helpers() -> None:
+def test_cursor_round_trip_through_the_list_functions() -> None:
     params = _vouchers(campaign_id="camp_1", limit="5")
     cursor = encode_next_cursor(params, PROJECT, SortKey(10, "v_1"), SECRET)
     assert cursor is not None
