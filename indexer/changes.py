@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cache.types import ObjectKind
+from indexer.tables import CONTRACT_TABLES
 
 LOYALTY_CARD = "LOYALTY_CARD"
 AUTO_UPDATE = "auto-update"
@@ -210,13 +211,4 @@ _HANDLERS = {
     "api_keys": _on_api_key,
 }
 
-WATCHED_TABLES: tuple[str, ...] = (
-    "projects",
-    "api_keys",
-    "customers",
-    "campaigns",
-    "vouchers",
-    "redemptions",
-    "segments",
-    "segment_members",
-)
+WATCHED_TABLES: tuple[str, ...] = CONTRACT_TABLES

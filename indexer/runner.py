@@ -34,8 +34,9 @@ from indexer.slot import (
     ensure_publication,
     peek_changes,
     slot_exists,
+    slot_status,
 )
-from indexer.snapshot import initial_load
+from indexer.snapshot import initial_load, reload_cache
 from indexer.source import DocumentSource
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class Indexer:
     async def step(self) -> StepResult:
         """Peek, apply and advance once; returns what was done."""
         conn = await self._connection()
+        await self._refill_cache_if_lost(conn)
         started = time.perf_counter()
         upto = await current_wal_lsn(conn)
         rows = await peek_changes(
@@ -143,6 +145,22 @@ class Indexer:
             newest = transactions[-1].commit_time
             metrics.LAG_SECONDS.set(max(0.0, time.time() - newest.timestamp()))
         return StepResult(len(transactions), changes, target, full)
+
+    async def _refill_cache_if_lost(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Reload Redis from the source when it lost its data (a restart without persistence,
+        a flush): objects no change touches again, API keys and the watermark would otherwise
+        stay missing for good. The watermark is written by every load and every step, so its
+        absence is the sign. Every value is written at the slot's confirmed position: all
+        changes before it are in the source read now, and every change still to come has a
+        commit LSN at or after it, so it wins as usual."""
+        if await self._cache.get_watermark() is not None:
+            return
+        status = await slot_status(conn, self._settings.slot_name)
+        version = status.confirmed_flush_lsn
+        log.warning("cache lost its data, reloading it", extra={"version": str(version)})
+        keys = await reload_cache(conn, self._cache, version, self._settings.rebuild_chunk_ids)
+        await self._cache.set_watermark(version)
+        log.info("cache reloaded", extra={"keys": keys, "version": str(version)})
 
     async def apply(self, transactions: list[Transaction]) -> None:
         """Apply whole transactions, in commit order, to both sinks."""

@@ -34,20 +34,11 @@ from indexer.seed_vocabulary import (
     UNIT_TYPES,
     auto_segment,
 )
+from indexer.tables import CONTRACT_TABLES
 
 Row = tuple[Any, ...]
 
-# Tables in foreign-key order: a table only references tables before it.
-TABLES = (
-    "projects",
-    "api_keys",
-    "customers",
-    "campaigns",
-    "vouchers",
-    "redemptions",
-    "segments",
-    "segment_members",
-)
+TABLES = CONTRACT_TABLES
 # Row indexes are stored in typed arrays and voucher codes hold 40 bits.
 MAX_ROWS = 2**31 - 1
 

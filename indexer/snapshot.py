@@ -180,6 +180,27 @@ async def retire_older_cache_values(cache: RedisSink, point: Lsn) -> int:
     return len(stale)
 
 
+async def reload_cache(
+    conn: psycopg.AsyncConnection[Any], cache: RedisSink, version: Lsn, chunk_ids: int
+) -> int:
+    """Write every object, alias and API key the source holds now into Redis at ``version``
+    (Redis only: Elasticsearch keeps what it has). Returns the number of keys written."""
+    source = DocumentSource(conn)
+    rebuilder = Rebuilder(source, chunk_ids=chunk_ids)
+    written = 0
+    for table, kind in _TABLES:
+        async for ids in source.primary_key_chunks(f"primary_keys_{table}", chunk_ids):
+            touched = TouchedObjects()
+            for object_id in ids:
+                if kind is None:
+                    touched.mark_api_key(object_id, None, int(version))
+                else:
+                    touched.mark(kind, object_id, None, int(version))
+            async for chunk in rebuilder.writes(touched):
+                written += await cache.apply(chunk)
+    return written
+
+
 async def _count(conn: psycopg.AsyncConnection[Any], table: str) -> int:
     # Table names come from the fixed list above, never from input.
     from psycopg import sql

@@ -7,7 +7,6 @@ them, and nothing the source no longer holds may be live in either sink.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +18,8 @@ from cache.keys import AliasKind
 from cache.types import ObjectKind
 from indexer.changes import TouchedObjects
 from indexer.documents import Document
-from indexer.errors import SinkUnavailable
 from indexer.rebuild import Rebuilder
-from indexer.sinks.elastic import _TRANSPORT_ERRORS, INDEXED_KINDS, ElasticSink
+from indexer.sinks.elastic import INDEXED_KINDS, ElasticSink
 from indexer.sinks.redis import RedisSink
 from indexer.source import DocumentSource
 
@@ -44,27 +42,6 @@ class VerifyReport:
         return self.difference_count == 0
 
 
-async def _indexed(search: ElasticSink, kind: ObjectKind) -> AsyncIterator[dict[str, Any]]:
-    search_after: list[Any] | None = None
-    while True:
-        try:
-            page = await search.client.search(
-                index=search.alias(kind),
-                size=1000,
-                sort=[{"id": "asc"}],
-                search_after=search_after,
-                query={"match_all": {}},
-            )
-        except _TRANSPORT_ERRORS as error:
-            raise SinkUnavailable(f"elasticsearch: {error}") from error
-        hits = page["hits"]["hits"]
-        for hit in hits:
-            yield hit
-        if len(hits) < 1000:
-            return
-        search_after = hits[-1]["sort"]
-
-
 async def verify(
     conn: psycopg.AsyncConnection[Any], search: ElasticSink, cache: RedisSink
 ) -> VerifyReport:
@@ -81,7 +58,7 @@ async def verify(
     for kind, expected in expected_by_kind.items():
         report.checked[kind.value] = len(expected)
         seen: set[str] = set()
-        async for hit in _indexed(search, kind):
+        async for hit in search.scan(kind):
             object_id = hit["_id"]
             seen.add(object_id)
             wanted = expected.get(object_id)

@@ -21,11 +21,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from cache.codec import api_key_from_data
 from cache.errors import CacheDecodeError, CacheUnavailable
 from cache.l1 import L1Cache
 from cache.records import ApiKeyRecord
+from cache.singleflight import SingleFlight
 from cache.store import CacheStore
 from readapi.dependency import DependencyGate
 from readapi.errors import unauthorized, unavailable
@@ -54,9 +56,20 @@ class KeyEntry:
 
     record: ApiKeyRecord | None
     token_sha256: bytes
+    caller: Caller | None  # None: unknown or revoked
     verified: bytes | None = None
 
 
+
+
+def _credentials(headers: Mapping[str, str]) -> tuple[str, str]:
+    app_id = headers.get("X-App-Id")
+    token = headers.get("X-App-Token")
+    if not app_id or not token:
+        raise unauthorized("X-App-Id and X-App-Token headers are required.")
+    if len(app_id) > MAX_APP_ID_LENGTH or len(token) > MAX_TOKEN_LENGTH:
+        raise unauthorized("Unknown app id, wrong token or revoked key.")
+    return app_id, token
 
 
 class Authenticator:
@@ -82,19 +95,27 @@ class Authenticator:
         self._capacity = recent_capacity
         # app id -> (entry, when Redis last confirmed it): the outage fallback.
         self._recent: OrderedDict[str, tuple[KeyEntry, float]] = OrderedDict()
+        self._loads: SingleFlight[str, KeyEntry] = SingleFlight()
+
+    def cached(self, headers: Mapping[str, str]) -> Caller | None:
+        """The caller when the key L1 holds its record (no I/O), else None: then await
+        ``authenticate``. Raises 401 like it."""
+        app_id, token = _credentials(headers)
+        hit = self._l1.get(self._store.layout.app_key(app_id))
+        return None if hit is None else self._check(hit.value, token)
 
     async def authenticate(self, headers: Mapping[str, str], *, bypass_l1: bool = False) -> Caller:
-        app_id = headers.get("X-App-Id")
-        token = headers.get("X-App-Token")
-        if not app_id or not token:
-            raise unauthorized("X-App-Id and X-App-Token headers are required.")
-        if len(app_id) > MAX_APP_ID_LENGTH or len(token) > MAX_TOKEN_LENGTH:
-            raise unauthorized("Unknown app id or wrong token.")
-        entry = None if bypass_l1 else self._l1_entry(app_id)
-        if entry is None:
-            entry = await self._load(app_id)
-        record = entry.record
-        if record is None or record.revoked:
+        app_id, token = _credentials(headers)
+        hit = None if bypass_l1 else self._l1.get(self._store.layout.app_key(app_id))
+        if hit is not None:
+            return self._check(hit.value, token)
+        # Concurrent misses of one app id share one Redis read.
+        entry = await self._loads.do(app_id, partial(self._load, app_id))
+        return self._check(entry, token)
+
+    def _check(self, entry: KeyEntry, token: str) -> Caller:
+        caller = entry.caller
+        if caller is None:
             raise unauthorized("Unknown app id, wrong token or revoked key.")
         presented = token.encode("utf-8", "surrogatepass")
         verified = entry.verified
@@ -103,12 +124,16 @@ class Authenticator:
             if not hmac.compare_digest(digest, entry.token_sha256):
                 raise unauthorized("Unknown app id, wrong token or revoked key.")
             entry.verified = presented
-        limit = record.rate_limit_per_minute
-        return Caller(app_id, record.project_id, self._default_limit if limit is None else limit)
+        return caller
 
-    def _l1_entry(self, app_id: str) -> KeyEntry | None:
-        hit = self._l1.get(self._store.layout.app_key(app_id))
-        return None if hit is None else hit.value
+    def _entry(self, record: ApiKeyRecord | None) -> KeyEntry:
+        if record is None:
+            return KeyEntry(None, b"", None)
+        limit = record.rate_limit_per_minute
+        caller = None if record.revoked else Caller(
+            record.app_id, record.project_id, self._default_limit if limit is None else limit
+        )
+        return KeyEntry(record, record.token_sha256.encode("utf-8", "surrogatepass"), caller)
 
     async def _load(self, app_id: str) -> KeyEntry:
         key = self._store.layout.app_key(app_id)
@@ -124,7 +149,7 @@ class Authenticator:
         except CacheDecodeError:
             envelope = None
         self._gate.succeeded()
-        entry = KeyEntry(None, b"")
+        record = None
         version = 0
         if envelope is not None:
             version = envelope.version
@@ -133,8 +158,7 @@ class Authenticator:
                     record = api_key_from_data(envelope.data)
                 except CacheDecodeError:
                     record = None
-                if record is not None:
-                    entry = KeyEntry(record, record.token_sha256.encode("utf-8", "surrogatepass"))
+        entry = self._entry(record)
         self._l1.install(key, entry, version, token)
         self._remember(app_id, entry)
         return entry

@@ -112,6 +112,30 @@ class ObjectLookups:
 
     # -- per endpoint -------------------------------------------------------------------------
 
+    def voucher_in_l1(self, project_id: str, code_or_id: str) -> CachedObject | None:
+        """The voucher when L1 answers alone (no I/O), else None: then await ``voucher``."""
+        if not self._use_l1:
+            return None
+        l1 = self._l1
+        layout = self._layout
+        alias = l1.get(layout.alias_key(project_id, AliasKind.VOUCHER_CODE, code_or_id))
+        if alias is None:
+            return None
+        target = alias.value.target
+        if target is not None:
+            entry = l1.get(layout.object_key(project_id, ObjectKind.VOUCHER, target))
+            if entry is not None and entry.value.match == code_or_id:
+                self._layers[0] += 1
+                value: CachedObject = entry.value
+                return value
+            return None  # absent or stale: the full lookup decides
+        entry = l1.get(layout.object_key(project_id, ObjectKind.VOUCHER, code_or_id))
+        if entry is None:
+            return None
+        self._layers[0] += 1
+        value = entry.value
+        return value
+
     async def voucher(self, project_id: str, code_or_id: str, *, fresh: bool) -> CachedObject:
         """A code match wins over an id match."""
         by_code = await self._by_alias(AliasKind.VOUCHER_CODE, project_id, code_or_id, fresh)

@@ -15,11 +15,12 @@ turn a cache outage into a full outage.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 from cache.errors import CacheError, CacheUnavailable
 from cache.singleflight import SingleFlight
@@ -30,8 +31,7 @@ from readapi.metrics import ApiMetrics
 MAX_LEASE = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class RateDecision:
+class RateDecision(NamedTuple):
     allowed: bool
     limit: int
     remaining: int
@@ -39,11 +39,14 @@ class RateDecision:
 
 
 class _Bucket:
-    __slots__ = ("exhausted_until", "limit", "server_remaining", "tokens", "window_ends")
+    __slots__ = (
+        "exhausted_until", "limit", "refill_below", "server_remaining", "tokens", "window_ends",
+    )
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.tokens = 0
+        self.refill_below = 0
         self.server_remaining = limit
         self.window_ends = 0.0
         self.exhausted_until = 0.0
@@ -77,10 +80,44 @@ class RateLimiter:
         self._buckets: dict[str, _Bucket] = {}
         self._local: dict[str, _LocalWindow] = {}
         self._leases: SingleFlight[str, None] = SingleFlight()
+        self._prefetching: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def take_local(self, app_id: str, limit: int) -> RateDecision | None:
+        """A token this process already holds (no I/O), else None: then await ``acquire``."""
+        bucket = self._buckets.get(app_id)
+        if bucket is None or bucket.tokens <= 0 or bucket.limit != limit:
+            return None
+        if self._clock() >= bucket.window_ends:
+            return None
+        bucket.tokens -= 1
+        if bucket.tokens < bucket.refill_below and app_id not in self._prefetching:
+            # Lease the next batch in the background before this one runs out, so that
+            # requests do not queue behind the lease.
+            self._prefetching.add(app_id)
+            task = asyncio.get_running_loop().create_task(self._prefetch(app_id, bucket))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return RateDecision(True, limit, bucket.server_remaining + bucket.tokens)
+
+    async def _prefetch(self, app_id: str, bucket: _Bucket) -> None:
+        try:
+            await self._leases.do(app_id, partial(self._lease, app_id, bucket))
+        except CacheError as error:
+            self._gate.failed(error)
+        finally:
+            self._prefetching.discard(app_id)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def acquire(self, app_id: str, limit: int) -> RateDecision:
         """Take one token of ``app_id``'s bucket, leasing more from Redis when none is left."""
-        for _ in range(8):
+        # Each turn takes a token, or waits for a lease that grants at least one token to
+        # someone or marks the window spent: the loop ends.
+        while True:
             now = self._clock()
             bucket = self._buckets.get(app_id)
             if bucket is None or bucket.limit != limit:
@@ -103,9 +140,6 @@ class RateLimiter:
             except CacheError as error:
                 self._gate.failed(error)
                 return self._fallback(app_id, limit, self._clock())
-        # Every lease was spent by concurrent requests before this one's turn: refuse
-        # this one rather than loop on; the client's retry will find the next lease.
-        return self._refused(limit, 1.0)
 
     async def _lease(self, app_id: str, bucket: _Bucket) -> None:
         wanted = max(1, min(MAX_LEASE, bucket.limit // 10))
@@ -120,6 +154,9 @@ class RateLimiter:
         bucket.server_remaining = lease.remaining
         if lease.granted > 0:
             bucket.tokens += lease.granted
+            # Prefetch only large leases: small ones mean the limit is near, and tokens
+            # held ahead would be lost to the other processes.
+            bucket.refill_below = lease.granted // 4 if lease.granted >= 40 else 0
         else:
             bucket.exhausted_until = now + lease.reset_seconds
 

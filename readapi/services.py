@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # L1 for API key records: short-lived like the object L1, and small.
 KEY_L1_MAX_AGE_SECONDS = 1.0
+REDIS_CONNECTIONS = 64
 
 
 @dataclass
@@ -61,14 +62,19 @@ class Services:
     @classmethod
     def build(cls, settings: ApiSettings) -> Services:
         metrics = ApiMetrics()
-        redis = aioredis.Redis.from_url(
+        # A bounded pool: a burst of misses queues for a connection instead of opening
+        # hundreds of sockets at once (and timing out on their connects).
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=settings.redis_timeout_seconds * 4,
             protocol=2,
             socket_timeout=settings.redis_timeout_seconds,
             socket_connect_timeout=settings.redis_timeout_seconds,
             # This service decides how to fall back; the driver must not retry meanwhile.
             retry=Retry(NoBackoff(), 0),
         )
+        redis = aioredis.Redis.from_pool(pool)  # owns the pool: closed with the client
         elastic = AsyncElasticsearch(
             settings.es_url,
             request_timeout=settings.es_timeout_seconds,
@@ -156,6 +162,7 @@ class Services:
         self.poller.start()
 
     async def close(self) -> None:
+        await self.limiter.close()
         await self.poller.stop()
         await self.listener.stop()
         with contextlib.suppress(Exception):

@@ -31,6 +31,8 @@ INDEXED_KINDS: tuple[ObjectKind, ...] = (
     ObjectKind.SEGMENT,
 )
 
+SCAN_PAGE = 1000
+
 # Statuses after which retrying the same item cannot succeed: a mapping or validation error
 # is a bug to report, not an outage to wait out.
 _PERMANENT_ITEM_ERRORS = frozenset({400})
@@ -224,13 +226,20 @@ class ElasticSink:
             await self._client.indices.refresh(index=self.alias(kind))
         except _TRANSPORT_ERRORS as error:
             raise SinkUnavailable(f"elasticsearch: {error}") from error
+        async for hit in self.scan(kind, source_includes=["project_id"]):
+            yield hit["_id"], hit["_source"]["project_id"]
+
+    async def scan(
+        self, kind: ObjectKind, *, source_includes: list[str] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every hit of a kind's index in id order, a page at a time (refreshed data only)."""
         search_after: list[Any] | None = None
         while True:
             try:
                 page = await self._client.search(
                     index=self.alias(kind),
-                    size=1000,
-                    source_includes=["project_id"],
+                    size=SCAN_PAGE,
+                    source_includes=source_includes,
                     sort=[{"id": "asc"}],
                     search_after=search_after,
                     query={"match_all": {}},
@@ -239,8 +248,8 @@ class ElasticSink:
                 raise SinkUnavailable(f"elasticsearch: {error}") from error
             hits = page["hits"]["hits"]
             for hit in hits:
-                yield hit["_id"], hit["_source"]["project_id"]
-            if len(hits) < 1000:
+                yield hit
+            if len(hits) < SCAN_PAGE:
                 return
             search_after = hits[-1]["sort"]
 

@@ -81,6 +81,12 @@ class RedisSink:
         except CacheUnavailable as error:
             raise SinkUnavailable(f"redis: {error}") from error
 
+    async def get_watermark(self) -> int | None:
+        try:
+            return await self.store.get_watermark()
+        except CacheUnavailable as error:
+            raise SinkUnavailable(f"redis: {error}") from error
+
     async def set_watermark(self, lsn: int) -> bool:
         try:
             return await self.store.set_watermark(lsn)
