@@ -416,12 +416,15 @@ def run_all(scratch: Scratch, codes: list[str], args: argparse.Namespace) -> lis
         results.append(load("hot lookup (L1)", port, hot_paths))
         hot = results[-1]
         # Half the peak rate: each connection waits ``delay`` ms after every answer, so the
-        # rate is connections / (delay + latency).
+        # rate is connections / (delay + latency); a short calibration run fixes the count.
         target = hot.rps / 2
-        delay_ms = 2
-        conns = max(1, round(target * (delay_ms + hot.p50_ms) / 1000))
+        delay_ms = 5
+        conns = max(1, round(target * (delay_ms + 0.5) / 1000))
+        calibration = run_wrk("calibration", port, hot_paths, script, connections=conns,
+                              seconds=3, wrk_core=wrk_core, delay_ms=delay_ms)
+        conns = max(1, round(conns * target / max(calibration.rps, 1.0)))
         half = load("hot lookup at half peak", port, hot_paths, delay_ms=delay_ms, conns=conns)
-        half.note = f"target {target:,.0f}/s, {conns} conns x {delay_ms} ms delay"
+        half.note = f"target {target:,.0f}/s: {conns} conns, {delay_ms} ms pause each"
         results.append(half)
 
     cold_env = {**env, "LOYALTY_L1_MAX_AGE_MS": "1"}

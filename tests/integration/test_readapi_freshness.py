@@ -12,7 +12,7 @@ import pytest
 from cache.types import Lsn
 from tests.fixtures.indexer import IndexerHarness
 from tests.fixtures.readapi import KEY_A, ApiHarness, assert_v1_headers
-from tests.fixtures.readapi import api_fixture as api_fixture  # noqa: F401 (fixture "api")
+from tests.fixtures.readapi import api_fixture as api_fixture  # the "api" fixture
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import asyncio
 
 from cache.types import ObjectKind
 from tests.fixtures.readapi import ApiHarness
-from tests.fixtures.readapi import api_fixture as api_fixture  # noqa: F401 (fixture "api")
+from tests.fixtures.readapi import api_fixture as api_fixture  # the "api" fixture
 
 P = "proj_a"
 WAIT = 10.0
@@ -65,7 +65,7 @@ async def test_elasticsearch_fill_racing_a_newer_write_never_goes_back(api: ApiH
     envelope = await api.services.store.get(key)
     assert envelope is not None and envelope.data["name"] == "Second"
     entry = api.services.l1.get(key)
-    assert entry is None or entry.value.body is not None and b"Second" in entry.value.body
+    assert entry is None or (entry.value.body is not None and b"Second" in entry.value.body)
     for _ in range(2):  # from L2, then from L1
         body = await (await api.get("/v1/campaigns/camp_1")).json()
         assert body["name"] == "Second"
@@ -141,7 +141,9 @@ async def test_concurrent_cold_lookups_share_one_elasticsearch_request(api: ApiH
     try:
         # Every lookup has joined the one read held at the gate.
         async with asyncio.timeout(60):
-            while services.lookups.flights.waits - waits_before < 499:
+            while True:
+                if services.lookups.flights.waits - waits_before >= 499:
+                    break
                 await asyncio.sleep(0.01)
     finally:
         gate.set()

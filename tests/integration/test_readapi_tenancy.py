@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from cache.types import Lsn
 from tests.fixtures.readapi import KEY_A, KEY_B, ApiHarness, assert_error, sha256_hex
-from tests.fixtures.readapi import api_fixture as api_fixture  # noqa: F401 (fixture "api")
+from tests.fixtures.readapi import api_fixture as api_fixture  # the "api" fixture
 
 
 async def seed_two_projects(api: ApiHarness) -> dict[str, str]:
     h = api.indexer
     await h.execute(
         "INSERT INTO campaigns (id, project_id, name, type) VALUES "
-        "('ca', 'proj_a', 'A camp', 'DISCOUNT_COUPONS'), ('cb', 'proj_b', 'B camp', 'GIFT_VOUCHERS')"
+        "('ca', 'proj_a', 'A camp', 'DISCOUNT_COUPONS'),"
+        " ('cb', 'proj_b', 'B camp', 'GIFT_VOUCHERS')"
     )
     await h.execute(
         "INSERT INTO customers (id, project_id, source_id, email, name) VALUES "
