@@ -22,7 +22,8 @@ time is taken on the client as soon as the statement (and so its commit) returns
   (versions only) every ``--es-poll-ms``; the resolution is that interval plus one mget.
 - Lag: the oldest commit not yet covered by the indexer's watermark, sampled continuously.
 
-Everything created is removed at the end unless ``--keep`` is given.
+Everything created is removed at the end unless ``--keep`` is given (the indexer's log is
+kept when the run fails). ``--help`` lists every option.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -59,6 +61,9 @@ from indexer.seed_rows import SeedPlan
 from indexer.settings import DEFAULT_ES_URL, DEFAULT_REDIS_URL
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The initial load of the small seed takes seconds; this only bounds a hung start.
+READY_SECONDS = 600.0
+GOAL_P99_MS = 500.0
 
 # The change mix: (name, share of operations, row changes per operation).
 MIX: tuple[tuple[str, float, int], ...] = (
@@ -134,6 +139,9 @@ class Tracker:
         default_factory=lambda: defaultdict(list)
     )
     changes: list[Change] = field(default_factory=list)
+    # Newest version each key was announced with: the indexer may announce a change before
+    # the writer's own task has recorded it (the announcement is read on the same loop).
+    announced: dict[str, tuple[int, float]] = field(default_factory=dict)
     watermark: int = 0
     max_lag: float = 0.0
     # Positions and commit times in commit order, for the watermark lag.
@@ -143,12 +151,18 @@ class Tracker:
         index = len(self.changes)
         self.changes.append(change)
         key = self.layout.object_key(change.project_id, change.kind, change.object_id)
-        bisect.insort(self.by_key[key], (int(change.position), index))
+        early = self.announced.get(key)
+        if early is not None and early[0] >= change.position:
+            change.redis_at = early[1]
+        else:
+            bisect.insort(self.by_key[key], (int(change.position), index))
         doc = (f"{self.es_prefix}{change.kind.value}s", change.object_id)
         bisect.insort(self.by_doc[doc], (int(change.position), index))
         bisect.insort(self._order, (int(change.position), change.committed))
 
     def redis_seen(self, key: str, version: int, at: float) -> None:
+        if version > self.announced.get(key, (-1, 0.0))[0]:
+            self.announced[key] = (version, at)
         pending = self.by_key.get(key)
         if not pending:
             return
@@ -424,7 +438,9 @@ async def drive_load(
 # --- observers ---------------------------------------------------------------------------------
 
 
-async def watch_redis(pubsub: aioredis.client.PubSub, tracker: Tracker, done: asyncio.Event) -> None:
+async def watch_redis(
+    pubsub: aioredis.client.PubSub, tracker: Tracker, done: asyncio.Event
+) -> None:
     while not done.is_set():
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
         if message is None or message.get("type") != "message":
@@ -439,9 +455,11 @@ async def watch_redis(pubsub: aioredis.client.PubSub, tracker: Tracker, done: as
 
 async def watch_elasticsearch(
     client: AsyncElasticsearch, tracker: Tracker, done: asyncio.Event, poll: float
-) -> int:
-    """Realtime multi-gets (versions only) of the documents with unresolved changes."""
+) -> float:
+    """Realtime multi-gets (versions only) of the documents with unresolved changes; returns
+    the mean time between two polls of the same document."""
     polls = 0
+    started = time.monotonic()
     while not done.is_set():
         docs = list(tracker.by_doc)
         for start in range(0, len(docs), 1000):
@@ -457,7 +475,7 @@ async def watch_elasticsearch(
                     tracker.es_seen(doc, int(found["_version"]), at)
         polls += 1
         await asyncio.sleep(poll)
-    return polls
+    return (time.monotonic() - started) / max(polls, 1)
 
 
 async def sample_lag(tracker: Tracker, done: asyncio.Event) -> None:
@@ -466,20 +484,24 @@ async def sample_lag(tracker: Tracker, done: asyncio.Event) -> None:
         await asyncio.sleep(0.02)
 
 
-async def wait_ready(redis: aioredis.Redis, layout: KeyLayout, process: subprocess.Popen[bytes],
-                     log_path: Path, timeout: float = 600) -> None:
+async def wait_ready(
+    redis: aioredis.Redis, layout: KeyLayout, process: subprocess.Popen[bytes], log_path: Path
+) -> None:
     """Until the initial load is done: the indexer writes the watermark at its end."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + READY_SECONDS
     while await redis.get(layout.watermark_key) is None:
         if process.poll() is not None:
             raise SystemExit(f"indexer exited ({process.returncode}), see {log_path}")
         if time.monotonic() > deadline:
-            raise SystemExit(f"indexer not ready after {timeout:.0f}s, see {log_path}")
+            raise SystemExit(f"indexer not ready after {READY_SECONDS:.0f}s, see {log_path}")
         await asyncio.sleep(0.2)
 
 
+Sinks = tuple[aioredis.Redis, AsyncElasticsearch]
+
+
 @contextlib.asynccontextmanager
-async def sink_clients(args: argparse.Namespace) -> AsyncIterator[tuple[aioredis.Redis, AsyncElasticsearch]]:
+async def sink_clients(args: argparse.Namespace) -> AsyncIterator[Sinks]:
     redis = aioredis.Redis.from_url(args.redis_url)
     elastic = AsyncElasticsearch(args.es_url, request_timeout=30)
     try:
@@ -492,7 +514,7 @@ async def sink_clients(args: argparse.Namespace) -> AsyncIterator[tuple[aioredis
 async def measure(
     args: argparse.Namespace, dsn: str, names: Names, process: subprocess.Popen[bytes],
     log_path: Path,
-) -> tuple[Tracker, LoadResult, int]:
+) -> tuple[Tracker, LoadResult, float]:
     layout = KeyLayout(names.redis_prefix)
     tracker = Tracker(layout, names.es_prefix)
     async with sink_clients(args) as (redis, elastic):
@@ -502,7 +524,7 @@ async def measure(
         pubsub = redis.pubsub()
         await pubsub.subscribe(layout.channel)
         watermark = await redis.get(layout.watermark_key)
-        tracker.watermark = decode_watermark(watermark) if watermark else 0
+        tracker.watermark = decode_watermark(watermark) if isinstance(watermark, bytes) else 0
         done = asyncio.Event()
         observers = [
             asyncio.create_task(watch_redis(pubsub, tracker, done)),
@@ -524,50 +546,56 @@ async def measure(
         finally:
             done.set()
             await asyncio.gather(*observers)
-            polls = await es_watcher
+            es_interval = await es_watcher
             await pubsub.unsubscribe()
-            await pubsub.aclose()
-    return tracker, load, polls
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+    return tracker, load, es_interval
 
 
 # --- report ------------------------------------------------------------------------------------
 
 
-def report(args: argparse.Namespace, tracker: Tracker, load: LoadResult, polls: int) -> None:
+def latencies_ms(tracker: Tracker, attribute: str) -> list[float]:
+    """Commit-to-visible times of the changes a sink showed, sorted."""
+    # Seen before the writer noticed its own commit returned counts as no delay at all.
+    return sorted(
+        max(0.0, seen - change.committed) * 1000
+        for change in tracker.changes
+        if (seen := getattr(change, attribute)) is not None
+    )
+
+
+def report(
+    args: argparse.Namespace, tracker: Tracker, load: LoadResult, es_interval: float
+) -> None:
     seconds = load.ended - load.started
     print(f"target      {args.rate:,.0f} row changes/s for {args.seconds:.0f} s "
-          f"({args.connections} connections)")
-    print(f"achieved    {load.rows / seconds:,.1f} row changes/s, {load.statements / seconds:,.1f} "
-          f"commits/s ({load.rows:,} row changes in {load.statements:,} commits, {seconds:.1f} s)")
+          f"({args.connections} writer connections)")
+    print(f"achieved    {load.rows / seconds:,.1f} row changes/s, "
+          f"{load.statements / seconds:,.1f} commits/s "
+          f"({load.rows:,} row changes in {load.statements:,} commits, {seconds:.1f} s)")
     slips = sorted(load.slips)
-    print(f"start slip  p50 {percentile(slips, 50) * 1000:.1f} ms, p99 "
-          f"{percentile(slips, 99) * 1000:.1f} ms, max {slips[-1] * 1000:.1f} ms"
-          if slips else "start slip  -")
-    print(f"{'latency (ms)':<22}{'n':>8}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'unseen':>8}")
+    if slips:
+        print(f"start slip  p50 {percentile(slips, 50) * 1000:.1f} ms, "
+              f"p99 {percentile(slips, 99) * 1000:.1f} ms, max {slips[-1] * 1000:.1f} ms "
+              "(scheduled start to actual start)")
+    print(f"{'latency (ms)':<24}{'n':>8}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'unseen':>8}")
+    worst_p99 = 0.0
     for label, attribute in (("commit -> redis", "redis_at"), ("commit -> elasticsearch", "es_at")):
-        values = sorted(
-            (at - c.committed) * 1000
-            for c in tracker.changes
-            if (at := getattr(c, attribute)) is not None
-        )
+        values = latencies_ms(tracker, attribute)
         unseen = len(tracker.changes) - len(values)
-        print(f"{label:<22}{len(values):>8}{percentile(values, 50):>9.1f}"
-              f"{percentile(values, 95):>9.1f}{percentile(values, 99):>9.1f}"
+        p99 = percentile(values, 99)
+        worst_p99 = max(worst_p99, p99) if values else float("inf")
+        print(f"{label:<24}{len(values):>8}{percentile(values, 50):>9.1f}"
+              f"{percentile(values, 95):>9.1f}{p99:>9.1f}"
               f"{(values[-1] if values else float('nan')):>9.1f}{unseen:>8}")
-    print(f"max lag     {tracker.max_lag * 1000:.0f} ms (oldest commit not under the watermark)")
-    es_interval = (seconds + args.drain_seconds) / polls if polls else float("nan")
-    print(f"es polling  every {args.es_poll_ms:.0f} ms asked, {polls:,} polls "
-          f"(~{min(es_interval, seconds / max(polls, 1)) * 1000:.0f} ms apart): "
-          "Elasticsearch figures include up to one interval")
-    goal = 500.0
-    worst = max(
-        (percentile(sorted((at - c.committed) * 1000 for c in tracker.changes
-                           if (at := getattr(c, a)) is not None), 99)
-         for a in ("redis_at", "es_at")),
-        default=float("nan"),
-    )
-    print(f"goal        p99 < {goal:.0f} ms: {'met' if worst < goal else 'NOT met'} "
-          f"(worst p99 {worst:.1f} ms)")
+    print(f"max lag     {tracker.max_lag * 1000:.0f} ms "
+          "(age of the oldest commit not yet under the indexer's watermark)")
+    print(f"es polling  one realtime mget round every {es_interval * 1000:.0f} ms on average: "
+          "the Elasticsearch figures include up to that much")
+    verdict = "met" if worst_p99 < GOAL_P99_MS else "NOT met"
+    print(f"goal        p99 < {GOAL_P99_MS:.0f} ms in both sinks: {verdict} "
+          f"(worst p99 {worst_p99:.1f} ms)")
 
 
 def print_profile(path: Path, lines: int) -> None:
@@ -607,13 +635,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="any database of the Postgres server to use")
     parser.add_argument("--database", default="loyalty_bench_freshness",
                         help="scratch database (dropped and created)")
-    parser.add_argument("--redis-url", default=os.environ.get("LOYALTY_REDIS_URL",
-                                                              DEFAULT_REDIS_URL))
-    parser.add_argument("--es-url", default=os.environ.get("LOYALTY_ES_URL", DEFAULT_ES_URL))
-    parser.add_argument("--projects", type=int, default=2)
-    parser.add_argument("--customers", type=int, default=5_000)
-    parser.add_argument("--vouchers", type=int, default=20_000)
-    parser.add_argument("--redemptions", type=int, default=10_000)
+    parser.add_argument("--redis-url", help="Redis the indexer writes and the bench watches",
+                        default=os.environ.get("LOYALTY_REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument("--es-url", help="Elasticsearch the indexer writes and the bench reads",
+                        default=os.environ.get("LOYALTY_ES_URL", DEFAULT_ES_URL))
+    parser.add_argument("--projects", type=int, default=2, help="seed: projects")
+    parser.add_argument("--customers", type=int, default=5_000, help="seed: customers")
+    parser.add_argument("--vouchers", type=int, default=20_000, help="seed: vouchers")
+    parser.add_argument("--redemptions", type=int, default=10_000, help="seed: redemptions")
     parser.add_argument("--seed", type=int, default=7, help="seed of the data and of the load")
     parser.add_argument("--es-poll-ms", type=float, default=10,
                         help="pause between realtime multi-gets of unresolved documents")
@@ -622,7 +651,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
                         help="run the indexer under cProfile, write the stats to FILE and print "
                         "the top functions (slows the indexer down)")
-    parser.add_argument("--profile-lines", type=int, default=30)
+    parser.add_argument("--profile-lines", type=int, default=30,
+                        help="functions listed per profile table")
     parser.add_argument("--keep", action="store_true",
                         help="keep the scratch database, slot, indices and keys")
     return parser.parse_args(argv)
@@ -633,19 +663,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rate <= 0 or args.seconds <= 0 or args.connections < 1:
         raise SystemExit("--rate and --seconds must be positive, --connections at least 1")
     names = Names.fresh()
-    log_path = Path(f"/tmp/freshness-indexer-{names.slot}.log")
+    log_path = Path(tempfile.gettempdir()) / f"freshness-indexer-{names.slot}.log"
     log(f"scratch database {args.database}; indexer log {log_path}")
     dsn = create_database(args)
+    finished = False
     try:
         with indexer_process(args, dsn, names, log_path) as process:
-            tracker, load, polls = asyncio.run(measure(args, dsn, names, process, log_path))
-        report(args, tracker, load, polls)
+            tracker, load, es_interval = asyncio.run(
+                measure(args, dsn, names, process, log_path)
+            )
+        report(args, tracker, load, es_interval)
         if args.profile:
+            print("note        the indexer ran under cProfile: the latencies above are "
+                  "pessimistic")
             print_profile(args.profile, args.profile_lines)
+        finished = True
     finally:
         if not args.keep:
             asyncio.run(cleanup_sinks(args, names))
             drop_database(dsn_for(args.dsn, "postgres"), args.database)
+            if finished:
+                log_path.unlink(missing_ok=True)  # kept when something went wrong
     return 0
 
 

@@ -19,8 +19,8 @@ import psycopg
 from redis.exceptions import RedisError
 from tqdm import tqdm
 
-from cache.codec import decode_envelope
-from cache.errors import CacheDecodeError, CacheUnavailable
+from cache.codec import ENVELOPE_HEAD, ENVELOPE_HEADER_SIZE
+from cache.errors import CacheUnavailable
 from cache.records import Envelope, VersionedWrite
 from cache.types import Lsn, ObjectKind
 from indexer.changes import TouchedObjects
@@ -150,24 +150,38 @@ async def _write_chunks(
 
 
 async def retire_older_cache_values(cache: RedisSink, point: Lsn) -> int:
-    """Tombstone, at ``point``, every live object, alias and API key value in Redis older
-    than ``point``: a complete load at ``point`` rewrote everything that still exists."""
+    """Tombstone, at ``point``, every object, alias and API key value in Redis older than
+    ``point``: a complete load at ``point`` rewrote everything that still exists.
+
+    Versions are read from the envelopes' fixed headers, one pipeline per SCAN page, so a
+    fresh load (nothing older) costs a pass over the keyspace and no write. A tombstone
+    older than ``point`` is rewritten too, harmlessly: it cannot be told from a live value
+    without reading the whole value.
+    """
     store = cache.store
     layout = store.layout
     stale: list[VersionedWrite] = []
     try:
         for pattern in (f"{layout.project_keys_prefix}*", f"{layout.app_key_prefix}*"):
-            async for key in store.redis.scan_iter(match=pattern, count=1000):
-                blob = await store.redis.get(key)
-                if not isinstance(blob, bytes):
-                    continue
-                try:
-                    envelope = decode_envelope(blob)
-                except CacheDecodeError:
-                    continue  # not ours
-                if not envelope.is_tombstone and envelope.version < point:
-                    name = key.decode() if isinstance(key, bytes) else str(key)
-                    stale.append(VersionedWrite(name, Envelope.tombstone(int(point))))
+            cursor = 0
+            while True:
+                cursor, keys = await store.redis.scan(cursor, match=pattern, count=1000)
+                if keys:
+                    async with store.redis.pipeline(transaction=False) as pipe:
+                        for key in keys:
+                            pipe.getrange(key, 0, ENVELOPE_HEADER_SIZE - 1)
+                        heads = await pipe.execute()
+                    for key, head in zip(keys, heads, strict=True):
+                        if (
+                            isinstance(head, bytes)
+                            and len(head) == ENVELOPE_HEADER_SIZE
+                            and head.startswith(ENVELOPE_HEAD)
+                            and int.from_bytes(head[len(ENVELOPE_HEAD) :], "big") < point
+                        ):
+                            name = key.decode() if isinstance(key, bytes) else str(key)
+                            stale.append(VersionedWrite(name, Envelope.tombstone(int(point))))
+                if cursor == 0:
+                    break
     except (RedisError, OSError) as error:
         raise SinkUnavailable(f"redis: {error}") from error
     for start in range(0, len(stale), 1000):

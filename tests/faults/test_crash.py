@@ -14,7 +14,7 @@ import random
 import psycopg
 import pytest
 
-from cache.types import ObjectKind
+from cache.types import Lsn, ObjectKind
 from tests.fixtures.faults import (
     FaultEnv,
     RandomWorkload,
@@ -28,18 +28,19 @@ from tests.fixtures.faults import (
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
-KILLS = 12
+KILLS = 15
 
 
 async def test_random_sigkills_under_write_load_converge(fault_env: FaultEnv) -> None:
     seed = fault_seed()
     rng = random.Random(seed)
-    workload = RandomWorkload(fault_env.settings.pg_dsn, seed, pause=0.01)
+    workload = RandomWorkload(fault_env.settings.pg_dsn, seed, pause=0.005)
     await workload.populate()
+    await workload.populate_quiet()
     # Small batches: a restart finds a backlog and works through it in several batches, so
     # kills also land between the batches of one backlog.
     indexer = fault_env.process(LOYALTY_BATCH_CHANGES="300")
-    seen_watermarks = set()
+    seen_watermarks: set[Lsn | None] = set()
     try:
         async with fault_env.clients() as clients:
             store = clients.cache.store
@@ -48,7 +49,7 @@ async def test_random_sigkills_under_write_load_converge(fault_env: FaultEnv) ->
                     indexer.start()
                     # Anywhere from start-up (imports, connecting, the initial load the
                     # first time) to well into streaming.
-                    await asyncio.sleep(rng.uniform(0.3, 3.5))
+                    await asyncio.sleep(rng.uniform(0.3, 4.0))
                     indexer.kill()
                     seen_watermarks.add(await read_watermark(store))
                 indexer.start()
@@ -105,7 +106,10 @@ async def test_sigkill_during_initial_load_then_restart_converges(fault_env: Fau
             # No other writes yet: the kill point is known (the first table is in, the rest
             # is loading) and so is what changes before the restart.
             indexer.start()
-            await eventually(first_table_loaded, timeout=120, what="campaigns loaded")
+            # Polled often: the kill must land before the rest of the load is done.
+            await eventually(
+                first_table_loaded, within=120, what="campaigns loaded", every=0.01
+            )
             indexer.kill()
             meta = await clients.search.indices_ready()
             assert meta is not None and meta.get("state") == "loading", meta
@@ -125,7 +129,7 @@ async def test_sigkill_during_initial_load_then_restart_converges(fault_env: Fau
                 )
             async with workload.running():
                 indexer.start()
-                await eventually(load_complete, timeout=120, what="second initial load complete")
+                await eventually(load_complete, within=120, what="second initial load complete")
                 # Then some streaming under load before the workload stops.
                 await asyncio.sleep(2)
             async with await psycopg.AsyncConnection.connect(fault_env.settings.pg_dsn) as conn:

@@ -1,5 +1,6 @@
-"""Outages: a sink's process is stopped for 30 s while the platform keeps writing, then
-started again; the indexer waits it out and both sinks end equal to the source.
+"""Outages: a service's process (Elasticsearch, Redis, or the source Postgres) is stopped for
+30 s while the platform keeps writing, then started again; the indexer waits it out and both
+sinks end equal to the source.
 
 The stopped service is always an instance of our own (``private_stack``), started through
 ``stack/`` on its own ports in a temporary stack dir: the team's shared services stay up.
@@ -22,6 +23,7 @@ from redis.asyncio import Redis
 
 from indexer import metrics
 from indexer.commands import Clients
+from indexer.migrate import apply_migrations
 from indexer.runner import Indexer
 from tests.fixtures.faults import (
     FaultEnv,
@@ -106,7 +108,7 @@ async def converge_after(
 ) -> None:
     async with await psycopg.AsyncConnection.connect(env.settings.pg_dsn) as conn:
         target = await write_position(conn)
-    await wait_for_watermark(clients.cache.store, target, timeout=240)
+    await wait_for_watermark(clients.cache.store, target, within=240)
     problems = await check_converged(env.settings, clients)
     assert not problems, f"{workload.summary()}\n" + "\n".join(problems[:40])
     # It noticed, said so once (not once per attempt), and said when it was back.
@@ -129,20 +131,20 @@ async def test_elasticsearch_outage_then_convergence(
     workload = RandomWorkload(fault_env.settings.pg_dsn, fault_seed(20), pause=0.01)
     await workload.populate()
     await workload.populate_quiet()
-    async with fault_env.clients() as clients:
-        try:
-            async with running_indexer(fault_env, clients):
-                async with workload.running():
-                    await asyncio.sleep(2)
-                    stopped = await outage(
-                        lambda: private_stack.stop(elasticsearch),
-                        lambda: private_stack.start(elasticsearch),
-                    )
-                    # Writes go on for a while after the service is back.
-                    await asyncio.sleep(3)
-                await converge_after(fault_env, clients, workload, caplog, stopped)
-        finally:
-            await clients.search.drop_indices()
+    try:
+        async with fault_env.clients() as clients, running_indexer(fault_env, clients):
+            async with workload.running():
+                await asyncio.sleep(2)
+                stopped = await outage(
+                    lambda: private_stack.stop(elasticsearch),
+                    lambda: private_stack.start(elasticsearch),
+                )
+                # Writes go on for a while after the service is back.
+                await asyncio.sleep(3)
+            await converge_after(fault_env, clients, workload, caplog, stopped)
+    finally:
+        # The whole node goes, with this test's indices.
+        await private_stack.ensure_stopped(elasticsearch)
 
 
 async def _redis_outage(
@@ -180,7 +182,9 @@ async def _redis_outage(
                 await asyncio.sleep(3)
             await converge_after(fault_env, clients, workload, caplog, stopped)
     finally:
-        await private_stack.stop(redis)
+        await private_stack.ensure_stopped(redis)
+        # Nothing of this test's data may be loaded by the next start.
+        (redis.data_dir / "dump.rdb").unlink(missing_ok=True)
 
 
 async def test_redis_outage_then_convergence(
@@ -195,3 +199,32 @@ async def test_redis_restarted_empty_then_convergence(
     """Redis as the stack runs it keeps nothing over a restart: documents, aliases, API keys
     and the watermark are all gone, and only the indexer can bring the keys back."""
     await _redis_outage(fault_env, private_stack, caplog, keep_data=False, seed=fault_seed(22))
+
+
+async def test_postgres_outage_then_convergence(
+    fault_env: FaultEnv, private_stack: PrivateStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The source itself goes away (a clean shutdown, as for a restart or a failover drill):
+    the slot keeps its confirmed position over the restart and the indexer resumes from it.
+    A cluster of our own, on its own port: the team's Postgres stays up."""
+    caplog.set_level(logging.INFO, logger="indexer")
+    postgres = private_stack.postgres()
+    await private_stack.start(postgres)
+    dsn = postgres.dsn()
+    await asyncio.to_thread(apply_migrations, dsn)
+    fault_env.with_services(pg_dsn=dsn)
+    workload = RandomWorkload(dsn, fault_seed(23), pause=0.01)
+    await workload.populate()
+    await workload.populate_quiet()
+    try:
+        async with fault_env.clients() as clients, running_indexer(fault_env, clients):
+            async with workload.running():
+                await asyncio.sleep(2)
+                stopped = await outage(
+                    lambda: private_stack.stop(postgres), lambda: private_stack.start(postgres)
+                )
+                await asyncio.sleep(3)
+            assert workload.disconnects >= 1, workload.summary()
+            await converge_after(fault_env, clients, workload, caplog, stopped)
+    finally:
+        await private_stack.ensure_stopped(postgres)
