@@ -7,13 +7,17 @@ source; an object the source no longer has becomes a versioned removal.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from cache.types import ObjectKind
+from indexer import metrics
 from indexer.changes import Mark, TouchedObjects
 from indexer.documents import (
     Document,
@@ -29,7 +33,6 @@ from indexer.source import DocumentSource
 log = logging.getLogger(__name__)
 
 ExistingIds = Callable[[ObjectKind], AsyncIterator[tuple[str, str]]]
-InvalidFilterHook = Callable[[str, str], None]
 
 _BUILDERS = {
     ObjectKind.VOUCHER: voucher_document,
@@ -88,12 +91,28 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled(segment_id: str, filter_json: bytes) -> SegmentMatcher | str:
+    """A segment's compiled filter, or the reason it is invalid.
+
+    Cached across batches by the filter's text: every batch that rebuilds a customer needs
+    its project's filters, and an invalid one is reported once, not on every batch.
+    """
+    try:
+        return compile_filter(orjson.loads(filter_json))
+    except InvalidSegmentFilter as error:
+        log.warning(
+            "segment filter invalid", extra={"segment_id": segment_id, "reason": str(error)}
+        )
+        metrics.INVALID_FILTERS.inc()
+        return str(error)
+
+
 class SegmentFilters:
     """Compiled auto-update filters per project, loaded on demand for one batch."""
 
-    def __init__(self, source: DocumentSource, on_invalid: InvalidFilterHook | None) -> None:
+    def __init__(self, source: DocumentSource) -> None:
         self._source = source
-        self._on_invalid = on_invalid
         self._by_project: dict[str, list[tuple[str, SegmentMatcher]]] = {}
 
     async def load(self, project_ids: Iterable[str]) -> None:
@@ -103,18 +122,12 @@ class SegmentFilters:
         for project_id in missing:
             self._by_project[project_id] = []
         for row in await self._source.auto_segments(missing):
-            try:
-                matcher: SegmentMatcher = compile_filter(row["filter"])
-            except InvalidSegmentFilter as error:
-                # A malformed filter leaves its segment empty; the indexer keeps going.
-                log.warning(
-                    "segment filter invalid",
-                    extra={"segment_id": row["id"], "reason": str(error)},
-                )
-                if self._on_invalid is not None:
-                    self._on_invalid(row["id"], str(error))
-                continue
-            self._by_project[row["project_id"]].append((row["id"], matcher))
+            compiled = _compiled(
+                row["id"], orjson.dumps(row["filter"], option=orjson.OPT_SORT_KEYS)
+            )
+            if isinstance(compiled, str):
+                continue  # a malformed filter leaves its segment empty; reported once
+            self._by_project[row["project_id"]].append((row["id"], compiled))
 
     def of(self, project_id: str) -> list[tuple[str, SegmentMatcher]]:
         return self._by_project.get(project_id, [])
@@ -128,11 +141,9 @@ class Rebuilder:
         source: DocumentSource,
         *,
         chunk_ids: int = 2000,
-        on_invalid_filter: InvalidFilterHook | None = None,
     ) -> None:
         self._source = source
         self._chunk_ids = chunk_ids
-        self._on_invalid_filter = on_invalid_filter
 
     async def expand(self, touched: TouchedObjects, existing_ids: ExistingIds | None) -> None:
         """Resolve fan-out that needs the source, marking the objects it reaches."""
@@ -184,8 +195,10 @@ class Rebuilder:
         by_kind: dict[ObjectKind, list[tuple[str, Mark]]] = defaultdict(list)
         for (kind, object_id), mark in touched.objects.items():
             by_kind[kind].append((object_id, mark))
-        pending: SinkWrites | None = first
-        filters = SegmentFilters(self._source, self._on_invalid_filter)
+        filters = SegmentFilters(self._source)
+        # One chunk gathers objects of every kind up to ``chunk_ids``: a small batch then
+        # costs one bulk request and one Redis pipeline, not one of each per kind.
+        out = first
         for kind in (
             ObjectKind.CAMPAIGN,
             ObjectKind.SEGMENT,
@@ -194,12 +207,12 @@ class Rebuilder:
         ):
             marks = by_kind.get(kind, [])
             for chunk in _chunks(marks, self._chunk_ids):
-                out = pending if pending is not None else SinkWrites()
-                pending = None
                 await self._rebuild_chunk(kind, dict(chunk), out, filters)
-                yield out
-        if pending is not None and len(pending):
-            yield pending
+                if len(out) >= self._chunk_ids:
+                    yield out
+                    out = SinkWrites()
+        if len(out):
+            yield out
 
     async def _rebuild_chunk(
         self,

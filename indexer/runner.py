@@ -23,6 +23,7 @@ from indexer import metrics
 from indexer.changes import WATCHED_TABLES, TouchedObjects, collect_touched
 from indexer.errors import SinkUnavailable, SourceUnavailable
 from indexer.pgoutput import ChangeDecoder, Transaction
+from indexer.queries import query
 from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.retry import Backoff
 from indexer.settings import IndexerSettings
@@ -162,6 +163,22 @@ class Indexer:
         await self._cache.set_watermark(version)
         log.info("cache reloaded", extra={"keys": keys, "version": str(version)})
 
+    async def _wait_until_visible(
+        self, conn: psycopg.AsyncConnection[Any], xids: list[int]
+    ) -> None:
+        """Wait (briefly: the window is the commit's own bookkeeping) until no transaction
+        of the batch is still running for a new snapshot, so the rebuild reads its rows."""
+        for attempt in range(1000):
+            try:
+                cursor = await conn.execute(query("transactions_still_invisible"), {"xids": xids})
+                row = await cursor.fetchone()
+            except psycopg.OperationalError as error:
+                raise SourceUnavailable(f"postgres: {error}") from error
+            if row is None or not row[0]:
+                return
+            await asyncio.sleep(min(0.001 * (attempt + 1), 0.02))
+        raise SourceUnavailable("decoded transactions did not become visible")
+
     async def apply(self, transactions: list[Transaction]) -> None:
         """Apply whole transactions, in commit order, to both sinks."""
         conn = await self._connection()
@@ -174,10 +191,10 @@ class Indexer:
             )
         if not touched:
             return
+        await self._wait_until_visible(conn, [t.xid for t in transactions])
         rebuilder = Rebuilder(
             DocumentSource(conn),
             chunk_ids=self._settings.rebuild_chunk_ids,
-            on_invalid_filter=lambda _segment, _reason: metrics.INVALID_FILTERS.inc(),
         )
         await rebuilder.expand(touched, self._search.ids_of_kind)
         async for chunk in rebuilder.writes(touched):

@@ -24,7 +24,7 @@ ES_URL = os.environ.get("LOYALTY_ES_URL", "http://127.0.0.1:9200")
 # One template per test session: concurrent sessions must not drop each other's.
 TEMPLATE_DB = f"loyalty_test_template_{uuid.uuid4().hex[:8]}"
 
-pytest_plugins = ["tests.fixtures.indexer", "tests.fixtures.readapi"]
+pytest_plugins = ["tests.fixtures.indexer", "tests.fixtures.readapi", "tests.fixtures.faults"]
 
 
 def _dsn_for(database: str) -> str:

@@ -32,8 +32,12 @@ LEFT JOIN LATERAL (
     FROM vouchers WHERE holder_id = c.id AND type = 'LOYALTY_CARD'
 ) l ON true
 LEFT JOIN LATERAL (
-    SELECT coalesce(array_agg(segment_id ORDER BY segment_id), '{}') AS segment_ids
-    FROM segment_members WHERE customer_id = c.id
+    -- Member rows count for static segments only: an auto-update segment's members are
+    -- whoever matches its filter, whatever rows a client left in segment_members.
+    SELECT coalesce(array_agg(sm.segment_id ORDER BY sm.segment_id), '{}') AS segment_ids
+    FROM segment_members sm
+    JOIN segments s ON s.id = sm.segment_id AND s.type = 'static'
+    WHERE sm.customer_id = c.id
 ) m ON true
 WHERE c.id = ANY(%(ids)s)
 

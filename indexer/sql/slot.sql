@@ -64,3 +64,13 @@ WHERE slot_name = %(slot)s
 
 -- name: drop_slot
 SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %(slot)s
+
+-- name: transactions_still_invisible
+-- A commit record reaches the flushed WAL, and so the decoder, a moment before the
+-- transaction becomes visible to other sessions. Rebuilding a document in that window would
+-- read the old row and store it at the new version; this says whether any of the batch's
+-- transactions is still in progress for a fresh snapshot (compared on 32-bit xids).
+SELECT EXISTS (
+    SELECT 1 FROM pg_snapshot_xip(pg_current_snapshot()) AS running(xid)
+    WHERE (running.xid::text::bigint %% 4294967296) = ANY(%(xids)s::bigint[])
+)
