@@ -7,10 +7,13 @@ errors are wrapped into :class:`SourceUnavailable` at this boundary.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
+import psycopg.types.json
 from psycopg.rows import dict_row
 
 from cache.types import ObjectKind
@@ -29,6 +32,31 @@ _PRIMARY_KEYS = {
     ObjectKind.CAMPAIGN: "primary_keys_campaigns",
     ObjectKind.SEGMENT: "primary_keys_segments",
 }
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _json_int(text: str) -> int | float | str:
+    value = int(text)
+    if value in _INT64:
+        return value
+    # jsonb keeps numbers of any size; the sinks' encoders (orjson, msgpack) stop at 64 bits.
+    as_float = float(text)
+    return as_float if math.isfinite(as_float) else text
+
+
+def _json_float(text: str) -> float | str:
+    value = float(text)
+    # 1e400 is valid jsonb but not a finite double: keep its text rather than infinity.
+    return value if math.isfinite(value) else text
+
+
+def load_jsonb(data: str | bytes) -> Any:
+    """Parse a jsonb value into what every sink can encode, identically in each."""
+    return json.loads(data, parse_int=_json_int, parse_float=_json_float)
+
+
+psycopg.types.json.set_json_loads(load_jsonb)
 
 Row = dict[str, Any]
 AnyConnection = psycopg.AsyncConnection[Any]

@@ -122,3 +122,15 @@ def test_metadata_pairs_are_typed_and_bounded() -> None:
     assert {"k": "d.e", "s": "x"} in pairs
     many = metadata_pairs({f"k{i}": i for i in range(1000)})
     assert len(many) == MAX_METADATA_PAIRS
+
+
+def test_jsonb_numbers_every_sink_can_encode() -> None:
+    import msgpack
+    import orjson
+
+    from indexer.source import load_jsonb
+
+    value = load_jsonb('{"big": 123456789012345678901234567890, "huge": 1e400, "n": -5, "f": 1.5}')
+    assert value == {"big": 1.2345678901234568e29, "huge": "1e400", "n": -5, "f": 1.5}
+    assert orjson.loads(orjson.dumps(value)) == value
+    assert msgpack.unpackb(msgpack.packb(value)) == value
