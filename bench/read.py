@@ -14,6 +14,8 @@ Runs in one go on this machine, with its own data:
    - cold-es: L1 off and the benchmark project's Redis documents deleted first, unique codes
      (alias miss, Elasticsearch search and realtime GET, Redis fill per request);
    - naive: an aiohttp app answering the lookup from Postgres per request (psycopg pool);
+   ceiling, hot and naive run side by side and are loaded in turn for ``--rounds`` rounds,
+   and the median of each is reported, so that a drift of the machine hits all three alike;
 4. the hot lookup runs again at half its peak rate (wrk's ``delay()`` hook throttles each
    connection) to read its p99 when not saturated.
 
@@ -366,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="core the server under test is pinned to (default 0)")
     parser.add_argument("--wrk-core", type=int, default=1,
                         help="core wrk is pinned to (default 1)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of ceiling, hot and naive runs, median reported (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch data")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -404,26 +408,44 @@ def run_all(scratch: Scratch, codes: list[str], args: argparse.Namespace) -> lis
             f"p99 {result.p99_ms:.2f} ms, non-2xx {result.non_2xx}")
         return result
 
+    # Ceiling, hot lookup and naive baseline run side by side (three servers up, all pinned
+    # to the same core) and are loaded in turn for ``--rounds`` rounds: a drift of the
+    # machine's speed then hits all three alike, and the median of each is reported.
     body_size = 400
-    port = free_port()
-    ceiling_cmd = pinned([sys.executable, "-c", CEILING_APP, str(port), str(body_size)], core)
-    with server(ceiling_cmd, env, port, "/v1/vouchers/x"):
-        results.append(load("ceiling (bare aiohttp)", port, hot_paths))
-
     api_cmd = ["readapi", "serve", "--workers", "1", "--log-level", "WARNING"]
-    port = free_port()
-    with server(pinned([*api_cmd, "--port", str(port)], core), env, port, "/readyz"):
-        results.append(load("hot lookup (L1)", port, hot_paths))
-        hot = results[-1]
+    ceiling_port, hot_port, naive_port = free_port(), free_port(), free_port()
+    ceiling_cmd = pinned(
+        [sys.executable, "-c", CEILING_APP, str(ceiling_port), str(body_size)], core
+    )
+    naive_cmd = pinned([sys.executable, "-c", NAIVE_APP, str(naive_port), scratch.dsn], core)
+    samples: dict[str, list[Result]] = {}
+    with (
+        server(ceiling_cmd, env, ceiling_port, "/v1/vouchers/x"),
+        server(pinned([*api_cmd, "--port", str(hot_port)], core), env, hot_port, "/readyz"),
+        server(naive_cmd, env, naive_port, "/v1/vouchers/x"),
+    ):
+        for round_number in range(1, args.rounds + 1):
+            for name, port, paths in (
+                ("ceiling (bare aiohttp)", ceiling_port, hot_paths),
+                ("hot lookup (L1)", hot_port, hot_paths),
+                ("naive (Postgres per request)", naive_port, all_paths),
+            ):
+                samples.setdefault(name, []).append(
+                    load(f"{name} [round {round_number}]", port, paths)
+                )
+        for name, runs in samples.items():
+            results.append(median_run(name, runs))
+        hot = results[1]
         # Half the peak rate: each connection waits ``delay`` ms after every answer, so the
         # rate is connections / (delay + latency); a short calibration run fixes the count.
         target = hot.rps / 2
         delay_ms = 5
         conns = max(1, round(target * (delay_ms + 0.5) / 1000))
-        calibration = run_wrk("calibration", port, hot_paths, script, connections=conns,
+        calibration = run_wrk("calibration", hot_port, hot_paths, script, connections=conns,
                               seconds=3, wrk_core=wrk_core, delay_ms=delay_ms)
         conns = max(1, round(conns * target / max(calibration.rps, 1.0)))
-        half = load("hot lookup at half peak", port, hot_paths, delay_ms=delay_ms, conns=conns)
+        half = load("hot lookup at half peak", hot_port, hot_paths, delay_ms=delay_ms,
+                    conns=conns)
         half.note = f"target {target:,.0f}/s: {conns} conns, {delay_ms} ms pause each"
         results.append(half)
 
@@ -437,12 +459,17 @@ def run_all(scratch: Scratch, codes: list[str], args: argparse.Namespace) -> lis
     with server(pinned([*api_cmd, "--port", str(port)], core), cold_env, port, "/readyz"):
         results.append(load("cold lookup (L1 off, ES + fill)", port, all_paths))
 
-    port = free_port()
-    naive_cmd = pinned([sys.executable, "-c", NAIVE_APP, str(port), scratch.dsn], core)
-    with server(naive_cmd, env, port, "/v1/vouchers/x"):
-        results.append(load("naive (Postgres per request)", port, all_paths))
     shutil.rmtree(tmp, ignore_errors=True)
     return results
+
+
+def median_run(name: str, runs: list[Result]) -> Result:
+    """The run with the median throughput, its latencies as measured, every rate noted."""
+    ordered = sorted(runs, key=lambda r: r.rps)
+    chosen = ordered[len(ordered) // 2]
+    chosen.name = name
+    chosen.note = f"median of {len(runs)}: " + " / ".join(f"{r.rps:,.0f}" for r in runs)
+    return chosen
 
 
 def print_table(results: list[Result], args: argparse.Namespace) -> None:
