@@ -27,7 +27,7 @@ from indexer.queries import query
 from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.retry import Backoff
 from indexer.settings import IndexerSettings
-from indexer.sinks.elastic import ElasticSink, RejectedDocuments
+from indexer.sinks.elastic import ElasticSink, RejectedDocuments, VersionedDelete
 from indexer.sinks.redis import RedisSink
 from indexer.slot import (
     advance_slot,
@@ -123,10 +123,6 @@ class Indexer:
             transaction = decoder.feed(data)
             if transaction is not None:
                 transactions.append(transaction)
-        if not transactions and full:
-            # One transaction larger than a batch: the peek stopped inside it. Widen until it
-            # fits; upto_nchanges only stops at transaction ends, so this cannot loop forever.
-            raise SourceUnavailable("peek returned no whole transaction")
         changes = sum(len(t.changes) for t in transactions)
         if transactions:
             await self.apply(transactions)
@@ -204,8 +200,6 @@ class Indexer:
         await asyncio.gather(self._write_search(chunk), self._cache.apply(chunk))
 
     async def _write_search(self, chunk: SinkWrites) -> None:
-        from indexer.sinks.elastic import VersionedDelete
-
         deletes = [VersionedDelete(r.kind, r.object_id, r.version) for r in chunk.removed]
         try:
             await self._search.apply(chunk.documents, deletes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5433/loyalty"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6380/0"
@@ -55,7 +55,6 @@ class IndexerSettings:
     metrics_port: int = 9108
     snapshot_chunk_rows: int = 2000
     rebuild_chunk_ids: int = 2000
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> IndexerSettings:

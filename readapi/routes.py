@@ -138,28 +138,29 @@ async def get_customer(request: web.Request, caller: Caller, fresh_at: int | Non
     return found.body
 
 
-async def get_campaign(request: web.Request, caller: Caller, fresh_at: int | None) -> bytes:
+async def _by_id(
+    request: web.Request, caller: Caller, fresh_at: int | None, kind: ObjectKind, label: str
+) -> tuple[str, bytes]:
+    """The id in the path and the cached body of that object of the caller's project."""
     no_query(request.query)
-    campaign_id = path_id(request.match_info["id"], "id")
+    object_id = path_id(request.match_info["id"], "id")
     found = await _services(request).lookups.by_id(
-        ObjectKind.CAMPAIGN, caller.project_id, campaign_id, fresh=fresh_at is not None
+        kind, caller.project_id, object_id, fresh=fresh_at is not None
     )
     if found.body is None:
-        raise not_found("Campaign")
-    return found.body
+        raise not_found(label)
+    return object_id, found.body
+
+
+async def get_campaign(request: web.Request, caller: Caller, fresh_at: int | None) -> bytes:
+    return (await _by_id(request, caller, fresh_at, ObjectKind.CAMPAIGN, "Campaign"))[1]
 
 
 async def get_segment(request: web.Request, caller: Caller, fresh_at: int | None) -> bytes:
-    no_query(request.query)
-    segment_id = path_id(request.match_info["id"], "id")
-    found = await _services(request).lookups.by_id(
-        ObjectKind.SEGMENT, caller.project_id, segment_id, fresh=fresh_at is not None
-    )
-    if found.body is None:
-        raise not_found("Segment")
+    segment_id, body = await _by_id(request, caller, fresh_at, ObjectKind.SEGMENT, "Segment")
     count = await _lists(request).segment_count(caller.project_id, segment_id, fresh_at=fresh_at)
     # The cached body is a JSON object without ``count``: add it before the closing brace.
-    return b"%s,\"count\":%d}" % (found.body[:-1], count)
+    return b"%s,\"count\":%d}" % (body[:-1], count)
 
 
 async def list_vouchers(request: web.Request, caller: Caller, fresh_at: int | None) -> bytes:
