@@ -78,6 +78,20 @@ def hash_tag_of(key: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class ProjectKeys:
+    """The heads of one project's object and alias keys: a key is its head plus the id (or
+    the alias value). Built once per project (the read API keeps it with the caller), so the
+    hot path concatenates two strings instead of formatting a key."""
+
+    voucher: str
+    customer: str
+    campaign: str
+    segment: str
+    voucher_code: str
+    customer_source_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class KeyLayout:
     """Builds keys under one configured prefix; tests use a unique prefix each."""
 
@@ -106,6 +120,17 @@ class KeyLayout:
         except KeyError:
             raise ValueError(f"unknown object kind: {kind!r}") from None
         return f"{self.prefix}{{{project_hash_tag(project_id)}}}:{code}:{object_id}"
+
+    def project_keys(self, project_id: str) -> ProjectKeys:
+        head = f"{self.prefix}{{{project_hash_tag(project_id)}}}:"
+        return ProjectKeys(
+            voucher=f"{head}{_OBJECT_CODES[ObjectKind.VOUCHER]}:",
+            customer=f"{head}{_OBJECT_CODES[ObjectKind.CUSTOMER]}:",
+            campaign=f"{head}{_OBJECT_CODES[ObjectKind.CAMPAIGN]}:",
+            segment=f"{head}{_OBJECT_CODES[ObjectKind.SEGMENT]}:",
+            voucher_code=f"{head}{_ALIAS_CODES[AliasKind.VOUCHER_CODE]}:",
+            customer_source_id=f"{head}{_ALIAS_CODES[AliasKind.CUSTOMER_SOURCE_ID]}:",
+        )
 
     def alias_key(self, project_id: str, kind: str, value: str) -> str:
         """Key of an alias envelope whose data is the target object id (``kind``: ``AliasKind``)."""

@@ -12,13 +12,16 @@ import asyncio
 
 from cache.records import Invalidation
 from cache.store import CacheStore
+from cache.types import Lsn
 
 
 class WatermarkHolder:
-    __slots__ = ("_advanced", "_value")
+    __slots__ = ("_advanced", "_value", "text")
 
     def __init__(self, value: int | None = None) -> None:
         self._value = value
+        # ``X-Read-Watermark``'s text, formatted once per value rather than per answer.
+        self.text = str(Lsn(value or 0))
         # Replaced at every advance: waiters hold the event that was current when they began.
         self._advanced = asyncio.Event()
 
@@ -32,6 +35,7 @@ class WatermarkHolder:
         if self._value is not None and lsn <= self._value:
             return False
         self._value = lsn
+        self.text = str(Lsn(lsn))
         advanced, self._advanced = self._advanced, asyncio.Event()
         advanced.set()
         return True

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from multidict import istr
 
 from readapi.errors import ApiError, error_body, key_for_status
 from readapi.ratelimit import RateDecision
@@ -30,9 +31,10 @@ log = logging.getLogger(__name__)
 JSON_TYPE = "application/json; charset=utf-8"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
+REQUEST_ID_HEADER = istr("X-Request-Id")
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
 # Request ids made here: a per-process random prefix and a counter, cheaper than a uuid4.
-_PROCESS_TAG = os.urandom(6).hex()
+_REQUEST_ID_HEAD = os.urandom(6).hex() + "-"
 _counter = itertools.count(1)
 
 _CATCH_ALL = "unrouted"
@@ -40,11 +42,19 @@ _CATCH_ALL = "unrouted"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+sane_request_id = _SANE_REQUEST_ID.fullmatch
+
+
+def new_request_id() -> str:
+    return _REQUEST_ID_HEAD + str(next(_counter))
+
+
 def request_id_of(request: web.Request) -> str:
-    incoming = request.headers.get("X-Request-Id")
-    if incoming is not None and _SANE_REQUEST_ID.fullmatch(incoming):
+    """The sane incoming ``X-Request-Id``, else a new one."""
+    incoming = request.headers.get(REQUEST_ID_HEADER)
+    if incoming is not None and sane_request_id(incoming):
         return incoming
-    return f"{_PROCESS_TAG}-{next(_counter):x}"
+    return new_request_id()
 
 
 def method_label(method: str) -> str:
@@ -79,7 +89,7 @@ def error_response(
         else:
             headers["X-Rate-Limit-Limit"] = str(rate.limit)
             headers["X-Rate-Limit-Remaining"] = str(rate.remaining)
-        headers["X-Read-Watermark"] = services.watermark_text.current()
+        headers["X-Read-Watermark"] = services.watermark.text
     return web.Response(
         status=status, body=error_body(status, key, message, details, request_id), headers=headers
     )

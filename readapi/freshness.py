@@ -12,6 +12,8 @@ import contextlib
 import logging
 from collections.abc import Mapping
 
+from multidict import istr
+
 from cache.errors import CacheError
 from cache.invalidation import InvalidationListener
 from cache.store import CacheStore
@@ -25,10 +27,12 @@ DEFAULT_WAIT_MS = 1000
 MAX_WAIT_MS = 5000
 _MAX_LSN_TEXT = 17  # "FFFFFFFF/FFFFFFFF"
 
+MIN_WATERMARK_HEADER = istr("X-Min-Watermark")
+
 
 def parse_min_watermark(headers: Mapping[str, str]) -> int | None:
     """The ``X-Min-Watermark`` LSN, ``None`` when absent; 400 when malformed."""
-    raw = headers.get("X-Min-Watermark")
+    raw = headers.get(MIN_WATERMARK_HEADER)
     if raw is None:
         return None
     if len(raw) > _MAX_LSN_TEXT:
@@ -71,24 +75,6 @@ async def wait_for_watermark(holder: WatermarkHolder, lsn: int, timeout_ms: int)
             "The requested watermark is not indexed yet; retry later.",
             f"Asked {Lsn(lsn)}, indexed {Lsn(current or 0)} after {timeout_ms} ms.",
         ) from None
-
-
-class WatermarkText:
-    """``X-Read-Watermark``'s text, formatted once per watermark value."""
-
-    __slots__ = ("_holder", "_text", "_value")
-
-    def __init__(self, holder: WatermarkHolder) -> None:
-        self._holder = holder
-        self._value: int | None = -1
-        self._text = "0/0"
-
-    def current(self) -> str:
-        value = self._holder.value
-        if value != self._value:
-            self._value = value
-            self._text = str(Lsn(value or 0))
-        return self._text
 
 
 class WatermarkPoller:

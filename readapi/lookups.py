@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from cache.errors import CacheDecodeError, CacheError, CacheUnavailable
-from cache.keys import AliasKind
+from cache.keys import AliasKind, ProjectKeys
 from cache.l1 import L1Cache
 from cache.records import Envelope
 from cache.singleflight import SingleFlight
@@ -112,29 +112,26 @@ class ObjectLookups:
 
     # -- per endpoint -------------------------------------------------------------------------
 
-    def voucher_in_l1(self, project_id: str, code_or_id: str) -> CachedObject | None:
-        """The voucher when L1 answers alone (no I/O), else None: then await ``voucher``."""
+    def voucher_in_l1(self, keys: ProjectKeys, code_or_id: str) -> bytes | None:
+        """The voucher's body when L1 answers alone (no I/O), else None: then await
+        ``voucher``. ``keys``: the caller's project key heads. The hot path."""
         if not self._use_l1:
             return None
         l1 = self._l1
-        layout = self._layout
-        alias = l1.get(layout.alias_key(project_id, AliasKind.VOUCHER_CODE, code_or_id))
+        alias = l1.get(keys.voucher_code + code_or_id)
         if alias is None:
             return None
         target = alias.value.target
-        if target is not None:
-            entry = l1.get(layout.object_key(project_id, ObjectKind.VOUCHER, target))
-            if entry is not None and entry.value.match == code_or_id:
-                self._layers[0] += 1
-                value: CachedObject = entry.value
-                return value
-            return None  # absent or stale: the full lookup decides
-        entry = l1.get(layout.object_key(project_id, ObjectKind.VOUCHER, code_or_id))
+        entry = l1.get(keys.voucher + (code_or_id if target is None else target))
         if entry is None:
             return None
-        self._layers[0] += 1
-        value = entry.value
-        return value
+        value: CachedObject = entry.value
+        if target is not None and value.match != code_or_id:
+            return None  # a stale alias: the full lookup decides
+        # Only found objects: a cached absence goes the full way (it answers 404 there).
+        if value.body is not None:
+            self._layers[0] += 1
+        return value.body
 
     async def voucher(self, project_id: str, code_or_id: str, *, fresh: bool) -> CachedObject:
         """A code match wins over an id match."""

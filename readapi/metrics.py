@@ -37,27 +37,60 @@ class _CountersFromFunctions:
         return iter(())
 
 
+class RouteStats:
+    """Counts per status and the latency histogram of one (route, method): what a handler
+    holds from registration on, so that observing costs no key building."""
+
+    __slots__ = ("by_status", "histogram")
+
+    def __init__(self) -> None:
+        self.by_status: dict[int, int] = {}
+        # count per bucket (the last one is +Inf)..., sum of seconds
+        self.histogram: list[float] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
+
+    def observe(self, status: int, seconds: float) -> None:
+        by_status = self.by_status
+        by_status[status] = by_status.get(status, 0) + 1
+        histogram = self.histogram
+        histogram[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        histogram[-1] += seconds
+
+
 class RequestStats:
     """Request counts per (route, method, status) and latency histograms per route."""
 
-    __slots__ = ("_histograms", "counts", "layers")
+    __slots__ = ("_routes", "layers")
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, int], int] = {}
-        # route -> [count per bucket (the last one is +Inf)..., sum of seconds]
-        self._histograms: dict[str, list[float]] = {}
+        self._routes: dict[tuple[str, str], RouteStats] = {}
         # Objects answered per cache layer: [l1, l2, es].
         self.layers: list[int] = [0, 0, 0]
 
+    def route(self, route: str, method: str) -> RouteStats:
+        stats = self._routes.get((route, method))
+        if stats is None:
+            stats = self._routes[(route, method)] = RouteStats()
+        return stats
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        counts = self.counts
-        counts[key] = counts.get(key, 0) + 1
-        histogram = self._histograms.get(route)
-        if histogram is None:
-            histogram = self._histograms[route] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
-        histogram[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        histogram[-1] += seconds
+        self.route(route, method).observe(status, seconds)
+
+    @property
+    def counts(self) -> dict[tuple[str, str, int], int]:
+        return {
+            (route, method, status): count
+            for (route, method), stats in list(self._routes.items())
+            for status, count in list(stats.by_status.items())
+        }
+
+    def _histograms(self) -> dict[str, list[float]]:
+        """Latency histograms per route, summed over methods."""
+        merged: dict[str, list[float]] = {}
+        for (route, _method), stats in list(self._routes.items()):
+            total = merged.setdefault(route, [0.0] * len(stats.histogram))
+            for i, value in enumerate(stats.histogram):
+                total[i] += value
+        return merged
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -65,14 +98,14 @@ class RequestStats:
             "HTTP requests answered, per route template, method and status",
             labels=["route", "method", "status"],
         )
-        for (route, method, status), count in list(self.counts.items()):
+        for (route, method, status), count in self.counts.items():
             requests.add_metric([route, method, str(status)], count)
         yield requests
         latency = HistogramMetricFamily(
             "readapi_request_duration_seconds", "Time to answer, per route template",
             labels=["route"],
         )
-        for route, histogram in list(self._histograms.items()):
+        for route, histogram in self._histograms().items():
             cumulative: float = 0.0
             buckets: list[tuple[str, float]] = []
             for bound, hits in zip((*_LATENCY_BUCKETS, float("inf")), histogram, strict=False):

@@ -22,7 +22,8 @@ def path_id(value: str, name: str) -> str:
             f"Path parameter {name} must be 1 to {MAX_ID_LENGTH} characters.",
             f"Got {len(value)} characters.",
         )
-    if _CONTROL.search(value) is not None:
+    # isprintable() is false for every character _CONTROL matches: a cheap first test.
+    if not value.isprintable() and _CONTROL.search(value) is not None:
         raise invalid_request(
             f"Path parameter {name} must not contain control characters.", ""
         )

@@ -83,13 +83,15 @@ class RateLimiter:
         self._prefetching: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def take_local(self, app_id: str, limit: int) -> RateDecision | None:
-        """A token this process already holds (no I/O), else None: then await ``acquire``."""
+    def take_local(self, app_id: str, limit: int) -> int:
+        """Take a token this process already holds (no I/O) and return what remains for the
+        key (``X-Rate-Limit-Remaining``); -1 when none is held: then await ``acquire``.
+        A plain int, not a ``RateDecision``: this runs on every request."""
         bucket = self._buckets.get(app_id)
         if bucket is None or bucket.tokens <= 0 or bucket.limit != limit:
-            return None
+            return -1
         if self._clock() >= bucket.window_ends:
-            return None
+            return -1
         bucket.tokens -= 1
         if bucket.tokens < bucket.refill_below and app_id not in self._prefetching:
             # Lease the next batch in the background before this one runs out, so that
@@ -98,7 +100,7 @@ class RateLimiter:
             task = asyncio.get_running_loop().create_task(self._prefetch(app_id, bucket))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return RateDecision(True, limit, bucket.server_remaining + bucket.tokens)
+        return bucket.server_remaining + bucket.tokens
 
     async def _prefetch(self, app_id: str, bucket: _Bucket) -> None:
         try:

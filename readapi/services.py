@@ -24,7 +24,7 @@ from cache.watermark import WatermarkHolder
 from readapi.auth import Authenticator, KeyEntry
 from readapi.dependency import DependencyGate
 from readapi.elastic import SearchReader
-from readapi.freshness import WatermarkPoller, WatermarkText
+from readapi.freshness import WatermarkPoller
 from readapi.lookups import ObjectLookups
 from readapi.metrics import ApiMetrics
 from readapi.ratelimit import RateLimiter
@@ -50,7 +50,6 @@ class Services:
     l1: L1Cache[Any]
     key_l1: L1Cache[KeyEntry]
     watermark: WatermarkHolder
-    watermark_text: WatermarkText
     listener: InvalidationListener
     poller: WatermarkPoller
     auth: Authenticator
@@ -107,7 +106,6 @@ class Services:
             l1=l1,
             key_l1=key_l1,
             watermark=watermark,
-            watermark_text=WatermarkText(watermark),
             listener=listener,
             poller=WatermarkPoller(
                 watermark, store, listener, settings.watermark_poll_seconds

@@ -33,6 +33,27 @@ def test_key_text() -> None:
     assert layout.channel == "loyalty:inv"
 
 
+@given(
+    st.text(min_size=0, max_size=12, alphabet="ab}{%:_1"),
+    st.text(min_size=1, max_size=12),
+)
+def test_project_key_heads_build_the_same_keys(project_id: str, value: str) -> None:
+    heads = layout.project_keys(project_id)
+    for head, kind in (
+        (heads.voucher, ObjectKind.VOUCHER),
+        (heads.customer, ObjectKind.CUSTOMER),
+        (heads.campaign, ObjectKind.CAMPAIGN),
+        (heads.segment, ObjectKind.SEGMENT),
+    ):
+        assert head + value == layout.object_key(project_id, kind, value)
+    assert heads.voucher_code + value == layout.alias_key(
+        project_id, AliasKind.VOUCHER_CODE, value
+    )
+    assert heads.customer_source_id + value == layout.alias_key(
+        project_id, AliasKind.CUSTOMER_SOURCE_ID, value
+    )
+
+
 def test_kinds_may_be_plain_strings() -> None:
     assert layout.object_key("p", "voucher", "x") == layout.object_key("p", ObjectKind.VOUCHER, "x")
     assert layout.alias_key("p", "voucher_code", "x") == layout.alias_key(
