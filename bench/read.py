@@ -14,8 +14,11 @@ Runs in one go on this machine, with its own data:
    - cold-es: L1 off and the benchmark project's Redis documents deleted first, unique codes
      (alias miss, Elasticsearch search and realtime GET, Redis fill per request);
    - naive: an aiohttp app answering the lookup from Postgres per request (psycopg pool);
-   ceiling, hot and naive run side by side and are loaded in turn for ``--rounds`` rounds,
-   and the median of each is reported, so that a drift of the machine hits all three alike;
+   ceiling, hot and naive run side by side and are loaded in turn for ``--rounds`` rounds
+   (the order reversed every other round); the median of each is reported, and the ratios
+   are taken within each round, between runs seconds apart, and their median reported: on a
+   shared machine whose speed drifts by tens of percent over a minute, a ratio of runs far
+   apart in time measures the drift as much as the servers;
 4. the hot lookup runs again at half its peak rate (wrk's ``delay()`` hook throttles each
    connection) to read its p99 when not saturated.
 
@@ -31,6 +34,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,6 +152,9 @@ class Result:
     p99_ms: float
     non_2xx: int
     note: str = ""
+
+
+Samples = dict[str, list[Result]]
 
 
 def log(message: str) -> None:
@@ -359,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="bench/read.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--duration", type=int, default=10, help="seconds per run (default 10)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per run (default 5)")
     parser.add_argument("--connections", type=int, default=64,
                         help="wrk connections (default 64)")
     parser.add_argument("--vouchers", type=int, default=20_000,
@@ -368,8 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="core the server under test is pinned to (default 0)")
     parser.add_argument("--wrk-core", type=int, default=1,
                         help="core wrk is pinned to (default 1)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of ceiling, hot and naive runs, median reported (default 3)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="rounds of ceiling, hot and naive runs, medians reported (default 7)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch data")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -379,15 +386,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     scratch.create()
     try:
         _project_id, codes = prepare_data(scratch, args)
-        results = run_all(scratch, codes, args)
+        results, samples = run_all(scratch, codes, args)
     finally:
         if not args.keep:
             scratch.drop()
-    print_table(results, args)
+    print_table(results, samples, args)
     return 0
 
 
-def run_all(scratch: Scratch, codes: list[str], args: argparse.Namespace) -> list[Result]:
+def run_all(
+    scratch: Scratch, codes: list[str], args: argparse.Namespace
+) -> tuple[list[Result], Samples]:
+    """Every result to print, and the side-by-side runs of each server in round order."""
     tmp = Path(tempfile.mkdtemp(prefix="bench_read_"))
     script = tmp / "bench.lua"
     script.write_text(WRK_SCRIPT)
@@ -418,23 +428,25 @@ def run_all(scratch: Scratch, codes: list[str], args: argparse.Namespace) -> lis
         [sys.executable, "-c", CEILING_APP, str(ceiling_port), str(body_size)], core
     )
     naive_cmd = pinned([sys.executable, "-c", NAIVE_APP, str(naive_port), scratch.dsn], core)
-    samples: dict[str, list[Result]] = {}
+    samples: Samples = {}
     with (
         server(ceiling_cmd, env, ceiling_port, "/v1/vouchers/x"),
         server(pinned([*api_cmd, "--port", str(hot_port)], core), env, hot_port, "/readyz"),
         server(naive_cmd, env, naive_port, "/v1/vouchers/x"),
     ):
+        servers = [
+            ("ceiling (bare aiohttp)", ceiling_port, hot_paths),
+            ("hot lookup (L1)", hot_port, hot_paths),
+            ("naive (Postgres per request)", naive_port, all_paths),
+        ]
         for round_number in range(1, args.rounds + 1):
-            for name, port, paths in (
-                ("ceiling (bare aiohttp)", ceiling_port, hot_paths),
-                ("hot lookup (L1)", hot_port, hot_paths),
-                ("naive (Postgres per request)", naive_port, all_paths),
-            ):
+            # Reversed every other round: no server always runs right after another.
+            for name, port, paths in servers if round_number % 2 else servers[::-1]:
                 samples.setdefault(name, []).append(
                     load(f"{name} [round {round_number}]", port, paths)
                 )
-        for name, runs in samples.items():
-            results.append(median_run(name, runs))
+        for name, _port, _paths in servers:
+            results.append(median_run(name, samples[name]))
         hot = results[1]
         # Half the peak rate: each connection waits ``delay`` ms after every answer, so the
         # rate is connections / (delay + latency); a short calibration run fixes the count.
@@ -460,7 +472,12 @@ def run_all(scratch: Scratch, codes: list[str], args: argparse.Namespace) -> lis
         results.append(load("cold lookup (L1 off, ES + fill)", port, all_paths))
 
     shutil.rmtree(tmp, ignore_errors=True)
-    return results
+    return results, samples
+
+
+def round_ratios(samples: Samples, top: str, bottom: str) -> list[float]:
+    """``top``/``bottom`` throughput within each round."""
+    return [t.rps / b.rps for t, b in zip(samples[top], samples[bottom], strict=True)]
 
 
 def median_run(name: str, runs: list[Result]) -> Result:
@@ -472,7 +489,7 @@ def median_run(name: str, runs: list[Result]) -> Result:
     return chosen
 
 
-def print_table(results: list[Result], args: argparse.Namespace) -> None:
+def print_table(results: list[Result], samples: Samples, args: argparse.Namespace) -> None:
     by_name = {r.name: r for r in results}
     print()
     print(f"wrk -t1 -c{args.connections} -d{args.duration}s --latency; server pinned to core "
@@ -485,9 +502,15 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     ceiling = by_name["ceiling (bare aiohttp)"]
     naive = by_name["naive (Postgres per request)"]
     half = by_name["hot lookup at half peak"]
+    to_ceiling = round_ratios(samples, hot.name, ceiling.name)
+    to_naive = round_ratios(samples, hot.name, naive.name)
     print()
-    print(f"hot lookup / ceiling: {hot.rps / ceiling.rps:.0%} (goal >= 70%)")
-    print(f"hot lookup / naive:   {hot.rps / naive.rps:.1f}x (goal >= 5x)")
+    print("ratios within each round: " + " / ".join(f"{r:.0%}" for r in to_ceiling)
+          + " (hot/ceiling); " + " / ".join(f"{r:.1f}x" for r in to_naive) + " (hot/naive)")
+    print(f"hot lookup / ceiling: {statistics.median(to_ceiling):.0%} median of rounds, "
+          f"{hot.rps / ceiling.rps:.0%} of the medians (goal >= 70%)")
+    print(f"hot lookup / naive:   {statistics.median(to_naive):.1f}x median of rounds, "
+          f"{hot.rps / naive.rps:.1f}x of the medians (goal >= 5x)")
     print(f"p99 at half peak:     {half.p99_ms:.2f} ms (goal < 5 ms)")
 
 

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 from aiohttp import web
+from aiohttp.hdrs import CONTENT_TYPE
+from multidict import istr
 
 from cache.types import ObjectKind
 from readapi.auth import Caller
@@ -48,6 +50,13 @@ V1Handler = Callable[[web.Request, Caller, int | None], Awaitable[bytes]]
 # (services, request, caller) -> JSON body when the in-process state answers alone, else None
 # (then the handler runs). Synchronous: the hot path creates no coroutine for it.
 FastPath = Callable[[Services, web.Request, Caller], bytes | None]
+
+
+# Header names as multidict's case-insensitive strings, made once: the response's header
+# map then skips folding each name on every answer.
+READ_WATERMARK_HEADER = istr("X-Read-Watermark")
+RATE_LIMIT_HEADER = istr("X-Rate-Limit-Limit")
+RATE_REMAINING_HEADER = istr("X-Rate-Limit-Remaining")
 
 
 def v1(
@@ -96,11 +105,11 @@ def v1(
             response = web.Response(
                 body=body,
                 headers={
-                    "Content-Type": JSON_TYPE,
-                    "X-Request-Id": request_id,
-                    "X-Read-Watermark": watermark_text,
-                    "X-Rate-Limit-Limit": caller.limit_text,
-                    "X-Rate-Limit-Remaining": str(remaining),
+                    CONTENT_TYPE: JSON_TYPE,
+                    REQUEST_ID_HEADER: request_id,
+                    READ_WATERMARK_HEADER: watermark_text,
+                    RATE_LIMIT_HEADER: caller.limit_text,
+                    RATE_REMAINING_HEADER: str(remaining),
                 },
             )
             status = 200
