@@ -142,13 +142,25 @@ class CacheStore:
 
         Returns whether it moved (an equal or older ``lsn`` is a no-op and is not published).
         """
+        return await self._advance_watermark(lsn, only_over_stored=False) == 1
+
+    async def advance_stored_watermark(self, lsn: int) -> bool | None:
+        """``set_watermark``, but only over a stored watermark: ``None`` (nothing written)
+        when there is none, i.e. Redis lost its data since the caller last saw it. Writing
+        one then would hide the loss from the check that reloads the data."""
+        result = await self._advance_watermark(lsn, only_over_stored=True)
+        return None if result < 0 else result == 1
+
+    async def _advance_watermark(self, lsn: int, *, only_over_stored: bool) -> int:
         message = encode_invalidation(Invalidation(watermark=lsn))
-        args = (encode_watermark(lsn), self.layout.channel, message)
+        args = (
+            encode_watermark(lsn), self.layout.channel, message, "1" if only_over_stored else "0"
+        )
         with _redis_errors:
-            moved = await scripts.ADVANCE_WATERMARK.run(
+            result = await scripts.ADVANCE_WATERMARK.run(
                 self.redis, (self.layout.watermark_key,), args
             )
-        return bool(moved)
+        return int(result)
 
     # -- reader (read API) -----------------------------------------------------------------
 

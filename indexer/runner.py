@@ -132,7 +132,10 @@ class Indexer:
         # the slot and the watermark may move to ``upto`` itself (this is the heartbeat).
         target = upto if not full else transactions[-1].end_lsn
         await advance_slot(conn, self._settings.slot_name, target)
-        await self._cache.set_watermark(target)
+        if await self._cache.advance_stored_watermark(target) is None:
+            # Redis lost its data after this step's check (a restart): reload it now, at the
+            # slot's new position, which also writes the watermark.
+            await self._refill_cache_if_lost(conn)
         self.watermark = target
         metrics.WATERMARK.set(int(target))
         if transactions:

@@ -4,7 +4,10 @@
 --   ARGV[1]  new watermark, 16 lower-case hex digits (cache/codec.py encode_watermark)
 --   ARGV[2]  channel to publish on when the watermark moved
 --   ARGV[3]  message to publish
---   returns  1 when the watermark moved forward, 0 when the stored one is equal or newer
+--   ARGV[4]  optional: "1" to write only over a stored watermark
+--   returns  1 when the watermark moved forward, 0 when the stored one is equal or newer,
+--            -1 when ARGV[4] is "1" and no watermark is stored (Redis lost its data: the
+--            writer must reload it, and a watermark written now would hide that)
 --
 -- Compared as two 32-bit halves: Lua numbers are doubles, exact only below 2^53.
 
@@ -19,7 +22,11 @@ local new_hi, new_lo = halves(ARGV[1])
 if not new_hi or not new_lo then
   return redis.error_reply('ERR advance_watermark: malformed watermark')
 end
-local old_hi, old_lo = halves(redis.call('GET', KEYS[1]))
+local stored = redis.call('GET', KEYS[1])
+if not stored and ARGV[4] == '1' then
+  return -1
+end
+local old_hi, old_lo = halves(stored)
 if old_hi and old_lo and (old_hi > new_hi or (old_hi == new_hi and old_lo >= new_lo)) then
   return 0
 end

@@ -92,3 +92,10 @@ class RedisSink:
             return await self.store.set_watermark(lsn)
         except CacheUnavailable as error:
             raise SinkUnavailable(f"redis: {error}") from error
+
+    async def advance_stored_watermark(self, lsn: int) -> bool | None:
+        """``None`` when Redis holds no watermark: it lost its data (see ``CacheStore``)."""
+        try:
+            return await self.store.advance_stored_watermark(lsn)
+        except CacheUnavailable as error:
+            raise SinkUnavailable(f"redis: {error}") from error

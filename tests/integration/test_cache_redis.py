@@ -497,6 +497,17 @@ async def test_the_watermark_never_goes_backwards(
     assert holder.value == high
 
 
+async def test_a_stored_watermark_advance_refuses_to_recreate_a_lost_one(
+    store: CacheStore,
+) -> None:
+    assert await store.advance_stored_watermark(5) is None
+    assert await store.get_watermark() is None  # nothing written over the loss
+    assert await store.set_watermark(5) is True
+    assert await store.advance_stored_watermark(7) is True
+    assert await store.advance_stored_watermark(6) is False
+    assert await store.get_watermark() == 7
+
+
 async def test_a_reconnect_hook_refreshes_the_watermark(
     redis_client: aioredis.Redis, store: CacheStore, layout: KeyLayout
 ) -> None:

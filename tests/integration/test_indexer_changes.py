@@ -255,3 +255,31 @@ async def test_campaign_rename_reaches_all_5000_vouchers(harness: IndexerHarness
     assert report.ok, report.differences
     campaign = await harness.redis_doc("campaign", P, "camp_1")
     assert campaign["name"] == "Winter" and campaign["vouchers_count"] == 5001
+
+
+async def test_redis_emptied_during_a_step_is_reloaded(harness: IndexerHarness) -> None:
+    """Redis restarts empty after the step's "data lost?" check and before its watermark
+    write: the watermark must not be written over the loss, or objects the step did not
+    touch would stay missing for good."""
+    await seed_base(harness)
+    await harness.catch_up()
+    assert (await harness.redis_doc("voucher", P, "v_1"))["code"] == "SUMMER-1"
+    redis = harness.clients.cache.store.redis
+    prefix = harness.settings.redis_key_prefix
+    emptied: list[int] = []
+
+    async def empty_redis(transactions: list[Any]) -> None:
+        if transactions and not emptied:
+            keys = [key async for key in redis.scan_iter(match=f"{prefix}*")]
+            emptied.append(await redis.delete(*keys))
+
+    harness.indexer.before_advance = empty_redis
+    await harness.execute("UPDATE vouchers SET active = false WHERE id = 'card_2'")
+    await harness.catch_up()
+    harness.indexer.before_advance = None
+    assert emptied and emptied[0] > 5
+    assert (await harness.redis_doc("voucher", P, "v_1"))["code"] == "SUMMER-1"
+    assert (await harness.redis_doc("voucher", P, "card_2"))["active"] is False
+    assert await harness.clients.cache.store.get_watermark() is not None
+    report = await harness.verify()
+    assert report.ok, report.differences
