@@ -99,12 +99,16 @@ class ElasticSink:
         """Create a fresh generation of every index and point the aliases at it.
 
         Old generations behind the aliases are removed in the same alias call, so readers
-        switch atomically; this is only used for a first load or a forced rebuild.
+        switch atomically, and then deleted with every other generation left over (by a load
+        that crashed before its switch); this is only used for a first load or a forced
+        rebuild. Deleted by name, not by wildcard: clusters may refuse wildcard deletes.
         """
         actions: list[dict[str, Any]] = []
+        new_names: set[str] = set()
         try:
             for kind in INDEXED_KINDS:
                 name = f"{self.alias(kind)}_v{generation}"
+                new_names.add(name)
                 await self._client.options(ignore_status=404).indices.delete(index=name)
                 mappings = {**index_mappings(kind), "_meta": meta}
                 await self._client.indices.create(
@@ -119,6 +123,12 @@ class ElasticSink:
                     actions.append({"remove": {"index": old_index, "alias": self.alias(kind)}})
                 actions.append({"add": {"index": name, "alias": self.alias(kind)}})
             await self._client.indices.update_aliases(actions=actions)
+            for kind in INDEXED_KINDS:
+                found = await self._client.indices.get(
+                    index=f"{self.alias(kind)}_v*", expand_wildcards="all"
+                )
+                for stale in sorted(set(found.body) - new_names):
+                    await self._client.options(ignore_status=404).indices.delete(index=stale)
         except _TRANSPORT_ERRORS as error:
             raise SinkUnavailable(f"elasticsearch: {error}") from error
 

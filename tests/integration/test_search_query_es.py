@@ -377,6 +377,21 @@ async def test_cursor_survives_an_index_rebuild(
     assert [doc["id"] for doc in first.docs] + rest == [i for i in expected if i != "a_new"]
 
 
+async def test_a_rebuild_deletes_every_older_generation(
+    es_client: AsyncElasticsearch, es_prefix: str
+) -> None:
+    # A generation left by a load that crashed before its alias switch, then two loads.
+    await es_client.indices.create(index=f"{es_prefix}vouchers_v1")
+    await _load(es_client, es_prefix, [], generation=2)
+    await _load(es_client, es_prefix, [], generation=3)
+    found = await es_client.indices.get(index=f"{es_prefix}*", expand_wildcards="all")
+    assert sorted(found.body) == sorted(
+        f"{es_prefix}{kind}_v3" for kind in ("vouchers", "customers", "campaigns", "segments")
+    )
+    aliases = await es_client.indices.get_alias(name=f"{es_prefix}vouchers")
+    assert list(aliases.body) == [f"{es_prefix}vouchers_v3"]
+
+
 async def test_cursor_from_another_list_is_refused(lists: Lists) -> None:
     _, cursor = await lists.page(parse_voucher_list({"limit": "2"}), A)
     assert cursor is not None
