@@ -3,7 +3,8 @@
 ``--workers N`` forks N processes that each run one event loop (uvloop) and listen on the
 same port with SO_REUSEPORT, so the kernel spreads connections over them; each has its own L1
 and its own invalidation subscription. SIGTERM or SIGINT to the parent is passed on to every
-worker, which stops accepting, finishes the requests in flight and exits.
+worker, which stops accepting, finishes the requests in flight and exits. With several
+workers, /metrics answers every worker's figures (``readapi.worker_metrics``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from cache.logs import configure_logging
@@ -86,6 +90,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers == 1:
         _run_worker(settings, args.host, port, args.access_log)
         return 0
+    # The workers share their metrics through files here (``readapi.worker_metrics``).
+    metrics_dir = tempfile.mkdtemp(prefix="readapi-metrics-")
+    settings = dataclasses.replace(settings, metrics_dir=metrics_dir)
     children: list[int] = []
     for _ in range(args.workers):
         pid = os.fork()
@@ -97,7 +104,10 @@ def _serve(args: argparse.Namespace) -> int:
                 code = 1
             os._exit(code)
         children.append(pid)
-    return _supervise(children)
+    try:
+        return _supervise(children)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _supervise(children: list[int]) -> int:

@@ -75,7 +75,7 @@ async def _api_keys_loaded(services: Services) -> bool:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[SERVICES].metrics.render()
+    body = request.app[SERVICES].render_metrics()
     return web.Response(body=body, headers={"Content-Type": METRICS_TYPE})
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -29,6 +30,7 @@ from readapi.lookups import ObjectLookups
 from readapi.metrics import ApiMetrics
 from readapi.ratelimit import RateLimiter
 from readapi.settings import ApiSettings
+from readapi.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class Services:
     lookups: ObjectLookups
     static: dict[str, bytes] = field(default_factory=dict)
     api_keys_seen: bool = False
+    worker_metrics: WorkerMetrics | None = None
 
     @classmethod
     def build(cls, settings: ApiSettings) -> Services:
@@ -121,6 +124,10 @@ class Services:
             ),
         )
         services._register_metrics()
+        if settings.metrics_dir is not None:
+            services.worker_metrics = WorkerMetrics(
+                Path(settings.metrics_dir), metrics.registry
+            )
         return services
 
     def _register_metrics(self) -> None:
@@ -158,8 +165,18 @@ class Services:
         await self.poller.seed()
         await self.listener.start()
         self.poller.start()
+        if self.worker_metrics is not None:
+            self.worker_metrics.start()
+
+    def render_metrics(self) -> bytes:
+        """/metrics: every worker's figures when there are several, else this process's."""
+        if self.worker_metrics is not None:
+            return self.worker_metrics.render()
+        return self.metrics.render()
 
     async def close(self) -> None:
+        if self.worker_metrics is not None:
+            await self.worker_metrics.stop()
         await self.limiter.close()
         await self.poller.stop()
         await self.listener.stop()

@@ -76,6 +76,8 @@ class ApiSettings:
     # Pause between watermark reads from Redis while the invalidation channel is down.
     watermark_poll_seconds: float = 0.1
     l1_enabled: bool = True
+    # Set by ``readapi serve --workers N`` (N > 1): where the workers share their metrics.
+    metrics_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:

@@ -3,8 +3,10 @@ metrics rendering, the rate limiter's local logic and the CLI's help."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -16,6 +18,7 @@ from readapi.freshness import parse_min_watermark, parse_wait_ms
 from readapi.metrics import ApiMetrics
 from readapi.ratelimit import RateLimiter
 from readapi.settings import ApiSettings, SettingsError
+from readapi.worker_metrics import WorkerMetrics
 
 
 def test_settings_from_env_and_bounds() -> None:
@@ -119,3 +122,33 @@ def test_cli_help_documents_the_environment() -> None:
     for text in ("--host", "--port", "--workers", "LOYALTY_REDIS_URL", "LOYALTY_CURSOR_SECRET",
                  "LOYALTY_L1_MAX_AGE_MS", "LOYALTY_RATE_LIMIT_DEFAULT"):
         assert text in out
+
+
+def test_worker_metrics_add_up_counters_and_label_gauges(tmp_path: Path) -> None:
+    """Two workers' figures, one from a snapshot file and one live, in one scrape."""
+    other = ApiMetrics()
+    other.requests.observe("/v1/vouchers/{code}", "GET", 200, 0.0003)
+    other.requests.observe("/v1/vouchers/{code}", "GET", 200, 0.0003)
+    other.fills.labels("written").inc(3)
+    other.l1_entries.set(7)
+    WorkerMetrics(tmp_path, other.registry).write()  # written as this process's pid
+    own_file = next(tmp_path.glob("*.json"))
+    own_file.rename(tmp_path / "other.json")
+    mine = ApiMetrics()
+    mine.requests.observe("/v1/vouchers/{code}", "GET", 200, 0.0003)
+    mine.requests.observe("/v1/vouchers/{code}", "GET", 404, 7.0)
+    mine.fills.labels("written").inc(1)
+    mine.l1_entries.set(2)
+    text = WorkerMetrics(tmp_path, mine.registry).render().decode()
+    assert ('readapi_requests_total{method="GET",route="/v1/vouchers/{code}",status="200"} 3.0'
+            in text)
+    assert ('readapi_requests_total{method="GET",route="/v1/vouchers/{code}",status="404"} 1.0'
+            in text)
+    assert 'readapi_request_duration_seconds_bucket{le="+Inf",route="/v1/vouchers/{code}"} 4.0' \
+        in text
+    assert 'readapi_fills_total{result="written"} 4.0' in text
+    assert f'readapi_l1_entries{{worker="{os.getpid()}"}} 2.0' in text
+    assert 'readapi_l1_entries{worker="other"} 7.0' in text
+    # A file being replaced or broken costs its figures, not the scrape.
+    (tmp_path / "broken.json").write_bytes(b"{not json")
+    assert b"readapi_fills_total" in WorkerMetrics(tmp_path, mine.registry).render()
