@@ -19,6 +19,7 @@ from cache.invalidation import InvalidationListener
 from cache.store import CacheStore
 from cache.types import Lsn
 from cache.watermark import WatermarkHolder
+from readapi.background import stop_task
 from readapi.errors import ApiError, invalid_request
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,7 @@ class WatermarkPoller:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     async def _run(self) -> None:
         while True:

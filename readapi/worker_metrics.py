@@ -16,7 +16,6 @@ counters the request path keeps (see ``readapi.metrics``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -27,6 +26,8 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
+
+from readapi.background import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,7 @@ class WorkerMetrics:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         self.write()  # the last figures, for the workers still serving
 
     async def _run(self) -> None:
