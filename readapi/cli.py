@@ -10,7 +10,6 @@ workers, /metrics answers every worker's figures (``readapi.worker_metrics``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import os
@@ -58,21 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_worker(settings: ApiSettings, host: str, port: int, access_log: bool) -> None:
     import logging
 
-    import uvloop
-    from aiohttp import web
-
     from readapi.app import create_app
+    from readapi.serving import serve
 
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    web.run_app(
+    serve(
         create_app(settings),
-        host=host,
-        port=port,
-        reuse_port=True,
+        host,
+        port,
         access_log=logging.getLogger("aiohttp.access") if access_log else None,
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
-        print=None,
-        handle_signals=True,
     )
 
 

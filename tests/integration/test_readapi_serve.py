@@ -16,6 +16,7 @@ from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 import pytest
 
 from tests.fixtures.indexer import IndexerHarness
@@ -74,6 +75,25 @@ def fresh_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
 
 
+async def raw_exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``raw`` bytes, read the whole answer (the server closes after an error)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        async with asyncio.timeout(BOUND_SECONDS):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
 async def both_workers_ready(session: aiohttp.ClientSession, base: str) -> None:
     ready: set[str] = set()
     async with asyncio.timeout(BOUND_SECONDS):
@@ -117,6 +137,21 @@ async def test_workers_share_the_port_the_metrics_and_a_graceful_stop(
                     if found is not None and float(found.group(1)) == sent:
                         complete_from.add(worker_of(response))
                 await asyncio.sleep(0.05)
+
+        # Requests aiohttp's parser refuses still get the error body and a request id.
+        port = int(base.rsplit(":", 1)[1])
+        for raw in (
+            b"GET /v1/vouchers/" + b"A" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-Long: " + b"b" * 9000 + b"\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n",
+        ):
+            status, answer_headers, body = await raw_exchange(port, raw)
+            assert status == 400, body
+            assert answer_headers["content-type"] == "application/json; charset=utf-8"
+            error = orjson.loads(body)
+            assert set(error) == {"code", "key", "message", "details", "request_id"}
+            assert error["code"] == 400 and error["key"] == "invalid_request"
+            assert error["request_id"] == answer_headers["x-request-id"]
 
         # SIGTERM while a request waits for a watermark that will not come: it still gets
         # its whole answer, then every process exits cleanly.

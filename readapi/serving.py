@@ -1,0 +1,113 @@
+"""How one worker serves the app: its event loop, the listening site, a graceful stop, and
+the API's error body even for requests aiohttp's HTTP parser refuses.
+
+aiohttp answers a request it cannot parse (a request line or header over its limits, bytes
+that are not HTTP) from ``RequestHandler.handle_error`` with a plain-text body and no
+``X-Request-Id``, before any route runs; API.md wants the JSON error body and the header on
+every answer. ``web.run_app`` offers no hook for the handler class, so the worker runs its
+own loop (as ``run_app`` does: only the main task is cancelled on SIGTERM, so requests in
+flight finish within the shutdown timeout) with a runner whose server makes
+``ContractErrorHandler`` protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import uvloop
+from aiohttp import web
+from aiohttp.web_runner import GracefulExit
+
+from readapi.endpoint import JSON_TYPE, REQUEST_ID_HEADER, new_request_id
+from readapi.errors import error_body, key_for_status
+
+log = logging.getLogger(__name__)
+
+_PARSER_MESSAGES = {
+    400: "The request could not be parsed as HTTP.",
+    413: "The request is too large.",
+    431: "The request headers are too large.",
+}
+
+
+class ContractErrorHandler(web.RequestHandler):
+    """aiohttp's protocol handler, answering parser-level errors with the API's error body."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            # As aiohttp's own: part of an answer left already, the connection is broken.
+            raise ConnectionError("an answer was partly sent; cannot send the error")
+        request_id = new_request_id()
+        details = (message or (str(exc) if exc is not None else ""))[:300]
+        # A client's malformed request is not the server's error: one line, no traceback.
+        if status >= 500:
+            log.error("request failed", exc_info=exc, extra={"request_id": request_id})
+        else:
+            log.info(
+                "request refused by the HTTP parser",
+                extra={"request_id": request_id, "status": status, "reason": details},
+            )
+        response = web.Response(
+            status=status,
+            body=error_body(
+                status,
+                key_for_status(status),
+                _PARSER_MESSAGES.get(status, "The server failed to answer."),
+                details,
+                request_id,
+            ),
+            headers={"Content-Type": JSON_TYPE, REQUEST_ID_HEADER: request_id},
+        )
+        response.force_close()
+        return response
+
+
+class _ContractServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        # ``_loop`` and ``_kwargs``: what ``web.Server.__call__`` passes to its handler.
+        return ContractErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The app builds a plain ``web.Server``; this subclass adds no state, only the
+        # handler class it makes.
+        server.__class__ = _ContractServer
+        return server
+
+
+async def _serve(
+    app: web.Application, host: str, port: int, runner_args: dict[str, Any]
+) -> None:
+    runner = _Runner(app, handle_signals=True, **runner_args)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=True).start()
+        await asyncio.Event().wait()  # until SIGTERM/SIGINT raise GracefulExit in the loop
+    finally:
+        await runner.cleanup()  # stops accepting, lets requests in flight finish
+
+
+def serve(app: web.Application, host: str, port: int, **runner_args: Any) -> None:
+    """Serve ``app`` on ``host:port`` (SO_REUSEPORT) until SIGTERM or SIGINT."""
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_serve(app, host, port, runner_args))
+    try:
+        loop.run_until_complete(main)
+    except (GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        main.cancel()
+        loop.run_until_complete(asyncio.gather(main, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
