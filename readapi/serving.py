@@ -35,6 +35,8 @@ _PARSER_MESSAGES = {
 class ContractErrorHandler(web.RequestHandler):
     """aiohttp's protocol handler, answering parser-level errors with the API's error body."""
 
+    __slots__ = ()  # as its base: no per-connection dict
+
     def handle_error(
         self,
         request: web.BaseRequest,
