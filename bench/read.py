@@ -366,7 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="bench/read.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--duration", type=int, default=5, help="seconds per run (default 5)")
+    parser.add_argument("--duration", type=int, default=3,
+                        help="seconds per run (default 3: short runs keep a round's runs "
+                        "close in time)")
     parser.add_argument("--connections", type=int, default=64,
                         help="wrk connections (default 64)")
     parser.add_argument("--vouchers", type=int, default=20_000,
@@ -375,8 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="core the server under test is pinned to (default 0)")
     parser.add_argument("--wrk-core", type=int, default=1,
                         help="core wrk is pinned to (default 1)")
-    parser.add_argument("--rounds", type=int, default=7,
-                        help="rounds of ceiling, hot and naive runs, medians reported (default 7)")
+    parser.add_argument("--rounds", type=int, default=11,
+                        help="rounds of ceiling, hot and naive runs, medians reported "
+                        "(default 11)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch data")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
