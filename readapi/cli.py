@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import os
 import shutil
@@ -23,6 +24,7 @@ from cache.logs import configure_logging
 from readapi.settings import ENVIRONMENT_HELP, ApiSettings, SettingsError
 
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,11 +89,13 @@ def _serve(args: argparse.Namespace) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="readapi-metrics-")
     settings = dataclasses.replace(settings, metrics_dir=metrics_dir)
     children: list[int] = []
+    parent_pid = os.getpid()
     for _ in range(args.workers):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
+                _stop_with_parent(parent_pid)
                 _run_worker(settings, args.host, port, args.access_log)
             except BaseException:  # a worker must never return into the parent's loop
                 code = 1
@@ -101,6 +105,16 @@ def _serve(args: argparse.Namespace) -> int:
         return _supervise(children)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """In a forked worker: have the kernel send SIGTERM when the parent dies (killed outright,
+    it cannot pass its SIGTERM on), so no worker keeps serving unsupervised. Linux only
+    (``prctl(PR_SET_PDEATHSIG)``); elsewhere a no-op."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _supervise(children: list[int]) -> int:

@@ -5,6 +5,7 @@ request in flight finish before the processes exit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import re
@@ -61,13 +62,14 @@ async def served(harness: IndexerHarness) -> AsyncIterator[tuple[Process, str]]:
         sys.executable, "-m", "readapi.cli", "serve", "--workers", "2", "--port", str(port),
         "--log-level", "WARNING",
         env=env,
+        start_new_session=True,  # its own process group, so that clean-up reaches the workers
     )
     try:
         yield process, f"http://127.0.0.1:{port}"
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
 
 
 def fresh_session() -> aiohttp.ClientSession:
@@ -168,3 +170,20 @@ async def test_workers_share_the_port_the_metrics_and_a_graceful_stop(
     assert code == 0
     metrics_dirs_after = set(glob.glob(os.path.join(tempfile.gettempdir(), "readapi-metrics-*")))
     assert metrics_dirs_after <= metrics_dirs_before  # the shared metrics are cleaned up
+
+
+async def test_workers_stop_when_their_parent_is_killed(served: tuple[Process, str]) -> None:
+    """SIGKILL to the parent cannot be passed on: the workers stop by themselves."""
+    process, base = served
+    async with fresh_session() as session:
+        await both_workers_ready(session, base)
+        process.kill()  # the parent only
+        await process.wait()
+        async with asyncio.timeout(BOUND_SECONDS):
+            while True:
+                try:
+                    async with session.get(f"{base}/healthz"):
+                        pass
+                except aiohttp.ClientConnectionError:
+                    break  # nobody listens any more
+                await asyncio.sleep(0.1)
