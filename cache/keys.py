@@ -119,10 +119,14 @@ class KeyLayout:
             code = _OBJECT_CODES[kind]
         except KeyError:
             raise ValueError(f"unknown object kind: {kind!r}") from None
-        return f"{self.prefix}{{{project_hash_tag(project_id)}}}:{code}:{object_id}"
+        return f"{self._project_head(project_id)}{code}:{object_id}"
+
+    def _project_head(self, project_id: str) -> str:
+        """What every key of the project's objects and aliases starts with."""
+        return f"{self.project_keys_prefix}{project_hash_tag(project_id)}}}:"
 
     def project_keys(self, project_id: str) -> ProjectKeys:
-        head = f"{self.prefix}{{{project_hash_tag(project_id)}}}:"
+        head = self._project_head(project_id)
         return ProjectKeys(
             voucher=f"{head}{_OBJECT_CODES[ObjectKind.VOUCHER]}:",
             customer=f"{head}{_OBJECT_CODES[ObjectKind.CUSTOMER]}:",
@@ -138,7 +142,7 @@ class KeyLayout:
             code = _ALIAS_CODES[kind]
         except KeyError:
             raise ValueError(f"unknown alias kind: {kind!r}") from None
-        return f"{self.prefix}{{{project_hash_tag(project_id)}}}:{code}:{value}"
+        return f"{self._project_head(project_id)}{code}:{value}"
 
     def app_key(self, app_id: str) -> str:
         """Key of the API key record of one app id (global: an app id names its project)."""

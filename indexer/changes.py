@@ -124,17 +124,24 @@ def _rows(change: RowChangeLike) -> tuple[Mapping[str, Any], ...]:
     return tuple(row for row in (change.old, change.new) if row is not None)
 
 
+def _value_taken_away(change: RowChangeLike, field: str) -> tuple[str, str] | None:
+    """(project id, old value) when the change takes the row's ``field`` value away (a
+    delete, or an update to another value): the alias of that value must go."""
+    old = change.old
+    if old is None or old.get(field) is None:
+        return None
+    if change.op != "delete" and not _changed(change, field):
+        return None
+    return str(old["project_id"]), str(old[field])
+
+
 def _on_voucher(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:
     rows = _rows(change)
     for row in rows:
         touched.mark(ObjectKind.VOUCHER, row.get("id"), row.get("project_id"), version)
-    old = change.old
-    if (
-        old is not None
-        and old.get("code") is not None
-        and (change.op == "delete" or _changed(change, "code"))
-    ):
-        touched.removed_codes[(str(old["project_id"]), str(old["code"]))] = version
+    removed = _value_taken_away(change, "code")
+    if removed is not None:
+        touched.removed_codes[removed] = version
     if _changed(change, "campaign_id"):
         for row in rows:
             touched.mark(
@@ -149,13 +156,9 @@ def _on_voucher(touched: TouchedObjects, change: RowChangeLike, version: int) ->
 def _on_customer(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:
     for row in _rows(change):
         touched.mark(ObjectKind.CUSTOMER, row.get("id"), row.get("project_id"), version)
-    old = change.old
-    if (
-        old is not None
-        and old.get("source_id") is not None
-        and (change.op == "delete" or _changed(change, "source_id"))
-    ):
-        touched.removed_source_ids[(str(old["project_id"]), str(old["source_id"]))] = version
+    removed = _value_taken_away(change, "source_id")
+    if removed is not None:
+        touched.removed_source_ids[removed] = version
     # An auto-update segment's members are the customers matching its filter: only the
     # changed customer can enter or leave one, and its rebuild evaluates every filter.
 

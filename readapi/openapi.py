@@ -22,6 +22,7 @@ from typing import Any
 
 from cache.types import CampaignType, SegmentType, VoucherType
 from readapi.cursor import MAX_CURSOR_LENGTH
+from readapi.freshness import DEFAULT_WAIT_MS, MAX_WAIT_MS
 from readapi.search_query import (
     CREATED_AFTER,
     CREATED_BEFORE,
@@ -46,8 +47,6 @@ ERROR_KEYS = (
     "internal_error",
 )
 LSN_PATTERN = "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"
-MAX_WAIT_TIMEOUT_MS = 5000
-DEFAULT_WAIT_TIMEOUT_MS = 1000
 
 _JSON = "application/json"
 
@@ -425,8 +424,8 @@ def _parameters() -> dict[str, Any]:
             "in": "header",
             "required": False,
             "description": "How long to wait for `X-Min-Watermark`, in milliseconds "
-            f"(default {DEFAULT_WAIT_TIMEOUT_MS}, at most {MAX_WAIT_TIMEOUT_MS}).",
-            "schema": {"type": "integer", "minimum": 0, "default": DEFAULT_WAIT_TIMEOUT_MS},
+            f"(default {DEFAULT_WAIT_MS}, at most {MAX_WAIT_MS}).",
+            "schema": {"type": "integer", "minimum": 0, "default": DEFAULT_WAIT_MS},
         },
         "Limit": _query(
             "limit",

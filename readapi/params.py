@@ -15,15 +15,23 @@ MAX_ID_LENGTH = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
+def plainly_valid_id(value: str) -> bool:
+    """True for the common valid id at the cost of two C calls (1 to 200 characters, all
+    printable: ``isprintable()`` is false for every character ``_CONTROL`` matches). False is
+    no verdict: ``path_id`` decides."""
+    return 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
+
+
 def path_id(value: str, name: str) -> str:
     """A path segment naming an object (``{code}``, ``{id}``)."""
+    if plainly_valid_id(value):
+        return value
     if not value or len(value) > MAX_ID_LENGTH:
         raise invalid_request(
             f"Path parameter {name} must be 1 to {MAX_ID_LENGTH} characters.",
             f"Got {len(value)} characters.",
         )
-    # isprintable() is false for every character _CONTROL matches: a cheap first test.
-    if not value.isprintable() and _CONTROL.search(value) is not None:
+    if _CONTROL.search(value) is not None:
         raise invalid_request(
             f"Path parameter {name} must not contain control characters.", ""
         )

@@ -34,7 +34,7 @@ from readapi.freshness import (
     wait_for_watermark,
 )
 from readapi.lists import ListReader
-from readapi.params import MAX_ID_LENGTH, no_query, path_id
+from readapi.params import no_query, path_id, plainly_valid_id
 from readapi.ratelimit import RateDecision
 from readapi.search_query import (
     InvalidParameter,
@@ -151,8 +151,8 @@ def voucher_from_l1(services: Services, request: web.Request, caller: Caller) ->
     if request.query_string:
         return None  # the handler refuses it
     code = request.match_info["code"]
-    if len(code) > MAX_ID_LENGTH or not code.isprintable():
-        return None  # the handler validates it (isprintable: see ``params.path_id``)
+    if not plainly_valid_id(code):
+        return None  # the handler validates it
     return services.lookups.voucher_in_l1(caller.keys, code)
 
 

@@ -82,10 +82,6 @@ class Elasticsearch(Service):
         return self.home / "data"
 
     @property
-    def pidfile(self) -> Path:
-        return self.config.run_dir / "elasticsearch.pid"
-
-    @property
     def build_log(self) -> Path:
         return self.config.logs_dir / "elasticsearch-build.log"
 

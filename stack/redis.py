@@ -44,10 +44,6 @@ class Redis(Service):
     def data_dir(self) -> Path:
         return self.config.stack_dir / "redis"
 
-    @property
-    def pidfile(self) -> Path:
-        return self.config.run_dir / "redis.pid"
-
     def version(self) -> str:
         binary = shutil.which(BINARY)
         if binary is None:

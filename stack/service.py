@@ -53,6 +53,11 @@ class Service(ABC):
     def log_path(self) -> Path:
         return self.config.logs_dir / f"{self.name}.log"
 
+    @property
+    def pidfile(self) -> Path:
+        """Where a service without a pidfile of its own records its process id."""
+        return self.config.run_dir / f"{self.name}.pid"
+
     @abstractmethod
     def version(self) -> str:
         """The version this stack runs (or would run), as cheap to learn as possible."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +22,7 @@ import redis
 from cache.types import Lsn
 from indexer.commands import open_clients
 from indexer.runner import Indexer
+from tests.fixtures.faults import free_port
 from tests.fixtures.indexer import IndexerHarness
 from tests.fixtures.readapi import (
     ApiHarness,
@@ -34,12 +34,6 @@ from tests.fixtures.readapi import (
 from tests.fixtures.readapi import api_fixture as api_fixture  # the "api" fixture
 
 WAIT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisProcess:

@@ -10,7 +10,6 @@ import glob
 import os
 import re
 import signal
-import socket
 import sys
 import tempfile
 from asyncio.subprocess import Process
@@ -20,6 +19,7 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.fixtures.faults import free_port
 from tests.fixtures.indexer import IndexerHarness
 from tests.fixtures.readapi import KEY_A, assert_error, seed_tenants
 
@@ -29,12 +29,6 @@ ROUTE_200 = re.compile(
     r"([0-9.]+)$",
     re.MULTILINE,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def worker_of(response: aiohttp.ClientResponse) -> str:
