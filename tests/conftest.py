@@ -26,6 +26,27 @@ TEMPLATE_DB = f"loyalty_test_template_{uuid.uuid4().hex[:8]}"
 
 pytest_plugins = ["tests.fixtures.indexer", "tests.fixtures.readapi", "tests.fixtures.faults"]
 
+# The fixtures that reach a service of the local stack; a test using one of them, directly or
+# through another fixture, must be marked ``services`` so ``-m "not services"`` needs no stack.
+SERVICE_FIXTURES = frozenset({
+    "pg_template", "pg_database", "pg_dsn", "redis_client", "es_client",
+    "harness", "api", "fault_env", "private_stack",
+})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail, before any fixture runs, a test that uses the stack without the ``services`` mark."""
+    if item.get_closest_marker("services") is not None:
+        return
+    used = sorted(SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    if used:
+        pytest.fail(
+            f"{item.nodeid} uses {', '.join(used)} (the local stack) but is not marked "
+            "services: add `pytestmark = pytest.mark.services` to its module",
+            pytrace=False,
+        )
+
 
 def _dsn_for(database: str) -> str:
     return psycopg.conninfo.make_conninfo(PG_DSN, dbname=database)
