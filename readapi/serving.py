@@ -3,7 +3,7 @@ the API's error body even for requests aiohttp's HTTP parser refuses.
 
 aiohttp answers a request it cannot parse (a request line or header over its limits, bytes
 that are not HTTP) from ``RequestHandler.handle_error`` with a plain-text body and no
-``X-Request-Id``, before any route runs; API.md wants the JSON error body and the header on
+``X-Request-Id``, before any route runs; docs/api.md wants the JSON error body and the header on
 every answer. ``web.run_app`` offers no hook for the handler class, so the worker runs its
 own loop (as ``run_app`` does: only the main task is cancelled on SIGTERM, so requests in
 flight finish within the shutdown timeout) with a runner whose server makes
@@ -87,20 +87,28 @@ class _Runner(web.AppRunner):
         return server
 
 
+class ServeStartError(Exception):
+    """The app never served: its startup failed, or its address could not be bound."""
+
+
 async def _serve(
     app: web.Application, host: str, port: int, runner_args: dict[str, Any]
 ) -> None:
     runner = _Runner(app, handle_signals=True, **runner_args)
-    await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=True).start()
+        try:
+            await runner.setup()  # the app's startup: services start here
+            await web.TCPSite(runner, host, port, reuse_port=True).start()
+        except Exception as error:
+            raise ServeStartError(f"cannot serve on {host}:{port}: {error}") from error
         await asyncio.Event().wait()  # until SIGTERM/SIGINT raise GracefulExit in the loop
     finally:
         await runner.cleanup()  # stops accepting, lets requests in flight finish
 
 
 def serve(app: web.Application, host: str, port: int, **runner_args: Any) -> None:
-    """Serve ``app`` on ``host:port`` (SO_REUSEPORT) until SIGTERM or SIGINT."""
+    """Serve ``app`` on ``host:port`` (SO_REUSEPORT) until SIGTERM or SIGINT; raises
+    ``ServeStartError`` if it cannot start (the supervisor tells it from a later death)."""
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     main = loop.create_task(_serve(app, host, port, runner_args))

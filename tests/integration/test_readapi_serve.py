@@ -1,6 +1,7 @@
 """``readapi serve --workers 2`` as a user runs it: both workers answer on one port, /metrics
-counts every worker's requests whichever worker answers the scrape, and SIGTERM lets a
-request in flight finish before the processes exit."""
+counts every worker's requests whichever worker answers the scrape, SIGTERM lets a
+request in flight finish before the processes exit, and a worker that dies is replaced while
+the other one keeps answering."""
 
 from __future__ import annotations
 
@@ -8,20 +9,25 @@ import asyncio
 import contextlib
 import glob
 import os
+import random
 import re
 import signal
 import sys
 import tempfile
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 
+from readapi.cli import RESTART_DELAY_MAX_SECONDS, restart_delay
 from tests.fixtures.faults import free_port
 from tests.fixtures.indexer import IndexerHarness
 from tests.fixtures.readapi import KEY_A, assert_error, seed_tenants
+
+pytestmark = pytest.mark.services
 
 BOUND_SECONDS = 30.0
 ROUTE_200 = re.compile(
@@ -36,9 +42,18 @@ def worker_of(response: aiohttp.ClientResponse) -> str:
     return response.headers["X-Request-Id"].split("-")[0]
 
 
-@pytest.fixture
-async def served(harness: IndexerHarness) -> AsyncIterator[tuple[Process, str]]:
-    await seed_tenants(harness)
+@contextlib.asynccontextmanager
+async def serve_two_workers(
+    harness: IndexerHarness,
+    log_level: str = "WARNING",
+    *,
+    capture_logs: bool = False,
+    rate_limit: int | None = None,
+) -> AsyncIterator[tuple[Process, str]]:
+    """``readapi serve --workers 2`` over a seeded tenant with voucher C-1 (key A limited to
+    ``rate_limit`` requests a minute); its stderr piped when ``capture_logs`` (the caller
+    reads it)."""
+    await seed_tenants(harness, limit_a=rate_limit)
     await harness.execute(
         "INSERT INTO vouchers (id, project_id, code, type) "
         "VALUES ('v_1', 'proj_a', 'C-1', 'GIFT_VOUCHER')"
@@ -54,8 +69,9 @@ async def served(harness: IndexerHarness) -> AsyncIterator[tuple[Process, str]]:
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "readapi.cli", "serve", "--workers", "2", "--port", str(port),
-        "--log-level", "WARNING",
+        "--log-level", log_level,
         env=env,
+        stderr=asyncio.subprocess.PIPE if capture_logs else None,
         start_new_session=True,  # its own process group, so that clean-up reaches the workers
     )
     try:
@@ -64,6 +80,12 @@ async def served(harness: IndexerHarness) -> AsyncIterator[tuple[Process, str]]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
+
+
+@pytest.fixture
+async def served(harness: IndexerHarness) -> AsyncIterator[tuple[Process, str]]:
+    async with serve_two_workers(harness) as (process, base):
+        yield process, base
 
 
 def fresh_session() -> aiohttp.ClientSession:
@@ -181,3 +203,125 @@ async def test_workers_stop_when_their_parent_is_killed(served: tuple[Process, s
                 except aiohttp.ClientConnectionError:
                     break  # nobody listens any more
                 await asyncio.sleep(0.1)
+
+
+class LogLines:
+    """The JSON lines a process writes to stderr, read as they come."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.lines: list[dict[str, object]] = []
+        self._changed = asyncio.Condition()
+        self._task = asyncio.ensure_future(self._read(stream))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                parsed = orjson.loads(line)
+                if isinstance(parsed, dict):
+                    async with self._changed:
+                        self.lines.append(parsed)
+                        self._changed.notify_all()
+
+    def matching(self, msg: str) -> list[dict[str, object]]:
+        return [line for line in self.lines if line.get("msg") == msg]
+
+    async def wait_for(self, msg: str, count: int = 1) -> list[dict[str, object]]:
+        async with asyncio.timeout(BOUND_SECONDS), self._changed:
+            await self._changed.wait_for(lambda: len(self.matching(msg)) >= count)
+        return self.matching(msg)
+
+    async def until_closed(self) -> None:
+        """Every line, once every process writing them has exited."""
+        await asyncio.wait_for(asyncio.shield(self._task), BOUND_SECONDS)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def running_child_of(pid: int, parent: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) child of ``parent``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+    return state != "Z" and int(ppid) == parent
+
+
+async def test_a_dead_worker_is_restarted_while_the_other_answers(
+    harness: IndexerHarness,
+) -> None:
+    headers = {"X-App-Id": KEY_A[0], "X-App-Token": KEY_A[1]}
+    async with serve_two_workers(
+        harness, "INFO", capture_logs=True, rate_limit=1_000_000
+    ) as (process, base):
+        assert process.stderr is not None
+        logs = LogLines(process.stderr)
+        try:
+            async with fresh_session() as session:
+                await both_workers_ready(session, base)
+                started = await logs.wait_for("worker started", 2)
+                pids = {line["worker"]: line["pid"] for line in started}
+                assert set(pids) == {0, 1}
+                assert all(running_child_of(int(str(p)), process.pid) for p in pids.values())
+                tags_before: set[str] = set()
+                while len(tags_before) < 2:
+                    async with session.get(f"{base}/healthz") as response:
+                        tags_before.add(worker_of(response))
+
+                victim = int(str(pids[0]))
+                os.kill(victim, signal.SIGKILL)
+                (death,) = await logs.wait_for("worker died")
+                assert death["worker"] == 0 and death["pid"] == victim
+                assert death["signal"] == "SIGKILL"
+                # The first death in a row: 0.5 s, drawn up to 25 % shorter.
+                assert 0.375 <= float(str(death["restart_in_seconds"])) <= 0.5
+
+                # Every request is answered while the worker is away and once it is back;
+                # the new worker (a new request id tag) answers some of them.
+                answered = 0
+                new_tags: set[str] = set()
+                async with asyncio.timeout(BOUND_SECONDS):
+                    while not new_tags:
+                        async with session.get(
+                            f"{base}/v1/vouchers/C-1", headers=headers
+                        ) as response:
+                            assert response.status == 200, await response.text()
+                            assert (await response.json())["id"] == "v_1"
+                            tag = worker_of(response)
+                            if tag not in tags_before:
+                                new_tags.add(tag)
+                        answered += 1
+                        await asyncio.sleep(0.02)
+                assert answered > 1
+                (restart,) = await logs.wait_for("worker restarted")
+                assert restart["worker"] == 0 and restart["previous_pid"] == victim
+                replacement = int(str(restart["pid"]))
+                assert replacement != victim
+                assert not running_child_of(victim, process.pid)
+                assert running_child_of(replacement, process.pid)
+                survivor = int(str(pids[1]))
+
+            # SIGTERM stops every worker, the replacement too, and nothing is restarted.
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(process.wait(), BOUND_SECONDS)
+            assert code == 0
+            for pid in (survivor, replacement):
+                assert not running_child_of(pid, process.pid), pid
+            await logs.until_closed()
+            assert len(logs.matching("stopping the workers")) == 1
+            assert len(logs.matching("worker restarted")) == 1
+            assert len(logs.matching("worker died")) == 1
+        finally:
+            await logs.close()
+
+
+def test_restart_delays_double_up_to_a_bound_with_jitter() -> None:
+    rng = random.Random(7)
+    for deaths_before, nominal in ((0, 0.5), (1, 1.0), (2, 2.0), (5, 16.0), (6, 30.0), (99, 30.0)):
+        delays = [restart_delay(deaths_before, rng) for _ in range(200)]
+        assert min(delays) >= nominal * 0.75, deaths_before
+        assert max(delays) <= nominal <= RESTART_DELAY_MAX_SECONDS
+        assert len(set(delays)) > 100  # jittered: workers dying together come back apart

@@ -5,6 +5,7 @@ Compose cannot run on the build machines, so the file is checked by reading it.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,61 @@ def test_readapi_holds_no_postgres_dsn(services: dict[str, Any]) -> None:
     assert "LOYALTY_PG_DSN" not in _environment(services["readapi"])
 
 
+def test_readapi_healthcheck_asks_for_readiness(services: dict[str, Any]) -> None:
+    probe = " ".join(services["readapi"]["healthcheck"]["test"])
+    assert "/readyz" in probe and "/healthz" not in probe
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions (keyword, arguments), continuation lines joined."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        pending += line.removesuffix("\\").strip() + " "
+        if not line.endswith("\\"):
+            keyword, _, arguments = pending.strip().partition(" ")
+            instructions.append((keyword.upper(), arguments.strip()))
+            pending = ""
+    return instructions
+
+
+def _index(instructions: list[tuple[str, str]], keyword: str, contains: str) -> int:
+    for index, (found, arguments) in enumerate(instructions):
+        if found == keyword and contains in arguments:
+            return index
+    raise AssertionError(f"no {keyword} with {contains!r} in the Dockerfile")
+
+
 def test_dockerfile_installs_the_project_on_python_311_slim() -> None:
-    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
-    assert "FROM python:3.11-slim" in lines
-    assert any(line.startswith("RUN pip install .") for line in lines)
+    instructions = _instructions()
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    _index(instructions, "RUN", "pip install --no-deps .")
+
+
+def test_dockerfile_installs_the_dependencies_before_copying_the_code() -> None:
+    instructions = _instructions()
+    pyproject = _index(instructions, "COPY", "pyproject.toml")
+    dependencies = _index(instructions, "RUN", "pip install -r")
+    code = _index(instructions, "COPY", ". .")
+    project = _index(instructions, "RUN", "pip install --no-deps .")
+    assert pyproject < dependencies < code < project
+    # Nothing before the dependency layer depends on the code.
+    assert not any(
+        keyword in ("COPY", "ADD") for keyword, _ in instructions[pyproject + 1 : dependencies]
+    )
+
+
+def test_dockerfile_serves_on_every_interface_with_a_healthcheck_as_a_user() -> None:
+    instructions = _instructions()
+    (command,) = [arguments for keyword, arguments in instructions if keyword == "CMD"]
+    assert json.loads(command)[:2] == ["readapi", "serve"]
+    assert "--host 0.0.0.0" in " ".join(json.loads(command))
+    (healthcheck,) = [arguments for keyword, arguments in instructions if keyword == "HEALTHCHECK"]
+    assert "/healthz" in healthcheck or "/readyz" in healthcheck
+    assert "curl" not in healthcheck  # the slim image has none
+    user = _index(instructions, "USER", "")
+    assert instructions[user][1] not in ("", "root", "0")
+    assert user > _index(instructions, "RUN", "pip install --no-deps .")
