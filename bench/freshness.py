@@ -52,13 +52,13 @@ import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 from psycopg import sql
 
-from cache.codec import decode_invalidation, decode_watermark
-from cache.keys import KeyLayout
+from cache.readmodel.codec import decode_invalidation, decode_watermark
+from cache.readmodel.keys import KeyLayout
 from cache.types import Lsn, ObjectKind
-from indexer.migrate import DEFAULT_DSN, apply_migrations
+from indexer.migrate import apply_migrations
 from indexer.seed import seed_database
 from indexer.seed_rows import SeedPlan
-from indexer.settings import DEFAULT_ES_URL, DEFAULT_REDIS_URL
+from indexer.settings import DEFAULT_ES_URL, DEFAULT_PG_DSN, DEFAULT_REDIS_URL
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The initial load of the small seed takes seconds; this only bounds a hung start.
@@ -631,7 +631,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=60, help="duration of the load")
     parser.add_argument("--connections", type=int, default=6,
                         help="writer connections the paced load is spread over")
-    parser.add_argument("--dsn", default=os.environ.get("LOYALTY_PG_DSN", DEFAULT_DSN),
+    parser.add_argument("--dsn", default=os.environ.get("LOYALTY_PG_DSN", DEFAULT_PG_DSN),
                         help="any database of the Postgres server to use")
     parser.add_argument("--database", default="loyalty_bench_freshness",
                         help="scratch database (dropped and created)")

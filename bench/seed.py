@@ -19,9 +19,10 @@ import time
 import psycopg
 from psycopg import sql
 
-from indexer.migrate import DEFAULT_DSN, apply_migrations
+from indexer.migrate import apply_migrations
 from indexer.seed import DEFAULT_CHUNK_ROWS, format_report, seed_database
 from indexer.seed_rows import SeedPlan
+from indexer.settings import DEFAULT_PG_DSN
 
 
 def parse_args() -> argparse.Namespace:
@@ -30,7 +31,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--dsn",
-        default=os.environ.get("LOYALTY_PG_DSN", DEFAULT_DSN),
+        default=os.environ.get("LOYALTY_PG_DSN", DEFAULT_PG_DSN),
         help="any database of the server to use (default: %(default)s)",
     )
     parser.add_argument(

@@ -27,10 +27,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from cache.codec import decode_invalidation
 from cache.errors import CacheDecodeError
-from cache.keys import KeyLayout
 from cache.l1 import L1Cache
+from cache.readmodel.codec import decode_invalidation
+from cache.readmodel.keys import KeyLayout
 from cache.records import Invalidation
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """L1: a bounded, in-process LRU in front of Redis, kept honest by invalidations.
 
-Entries map a key (the Redis key text from ``cache.keys``) to a value (for documents: the
+Entries map a key (the Redis key text from ``cache.readmodel.keys``) to a value (for documents: the
 encoded JSON body, ready to write), the version it reflects and when it was installed.
 
 Race-free filling, without tracking fills in flight: every invalidation takes the next number
@@ -20,7 +20,6 @@ and wrapping one would add a Python call layer to every hit.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,9 +27,8 @@ from typing import Generic, NamedTuple, TypeVar
 
 V = TypeVar("V")
 
-MAX_AGE_ENV = "LOYALTY_L1_MAX_AGE_SECONDS"
-MAX_ENTRIES_ENV = "LOYALTY_L1_MAX_ENTRIES"
-DEFAULT_MAX_AGE_SECONDS = 1.0
+DEFAULT_MAX_AGE_MS = 1000
+DEFAULT_MAX_AGE_SECONDS = DEFAULT_MAX_AGE_MS / 1000
 DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_INVALIDATION_MEMORY = 16_384
 
@@ -60,8 +58,8 @@ class L1Cache(Generic[V]):
 
     def __init__(
         self,
-        max_entries: int | None = None,
-        max_age_seconds: float | None = None,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
         *,
         invalidation_memory: int = DEFAULT_INVALIDATION_MEMORY,
         clock: Callable[[], float] = time.monotonic,
@@ -69,10 +67,6 @@ class L1Cache(Generic[V]):
     ) -> None:
         """Starts disabled unless told otherwise: the invalidation listener enables it once
         subscribed, because before that nothing would tell it about changes."""
-        if max_entries is None:
-            max_entries = int(os.environ.get(MAX_ENTRIES_ENV, DEFAULT_MAX_ENTRIES))
-        if max_age_seconds is None:
-            max_age_seconds = float(os.environ.get(MAX_AGE_ENV, DEFAULT_MAX_AGE_SECONDS))
         if max_entries < 1 or max_age_seconds <= 0 or invalidation_memory < 1:
             raise ValueError("max_entries, max_age_seconds, invalidation_memory must be > 0")
         self._max_entries = max_entries

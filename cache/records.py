@@ -1,7 +1,8 @@
 """Value types that cross the cache layer's boundary: what is stored, written and published.
 
 Frozen and slotted: they are created per write and per read, and never mutated. How they
-become bytes is ``cache/codec.py``'s business; how they reach Redis is ``cache/store.py``'s.
+become bytes is ``cache/readmodel/codec.py``'s business; how they reach Redis is
+``cache/store.py``'s.
 """
 
 from __future__ import annotations

@@ -11,19 +11,17 @@ binary.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Literal, cast
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cache import scripts
-from cache.codec import (
+from cache.boundary import redis_boundary
+from cache.errors import CacheDecodeError
+from cache.readmodel.codec import (
     API_KEY_SCHEMA,
+    ENVELOPE_HEADER_SIZE,
     api_key_from_data,
     api_key_to_data,
     decode_envelope,
@@ -31,9 +29,9 @@ from cache.codec import (
     encode_envelope,
     encode_invalidation,
     encode_watermark,
+    envelope_version,
 )
-from cache.errors import CacheError, CacheUnavailable
-from cache.keys import KeyLayout, hash_tag_of
+from cache.readmodel.keys import KeyLayout, hash_tag_of
 from cache.records import (
     ApiKeyRecord,
     Envelope,
@@ -42,41 +40,13 @@ from cache.records import (
     VersionedWrite,
 )
 
-TOMBSTONE_TTL_ENV = "LOYALTY_TOMBSTONE_TTL_SECONDS"
-DEFAULT_TOMBSTONE_TTL_SECONDS = 86_400.0
+# Longer than any replay window; each process passes its configured value.
+DEFAULT_TOMBSTONE_TTL_SECONDS = 86_400
 # Writes per script call: one call runs atomically and blocks Redis meanwhile, so a large
 # batch is cut into calls of this size (all sent in one pipeline).
 DEFAULT_WRITES_PER_CALL = 256
 RATE_LIMIT_WINDOW_SECONDS = 60
 DEFAULT_LEASE_DIVISOR = 8
-
-
-class _RedisErrorBoundary:
-    """Translates driver errors; stateless, so one instance serves every call."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        if exc is None:
-            return False
-        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
-            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
-        if isinstance(exc, RedisError):
-            raise CacheError(f"Redis error: {exc}") from exc
-        return False
-
-
-_redis_errors = _RedisErrorBoundary()
-
-
-def _tombstone_ttl_from_env() -> float:
-    return float(os.environ.get(TOMBSTONE_TTL_ENV, DEFAULT_TOMBSTONE_TTL_SECONDS))
 
 
 class CacheStore:
@@ -85,12 +55,12 @@ class CacheStore:
         redis: Redis,
         layout: KeyLayout | None = None,
         *,
-        tombstone_ttl_seconds: float | None = None,
+        tombstone_ttl_seconds: float = DEFAULT_TOMBSTONE_TTL_SECONDS,
         writes_per_call: int = DEFAULT_WRITES_PER_CALL,
     ) -> None:
         if redis.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("CacheStore needs a Redis client with decode_responses=False")
-        ttl = _tombstone_ttl_from_env() if tombstone_ttl_seconds is None else tombstone_ttl_seconds
+        ttl = tombstone_ttl_seconds
         if ttl <= 0:
             raise ValueError("tombstone TTL must be positive: a tombstone must expire")
         if writes_per_call < 1:
@@ -102,6 +72,7 @@ class CacheStore:
 
     # -- writer (indexer) ------------------------------------------------------------------
 
+    @redis_boundary
     async def apply_writes(self, writes: Sequence[VersionedWrite]) -> int:
         """Apply versioned sets and tombstones; return how many keys were written.
 
@@ -120,23 +91,30 @@ class CacheStore:
         message = encode_invalidation(
             Invalidation(tuple((w.key, w.envelope.version) for w in writes))
         )
-        with _redis_errors:
-            results = await scripts.run_pipelined(
-                self.redis, calls, then=[("PUBLISH", self.layout.channel, message)]
-            )
+        results = await scripts.run_pipelined(
+            self.redis, calls, then=[("PUBLISH", self.layout.channel, message)]
+        )
         return sum(sum(flags) for flags in results)
 
-    async def put_api_key(self, record: ApiKeyRecord, version: int) -> bool:
-        """Store an API key record (revoked ones too: ``revoked`` answers 401 at once)."""
+    def api_key_write(self, record: ApiKeyRecord, version: int) -> VersionedWrite:
+        """The write that stores an API key record (revoked ones too: ``revoked`` answers 401
+        at once); the indexer's sink and ``put_api_key`` both build it here."""
         envelope = Envelope(version, API_KEY_SCHEMA, api_key_to_data(record))
-        key = self.layout.app_key(record.app_id)
-        return await self.apply_writes([VersionedWrite(key, envelope)]) == 1
+        return VersionedWrite(self.layout.app_key(record.app_id), envelope)
 
+    @redis_boundary
+    async def put_api_key(self, record: ApiKeyRecord, version: int) -> bool:
+        return await self.apply_writes([self.api_key_write(record, version)]) == 1
+
+    def api_key_tombstone(self, app_id: str, version: int) -> VersionedWrite:
+        """The write that removes the record of a deleted API key row."""
+        return VersionedWrite(self.layout.app_key(app_id), Envelope.tombstone(version))
+
+    @redis_boundary
     async def delete_api_key(self, app_id: str, version: int) -> bool:
-        """Tombstone the record of a deleted API key row."""
-        write = VersionedWrite(self.layout.app_key(app_id), Envelope.tombstone(version))
-        return await self.apply_writes([write]) == 1
+        return await self.apply_writes([self.api_key_tombstone(app_id, version)]) == 1
 
+    @redis_boundary
     async def set_watermark(self, lsn: int) -> bool:
         """Advance the applied watermark and publish it; never moves it backwards.
 
@@ -144,6 +122,7 @@ class CacheStore:
         """
         return await self._advance_watermark(lsn, only_over_stored=False) == 1
 
+    @redis_boundary
     async def advance_stored_watermark(self, lsn: int) -> bool | None:
         """``set_watermark``, but only over a stored watermark: ``None`` (nothing written)
         when there is none, i.e. Redis lost its data since the caller last saw it. Writing
@@ -151,49 +130,52 @@ class CacheStore:
         result = await self._advance_watermark(lsn, only_over_stored=True)
         return None if result < 0 else result == 1
 
+    @redis_boundary
     async def _advance_watermark(self, lsn: int, *, only_over_stored: bool) -> int:
         message = encode_invalidation(Invalidation(watermark=lsn))
         args = (
             encode_watermark(lsn), self.layout.channel, message, "1" if only_over_stored else "0"
         )
-        with _redis_errors:
-            result = await scripts.ADVANCE_WATERMARK.run(
-                self.redis, (self.layout.watermark_key,), args
-            )
+        result = await scripts.ADVANCE_WATERMARK.run(
+            self.redis, (self.layout.watermark_key,), args
+        )
         return int(result)
 
     # -- reader (read API) -----------------------------------------------------------------
 
+    @redis_boundary
     async def get(self, key: str) -> Envelope | None:
         """The envelope at ``key`` (a tombstone included), or ``None`` when absent.
 
         Raises ``CacheDecodeError`` when the key holds something else; a reader may treat
         that as a miss.
         """
-        with _redis_errors:
-            # bytes: decode_responses is refused in __init__.
-            blob = cast(bytes | None, await self.redis.get(key))
+        # bytes: decode_responses is refused in __init__.
+        blob = cast(bytes | None, await self.redis.get(key))
         return None if blob is None else decode_envelope(blob)
 
+    @redis_boundary
     async def get_object(self, project_id: str, kind: str, object_id: str) -> Envelope | None:
         return await self.get(self.layout.object_key(project_id, kind, object_id))
 
+    @redis_boundary
     async def resolve_alias(self, project_id: str, kind: str, value: str) -> Envelope | None:
         """The alias envelope; its ``data`` is the target object id (``None``: tombstone)."""
         return await self.get(self.layout.alias_key(project_id, kind, value))
 
+    @redis_boundary
     async def fill(self, key: str, envelope: Envelope) -> bool:
         """Write what was read from the source of truth (an Elasticsearch realtime GET) back
         to Redis through the same versioned set: a fill racing a newer CDC write never takes
         the key backwards. Returns whether it wrote. Publishes nothing: the fill writes the
         version that the indexer's own write, when it comes, announces."""
         ttl_ms = self.tombstone_ttl_ms if envelope.is_tombstone else 0
-        with _redis_errors:
-            flags = await scripts.VERSIONED_SET.run(
-                self.redis, (key,), (ttl_ms, encode_envelope(envelope))
-            )
+        flags = await scripts.VERSIONED_SET.run(
+            self.redis, (key,), (ttl_ms, encode_envelope(envelope))
+        )
         return bool(flags[0])
 
+    @redis_boundary
     async def get_api_key(self, app_id: str) -> ApiKeyRecord | None:
         """The record of ``app_id``, or ``None`` when unknown or deleted."""
         envelope = await self.get(self.layout.app_key(app_id))
@@ -201,11 +183,12 @@ class CacheStore:
             return None
         return api_key_from_data(envelope.data)
 
+    @redis_boundary
     async def get_watermark(self) -> int | None:
-        with _redis_errors:
-            blob = cast(bytes | None, await self.redis.get(self.layout.watermark_key))
+        blob = cast(bytes | None, await self.redis.get(self.layout.watermark_key))
         return None if blob is None else decode_watermark(blob)
 
+    @redis_boundary
     async def lease_tokens(
         self,
         app_id: str,
@@ -224,23 +207,78 @@ class CacheStore:
         if limit < 0 or wanted < 1 or divisor < 1 or window_seconds < 1:
             raise ValueError("need limit >= 0, wanted >= 1, divisor >= 1, window_seconds >= 1")
         args = (limit, wanted, window_seconds * 1000, divisor)
-        with _redis_errors:
-            granted, remaining, reset_ms = await scripts.LEASE_TOKENS.run(
-                self.redis, (self.layout.rate_limit_key(app_id),), args
-            )
+        granted, remaining, reset_ms = await scripts.LEASE_TOKENS.run(
+            self.redis, (self.layout.rate_limit_key(app_id),), args
+        )
         return TokenLease(int(granted), int(remaining), max(1, math.ceil(int(reset_ms) / 1000)))
+
+    # -- maintenance (indexer loads and verification) ----------------------------------------
+
+    @redis_boundary
+    async def keys_older_than(self, version: int, *, page: int = 1000) -> AsyncIterator[str]:
+        """Every object, alias and API key whose envelope is older than ``version``, a SCAN
+        page at a time. Versions are read from the envelopes' fixed headers (one pipeline per
+        page), so a pass costs no decode; a tombstone counts like a live value."""
+        for pattern in (f"{self.layout.project_keys_prefix}*", f"{self.layout.app_key_prefix}*"):
+            cursor = 0
+            while True:
+                cursor, keys = await self.redis.scan(cursor, match=pattern, count=page)
+                if keys:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for key in keys:
+                            pipe.getrange(key, 0, ENVELOPE_HEADER_SIZE - 1)
+                        heads = await pipe.execute()
+                    for key, head in zip(keys, heads, strict=True):
+                        stored = envelope_version(head)
+                        if stored is not None and stored < version:
+                            yield key.decode() if isinstance(key, bytes) else str(key)
+                if cursor == 0:
+                    break
+
+    @redis_boundary
+    async def live_objects(self, *, page: int = 1000) -> AsyncIterator[tuple[str, Envelope]]:
+        """Every object key (not aliases, not API keys) holding a live envelope, with it.
+        An undecodable value raises ``CacheDecodeError`` naming its key."""
+        async for raw_key in self.redis.scan_iter(
+            match=f"{self.layout.project_keys_prefix}*", count=page
+        ):
+            key = raw_key.decode()
+            if not self.layout.is_object_key(key):
+                continue
+            blob = cast(bytes | None, await self.redis.get(raw_key))
+            if blob is None:
+                continue
+            try:
+                envelope = decode_envelope(blob)
+            except CacheDecodeError as error:
+                raise CacheDecodeError(f"{key}: {error}") from error
+            if not envelope.is_tombstone:
+                yield key, envelope
+
+    @redis_boundary
+    async def any_api_key(self) -> bool:
+        """Whether any API key record exists: SCAN until the first one."""
+        cursor = 0
+        while True:
+            cursor, keys = await self.redis.scan(
+                cursor, match=self.layout.app_key_prefix + "*", count=1000
+            )
+            if keys:
+                return True
+            if cursor == 0:
+                return False
 
     # -- both -------------------------------------------------------------------------------
 
+    @redis_boundary
     async def load_scripts(self) -> None:
         """Load the Lua scripts now rather than on first use (call at start-up)."""
-        with _redis_errors:
-            await scripts.load_all(self.redis)
+        await scripts.load_all(self.redis)
 
+    @redis_boundary
     async def ping(self) -> None:
         """Raise ``CacheUnavailable`` unless Redis answers (for readiness checks)."""
-        with _redis_errors:
-            await self.redis.ping()
+        await self.redis.ping()
 
     def _script_batches(
         self, writes: Sequence[VersionedWrite]

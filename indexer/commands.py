@@ -19,8 +19,9 @@ import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 from prometheus_client import start_http_server
 
-from cache.keys import KeyLayout
 from cache.logs import configure_logging
+from cache.readmodel.documents import INDEXED_KINDS
+from cache.readmodel.keys import KeyLayout
 from cache.store import CacheStore
 from cache.types import Lsn
 from indexer.changes import WATCHED_TABLES
@@ -28,9 +29,10 @@ from indexer.errors import IndexerError
 from indexer.pgoutput import ChangeDecoder
 from indexer.runner import Indexer
 from indexer.settings import ENVIRONMENT_HELP, IndexerSettings
-from indexer.sinks.elastic import INDEXED_KINDS, ElasticSink
+from indexer.sinks.elastic import ElasticSink
 from indexer.sinks.redis import RedisSink
 from indexer.slot import drop_publication, drop_slot, peek_changes, slot_exists, slot_status
+from indexer.source import DocumentSource, connect
 
 log = logging.getLogger("indexer")
 
@@ -47,7 +49,11 @@ class Clients:
 async def open_clients(settings: IndexerSettings) -> AsyncIterator[Clients]:
     elastic = AsyncElasticsearch(settings.es_url, request_timeout=30, retry_on_timeout=False)
     client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-    store = CacheStore(client, KeyLayout(settings.redis_key_prefix))
+    store = CacheStore(
+        client,
+        KeyLayout(settings.redis_key_prefix),
+        tombstone_ttl_seconds=settings.tombstone_ttl_seconds,
+    )
     try:
         yield Clients(
             ElasticSink(
@@ -75,8 +81,7 @@ async def run_until_stopped(settings: IndexerSettings) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    settings = IndexerSettings.from_env()
+def _run(args: argparse.Namespace, settings: IndexerSettings) -> int:
     configure_logging(args.log_level)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")
@@ -90,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
 
 async def gather_status(settings: IndexerSettings) -> dict[str, Any]:
     out: dict[str, Any] = {"slot": settings.slot_name, "publication": settings.publication}
-    async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
+    async with await connect(settings.pg_dsn, autocommit=True) as conn:
         if await slot_exists(conn, settings.slot_name):
             status = await slot_status(conn, settings.slot_name)
             out.update(
@@ -104,12 +109,9 @@ async def gather_status(settings: IndexerSettings) -> dict[str, Any]:
         else:
             out["slot_exists"] = False
         rows: dict[str, int] = {}
+        source = DocumentSource(conn)
         for table in WATCHED_TABLES:
-            cursor = await conn.execute(
-                psycopg.sql.SQL("SELECT count(*) FROM {}").format(psycopg.sql.Identifier(table))
-            )
-            row = await cursor.fetchone()
-            rows[table] = int(row[0]) if row else 0
+            rows[table] = await source.row_count(table)
         out["rows"] = rows
         if out.get("lag_bytes"):
             out["lag_seconds"] = await _oldest_pending_age(conn, settings)
@@ -143,8 +145,7 @@ async def _oldest_pending_age(
     return None
 
 
-def _status(args: argparse.Namespace) -> int:
-    settings = IndexerSettings.from_env()
+def _status(args: argparse.Namespace, settings: IndexerSettings) -> int:
     status = asyncio.run(gather_status(settings))
     if args.json:
         print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
@@ -161,7 +162,7 @@ def _status(args: argparse.Namespace) -> int:
 
 async def drop_everything(settings: IndexerSettings) -> list[str]:
     dropped: list[str] = []
-    async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
+    async with await connect(settings.pg_dsn, autocommit=True) as conn:
         if await drop_slot(conn, settings.slot_name):
             dropped.append(f"slot {settings.slot_name}")
         await drop_publication(conn, settings.publication)
@@ -172,8 +173,7 @@ async def drop_everything(settings: IndexerSettings) -> list[str]:
     return dropped
 
 
-def _drop(args: argparse.Namespace) -> int:
-    settings = IndexerSettings.from_env()
+def _drop(args: argparse.Namespace, settings: IndexerSettings) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
             print("indexer drop: refusing without --yes (no terminal to confirm)", file=sys.stderr)

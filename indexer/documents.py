@@ -1,4 +1,4 @@
-"""Build the API objects of API.md §3 and their search fields from recomputed source rows.
+"""Build the API objects of docs/api.md §3 and their search fields from recomputed source rows.
 
 Pure functions over the rows of ``sql/documents.sql``: no I/O here. A document has two
 parts: ``body``, the API object exactly as the read API serves it, and ``fields``, the flat,
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cache.readmodel.indices import Field, MetadataPair
 from cache.types import ObjectKind
 
 Row = Mapping[str, Any]
@@ -84,16 +85,16 @@ def voucher_document(row: Row) -> Document:
     }
     metadata = row["metadata"] or {}
     fields = {
-        "code": row["code"],
-        "code_lower": row["code"].lower(),
-        "campaign_id": row["campaign_id"],
-        "holder_id": row["holder_id"],
-        "type": row["type"],
-        "active": row["active"],
-        "created_at": body["created_at"],
-        "created_at_us": epoch_micros(row["created_at"]),
-        "metadata_kv": metadata_pairs(metadata),
-        "search_text": " ".join([row["code"], *metadata_strings(metadata)]),
+        Field.CODE: row["code"],
+        Field.CODE_LOWER: row["code"].lower(),
+        Field.CAMPAIGN_ID: row["campaign_id"],
+        Field.HOLDER_ID: row["holder_id"],
+        Field.TYPE: row["type"],
+        Field.ACTIVE: row["active"],
+        Field.CREATED_AT: body["created_at"],
+        Field.CREATED_AT_US: epoch_micros(row["created_at"]),
+        Field.METADATA_KV: metadata_pairs(metadata),
+        Field.SEARCH_TEXT: " ".join([row["code"], *metadata_strings(metadata)]),
     }
     return Document(ObjectKind.VOUCHER, row["project_id"], row["id"], body, fields)
 
@@ -130,13 +131,13 @@ def customer_document(row: Row, auto_segments: Iterable[tuple[str, SegmentMatche
     segment_ids.update(seg_id for seg_id, matches in auto_segments if matches(body))
     metadata = row["metadata"] or {}
     fields = {
-        "source_id": row["source_id"],
-        "email_lower": row["email"].lower() if row["email"] else None,
-        "created_at": body["created_at"],
-        "created_at_us": epoch_micros(row["created_at"]),
-        "segment_ids": sorted(segment_ids),
-        "metadata_kv": metadata_pairs(metadata),
-        "search_text": " ".join(
+        Field.SOURCE_ID: row["source_id"],
+        Field.EMAIL_LOWER: row["email"].lower() if row["email"] else None,
+        Field.CREATED_AT: body["created_at"],
+        Field.CREATED_AT_US: epoch_micros(row["created_at"]),
+        Field.SEGMENT_IDS: sorted(segment_ids),
+        Field.METADATA_KV: metadata_pairs(metadata),
+        Field.SEARCH_TEXT: " ".join(
             part for part in (row["name"], row["email"], row["source_id"]) if part
         ),
     }
@@ -157,7 +158,7 @@ def campaign_document(row: Row) -> Document:
         "updated_at": iso_timestamp(row["updated_at"]),
         "object": "campaign",
     }
-    fields = {"type": row["type"], "created_at": body["created_at"]}
+    fields = {Field.TYPE: row["type"], Field.CREATED_AT: body["created_at"]}
     return Document(ObjectKind.CAMPAIGN, row["project_id"], row["id"], body, fields)
 
 
@@ -172,7 +173,11 @@ def segment_document(row: Row) -> Document:
         "created_at": iso_timestamp(row["created_at"]),
         "object": "segment",
     }
-    fields = {"type": row["type"], "name": row["name"], "created_at": body["created_at"]}
+    fields = {
+        Field.TYPE: row["type"],
+        Field.NAME: row["name"],
+        Field.CREATED_AT: body["created_at"],
+    }
     return Document(ObjectKind.SEGMENT, row["project_id"], row["id"], body, fields)
 
 
@@ -215,13 +220,16 @@ def _collect_pairs(value: Any, path: str, depth: int, out: list[dict[str, Any]])
     if not path:
         return
     if isinstance(value, bool):
-        out.append({"k": path, "b": value})
+        out.append({MetadataPair.KEY: path, MetadataPair.BOOLEAN: value})
     elif isinstance(value, int | float):
-        out.append({"k": path, "n": value})
+        out.append({MetadataPair.KEY: path, MetadataPair.NUMBER: value})
     elif isinstance(value, str):
-        pair: dict[str, Any] = {"k": path, "s": value[:MAX_INDEXED_STRING]}
+        pair: dict[str, Any] = {
+            MetadataPair.KEY: path,
+            MetadataPair.STRING: value[:MAX_INDEXED_STRING],
+        }
         if _looks_like_date(value):
-            pair["d"] = value
+            pair[MetadataPair.DATE] = value
         out.append(pair)
     elif isinstance(value, list):
         for item in value[:MAX_METADATA_PAIRS]:

@@ -17,10 +17,15 @@ APPLY_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 DOCUMENTS_WRITTEN = Counter(
-    "indexer_documents_written_total", "Documents and removals written", ["sink", "kind"]
+    "indexer_documents_written_total",
+    "Documents and removals the capture loop applied to both sinks",
+    ["kind"],
 )
 RETRIES = Counter("indexer_retries_total", "Batch attempts that failed and were retried", ["cause"])
-LAG_BYTES = Gauge("indexer_lag_bytes", "WAL bytes between the server's position and the slot")
+LAG_BYTES = Gauge(
+    "indexer_lag_bytes",
+    "WAL bytes between the server's position when the last step began and the slot after it",
+)
 LAG_SECONDS = Gauge("indexer_lag_seconds", "Age of the newest applied commit when applied")
 WATERMARK = Gauge("indexer_applied_watermark", "Applied watermark (LSN as an integer)")
 INVALID_FILTERS = Counter(

@@ -8,7 +8,6 @@ advisory lock serializes concurrent runners. Owns no other schema than that tabl
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ from typing import Any
 import psycopg
 
 from indexer.queries import query
+from indexer.settings import PG_DSN, IndexerSettings
 
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5433/loyalty"
 # Without a bound, connecting to a host that drops packets waits for the kernel's timeout.
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -106,17 +105,21 @@ def add_command(subparsers: Any) -> None:
         help="apply the source schema migrations",
         description="Apply the pending migrations of the source schema, in order.",
     )
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("LOYALTY_PG_DSN", DEFAULT_DSN),
-        help="Postgres connection string (default: $LOYALTY_PG_DSN or %(default)s)",
-    )
+    add_dsn_argument(parser)
     parser.set_defaults(handler=run_migrate)
 
 
-def run_migrate(args: argparse.Namespace) -> int:
+def add_dsn_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dsn``, which overrides the setting ``LOYALTY_PG_DSN``."""
+    parser.add_argument(
+        "--dsn",
+        help=f"Postgres connection string (default: ${PG_DSN.variable} or {PG_DSN.default_text})",
+    )
+
+
+def run_migrate(args: argparse.Namespace, settings: IndexerSettings) -> int:
     try:
-        applied = apply_migrations(args.dsn)
+        applied = apply_migrations(args.dsn or settings.pg_dsn)
     except MigrationError as error:
         print(f"indexer migrate: {error}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,11 +253,3 @@ class Rebuilder:
         for app_id, mark in marks.items():
             if app_id not in found:
                 out.removed_api_keys.append((app_id, mark.project_id or "", mark.version))
-
-
-async def collect(writes: AsyncIterator[SinkWrites]) -> list[SinkWrites]:
-    """All chunks of a rebuild, for tests and small batches."""
-    return [chunk async for chunk in writes]
-
-
-Apply = Callable[[SinkWrites], Awaitable[None]]

@@ -1,9 +1,19 @@
-"""The capture loop: peek a bounded batch from the slot, apply it to both sinks, advance.
+"""The capture loop: peek a bounded batch from the slot, rebuild what it touched, write both
+sinks, advance.
 
-The slot is advanced only after Elasticsearch and Redis both acknowledged the batch, so a
-crash replays it; every write is versioned by commit LSN, so the replay changes nothing.
-When the watched tables are idle, the slot still moves to a captured ``pg_current_wal_lsn()``
-(heartbeat), keeping WAL retention bounded while other tables take writes.
+A step reads ``pg_current_wal_lsn()`` and peeks at most ``batch_changes`` messages up to it.
+Decoded changes only name the objects they touch (plus fan-out: a renamed campaign's
+vouchers, the customers of a project whose auto-update segments changed); once the batch's
+transactions are visible, each object is rebuilt from the source (``indexer.rebuild``) and
+the chunks are written to Elasticsearch and Redis together. A document Elasticsearch refuses
+for good is counted and logged, not retried.
+
+The slot is advanced only after both sinks acknowledged the batch, then the watermark in
+Redis; a crash replays the batch, and every write is versioned by commit LSN, so the replay
+changes nothing. A batch that did not fill up moves the slot and the watermark to the position
+read at the start (the heartbeat), keeping WAL retention bounded while only unwatched tables
+take writes. Redis found without a watermark (it lost its data) is reloaded from the source at
+the slot's position. An outage is waited out with a backoff, then the batch is peeked again.
 """
 
 from __future__ import annotations
@@ -12,16 +22,19 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
+from cache.boundary import translating
+from cache.errors import StoreUnavailable
 from cache.types import Lsn
 from indexer import metrics
 from indexer.changes import WATCHED_TABLES, TouchedObjects, collect_touched
-from indexer.errors import SinkUnavailable, SourceUnavailable
+from indexer.errors import SourceUnavailable, classify_postgres
 from indexer.pgoutput import ChangeDecoder, Transaction
 from indexer.queries import query
 from indexer.rebuild import Rebuilder, SinkWrites
@@ -38,12 +51,13 @@ from indexer.slot import (
     slot_status,
 )
 from indexer.snapshot import initial_load, reload_cache
-from indexer.source import DocumentSource
+from indexer.source import DocumentSource, connect
 
 log = logging.getLogger(__name__)
 
 # Faults the loop waits out: the batch is attempted again from the slot after a backoff.
-RETRYABLE = (SourceUnavailable, SinkUnavailable, psycopg.OperationalError, OSError)
+# Every store's boundary turns its driver's outages into this one class.
+RETRYABLE = (StoreUnavailable,)
 
 BatchHook = Callable[[list[Transaction]], Awaitable[None]]
 
@@ -70,12 +84,7 @@ class Indexer:
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
-            try:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self._settings.pg_dsn, autocommit=True, options="-c timezone=UTC"
-                )
-            except psycopg.OperationalError as error:
-                raise SourceUnavailable(f"postgres: {error}") from error
+            self._conn = await connect(self._settings.pg_dsn, autocommit=True)
         return self._conn
 
     async def close(self) -> None:
@@ -138,6 +147,7 @@ class Indexer:
             await self._refill_cache_if_lost(conn)
         self.watermark = target
         metrics.WATERMARK.set(int(target))
+        metrics.LAG_BYTES.set(max(0, int(upto) - int(target)))
         if transactions:
             metrics.TRANSACTIONS.inc(len(transactions))
             metrics.BATCH_CHANGES.observe(changes)
@@ -168,11 +178,9 @@ class Indexer:
         """Wait (briefly: the window is the commit's own bookkeeping) until no transaction
         of the batch is still running for a new snapshot, so the rebuild reads its rows."""
         for attempt in range(1000):
-            try:
+            with translating(classify_postgres):
                 cursor = await conn.execute(query("transactions_still_invisible"), {"xids": xids})
                 row = await cursor.fetchone()
-            except psycopg.OperationalError as error:
-                raise SourceUnavailable(f"postgres: {error}") from error
             if row is None or not row[0]:
                 return
             await asyncio.sleep(min(0.001 * (attempt + 1), 0.02))
@@ -201,6 +209,7 @@ class Indexer:
 
     async def _write_both(self, chunk: SinkWrites) -> None:
         await asyncio.gather(self._write_search(chunk), self._cache.apply(chunk))
+        _count_written(chunk)
 
     async def _write_search(self, chunk: SinkWrites) -> None:
         deletes = [VersionedDelete(r.kind, r.object_id, r.version) for r in chunk.removed]
@@ -248,3 +257,11 @@ class Indexer:
             except Exception:
                 log.debug("closing a broken connection failed", exc_info=True)
             self._conn = None
+
+
+def _count_written(chunk: SinkWrites) -> None:
+    """Count the documents and removals of a chunk both sinks applied, by kind."""
+    written = Counter(str(document.kind) for document, _version in chunk.documents)
+    written.update(str(removed.kind) for removed in chunk.removed)
+    for kind, count in written.items():
+        metrics.DOCUMENTS_WRITTEN.labels(kind).inc(count)

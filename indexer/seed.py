@@ -8,7 +8,6 @@ running indexer never has to decode one giant transaction. Chunking does not cha
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -19,9 +18,10 @@ from typing import Any
 import psycopg
 from tqdm import tqdm
 
-from indexer.migrate import DEFAULT_DSN, connect, one_line
+from indexer.migrate import add_dsn_argument, connect, one_line
 from indexer.queries import query
 from indexer.seed_rows import TABLES, SeedPlan, SeedPlanError, SeedRows
+from indexer.settings import IndexerSettings
 
 __all__ = ["SeedError", "SeedPlan", "SeedPlanError", "SeedReport", "add_command", "seed_database"]
 
@@ -182,11 +182,7 @@ def add_command(subparsers: Any) -> None:
         "table, rows/s, and the app id and token of the first key of the first project.",
     )
     defaults = SeedPlan()
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("LOYALTY_PG_DSN", DEFAULT_DSN),
-        help="Postgres connection string (default: $LOYALTY_PG_DSN or %(default)s)",
-    )
+    add_dsn_argument(parser)
     parser.add_argument(
         "--seed",
         type=int,
@@ -219,7 +215,7 @@ def add_command(subparsers: Any) -> None:
     parser.set_defaults(handler=run_seed)
 
 
-def run_seed(args: argparse.Namespace) -> int:
+def run_seed(args: argparse.Namespace, settings: IndexerSettings) -> int:
     try:
         plan = SeedPlan(seed=args.seed, **{name: getattr(args, name) for name in _COUNT_HELP})
     except SeedPlanError as error:
@@ -232,7 +228,7 @@ def run_seed(args: argparse.Namespace) -> int:
         return 2
     try:
         report = seed_database(
-            args.dsn,
+            args.dsn or settings.pg_dsn,
             plan,
             progress=sys.stderr.isatty(),
             truncate=args.truncate,

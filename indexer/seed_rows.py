@@ -562,7 +562,7 @@ def _is_static(position_in_project: int) -> bool:
 
 
 def _campaign_discount(rng: random.Random) -> str:
-    """The discount every voucher of a discount campaign carries (API.md §1 keys)."""
+    """The discount every voucher of a discount campaign carries (docs/api.md §1 keys)."""
     kind = rng.choice(("AMOUNT", "PERCENT", "UNIT"))
     discount: dict[str, Any] = {"type": kind}
     if kind == "AMOUNT":

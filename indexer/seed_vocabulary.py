@@ -1,5 +1,5 @@
 """Word lists and templates the seed data is drawn from; plain constants, no logic but the
-segment filter templates (API.md §4 shape)."""
+segment filter templates (docs/api.md §4 shape)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Segment filters: compile an ``auto-update`` segment's filter (API.md §4) into a predicate.
+"""Segment filters: compile an ``auto-update`` segment's filter (docs/api.md §4) into a predicate.
 
 Pure logic, no I/O. The indexer compiles each segment's filter once and calls the predicate for
 every changed customer, so all validation and value parsing happen in :func:`compile_filter`;

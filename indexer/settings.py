@@ -1,73 +1,145 @@
-"""Indexer configuration, read once from environment variables (defaults fit the local stack)."""
+"""Indexer configuration: every variable declared once below, read once per process.
+
+``IndexerSettings.from_env()`` reads them (from ``os.environ`` unless a mapping is given),
+validates each, and returns the one settings object the command passes down; nothing else in
+``indexer/`` or ``cache/`` reads the environment. An unset or empty variable takes its
+default, which fits the local stack. ``ENVIRONMENT_HELP`` and the tables of
+docs/internals.md ("Configuration") derive from, or are tested against, ``SETTINGS``.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from cache import config
+from cache.config import (
+    DEFAULT_ES_URL,
+    DEFAULT_REDIS_URL,
+    DURATION,
+    Format,
+    Setting,
+    SettingsError,
+    environment_help,
+    integer,
+    pattern,
+)
+from cache.readmodel.keys import DEFAULT_PREFIX
+from cache.store import DEFAULT_TOMBSTONE_TTL_SECONDS
+
+__all__ = [
+    "DEFAULT_ES_URL",
+    "DEFAULT_PG_DSN",
+    "DEFAULT_REDIS_URL",
+    "ENVIRONMENT_HELP",
+    "SETTINGS",
+    "IndexerSettings",
+    "SettingsError",
+]
 
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5433/loyalty"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6380/0"
-DEFAULT_ES_URL = "http://127.0.0.1:9200"
 
-ENVIRONMENT_HELP = """\
-environment:
-  LOYALTY_PG_DSN            source database (default: postgresql://postgres@127.0.0.1:5433/loyalty)
-  LOYALTY_REDIS_URL         Redis (default: redis://127.0.0.1:6380/0)
-  LOYALTY_ES_URL            Elasticsearch (default: http://127.0.0.1:9200)
-  LOYALTY_ES_INDEX_PREFIX   index and alias prefix (default: loyalty_)
-  LOYALTY_REDIS_KEY_PREFIX  Redis key prefix (default: loyalty:)
-  LOYALTY_SLOT_NAME         logical replication slot (default: loyalty_indexer)
-  LOYALTY_PUBLICATION       publication (default: loyalty_pub)
-  LOYALTY_BATCH_CHANGES     upper bound of changes per peek (default: 5000)
-  LOYALTY_IDLE_SLEEP_MS     pause after an empty peek (default: 20)
-  LOYALTY_ES_REFRESH        index refresh interval (default: 250ms)
-  LOYALTY_METRICS_PORT      Prometheus metrics port, 0 to disable (default: 9108)
-"""
+# Replication slot and publication names, as ``indexer.slot`` accepts them.
+_PG_NAME = pattern(r"[a-z0-9_]{1,63}", "1 to 63 of [a-z0-9_]")
 
-
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return value if value else default
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
+def _conninfo(raw: str) -> str:
+    # libpq's own parser: both forms it accepts (a URL, or ``key=value`` pairs) are valid.
     try:
-        return int(raw)
-    except ValueError as error:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from error
+        psycopg.conninfo.conninfo_to_dict(raw)
+    except psycopg.ProgrammingError as error:
+        raise ValueError("not a connection string") from error
+    return raw
+
+
+PG_DSN = Setting(
+    "pg_dsn", "LOYALTY_PG_DSN",
+    Format("a libpq connection string (a postgresql:// URL or key=value pairs)", _conninfo,
+           echo=False),
+    DEFAULT_PG_DSN, "source database",
+)
+REDIS_URL = Setting(
+    "redis_url", "LOYALTY_REDIS_URL", config.REDIS_URL, DEFAULT_REDIS_URL, "Redis",
+)
+ES_URL = Setting(
+    "es_url", "LOYALTY_ES_URL", config.ES_URL, DEFAULT_ES_URL, "Elasticsearch",
+)
+ES_INDEX_PREFIX = Setting(
+    "es_index_prefix", "LOYALTY_ES_INDEX_PREFIX", config.ES_INDEX_PREFIX,
+    config.DEFAULT_ES_INDEX_PREFIX, "index and alias prefix",
+)
+REDIS_KEY_PREFIX = Setting(
+    "redis_key_prefix", "LOYALTY_REDIS_KEY_PREFIX", config.REDIS_KEY_PREFIX, DEFAULT_PREFIX,
+    "Redis key prefix",
+)
+SLOT_NAME = Setting(
+    "slot_name", "LOYALTY_SLOT_NAME", _PG_NAME, "loyalty_indexer", "logical replication slot",
+)
+PUBLICATION = Setting(
+    "publication", "LOYALTY_PUBLICATION", _PG_NAME, "loyalty_pub", "publication",
+)
+TOMBSTONE_TTL_SECONDS = Setting(
+    "tombstone_ttl_seconds", "LOYALTY_TOMBSTONE_TTL_SECONDS", config.TOMBSTONE_TTL_SECONDS,
+    DEFAULT_TOMBSTONE_TTL_SECONDS, "seconds a delete's tombstone blocks older writes",
+)
+BATCH_CHANGES = Setting(
+    "batch_changes", "LOYALTY_BATCH_CHANGES", integer(1, 1_000_000), 5000,
+    "upper bound of changes per peek",
+)
+IDLE_SLEEP_MS = Setting(
+    "idle_sleep_ms", "LOYALTY_IDLE_SLEEP_MS", integer(0, 60_000), 20,
+    "pause after an empty peek, ms",
+)
+ES_REFRESH = Setting(
+    "es_refresh_interval", "LOYALTY_ES_REFRESH", DURATION, "250ms",
+    "refresh interval of new indices",
+)
+METRICS_PORT = Setting(
+    "metrics_port", "LOYALTY_METRICS_PORT", integer(0, 65535), 9108,
+    "Prometheus metrics port, 0 to disable",
+)
+
+SETTINGS: tuple[Setting[Any], ...] = (
+    PG_DSN,
+    REDIS_URL,
+    ES_URL,
+    ES_INDEX_PREFIX,
+    REDIS_KEY_PREFIX,
+    SLOT_NAME,
+    PUBLICATION,
+    TOMBSTONE_TTL_SECONDS,
+    BATCH_CHANGES,
+    IDLE_SLEEP_MS,
+    ES_REFRESH,
+    METRICS_PORT,
+)
+
+ENVIRONMENT_HELP = environment_help(SETTINGS)
 
 
 @dataclass(frozen=True)
 class IndexerSettings:
-    pg_dsn: str = DEFAULT_PG_DSN
-    redis_url: str = DEFAULT_REDIS_URL
-    es_url: str = DEFAULT_ES_URL
-    es_index_prefix: str = "loyalty_"
-    redis_key_prefix: str = "loyalty:"
-    slot_name: str = "loyalty_indexer"
-    publication: str = "loyalty_pub"
-    batch_changes: int = 5000
-    idle_sleep_ms: int = 20
-    es_refresh_interval: str = "250ms"
-    metrics_port: int = 9108
+    pg_dsn: str = PG_DSN.default
+    redis_url: str = REDIS_URL.default
+    es_url: str = ES_URL.default
+    es_index_prefix: str = ES_INDEX_PREFIX.default
+    redis_key_prefix: str = REDIS_KEY_PREFIX.default
+    slot_name: str = SLOT_NAME.default
+    publication: str = PUBLICATION.default
+    tombstone_ttl_seconds: float = TOMBSTONE_TTL_SECONDS.default
+    batch_changes: int = BATCH_CHANGES.default
+    idle_sleep_ms: int = IDLE_SLEEP_MS.default
+    es_refresh_interval: str = ES_REFRESH.default
+    metrics_port: int = METRICS_PORT.default
+    # Not from the environment: knobs for tests.
     snapshot_chunk_rows: int = 2000
     rebuild_chunk_ids: int = 2000
 
     @classmethod
-    def from_env(cls) -> IndexerSettings:
-        return cls(
-            pg_dsn=_env("LOYALTY_PG_DSN", DEFAULT_PG_DSN),
-            redis_url=_env("LOYALTY_REDIS_URL", DEFAULT_REDIS_URL),
-            es_url=_env("LOYALTY_ES_URL", DEFAULT_ES_URL),
-            es_index_prefix=_env("LOYALTY_ES_INDEX_PREFIX", "loyalty_"),
-            redis_key_prefix=_env("LOYALTY_REDIS_KEY_PREFIX", "loyalty:"),
-            slot_name=_env("LOYALTY_SLOT_NAME", "loyalty_indexer"),
-            publication=_env("LOYALTY_PUBLICATION", "loyalty_pub"),
-            batch_changes=_env_int("LOYALTY_BATCH_CHANGES", 5000),
-            idle_sleep_ms=_env_int("LOYALTY_IDLE_SLEEP_MS", 20),
-            es_refresh_interval=_env("LOYALTY_ES_REFRESH", "250ms"),
-            metrics_port=_env_int("LOYALTY_METRICS_PORT", 9108),
-        )
+    def from_env(cls, env: Mapping[str, str] | None = None) -> IndexerSettings:
+        """The settings from ``env`` (default: the process environment); ``SettingsError``
+        names the first variable holding a value the indexer cannot use."""
+        return cls(**config.read_all(SETTINGS, os.environ if env is None else env))

@@ -34,7 +34,7 @@ import psycopg
 from psycopg import pq, sql
 
 from cache.types import Lsn
-from indexer.errors import SlotError, SourceUnavailable
+from indexer.errors import SlotError, SourceUnavailable, classify_postgres
 from indexer.queries import query
 
 # Slot names are limited to these by Postgres; publication names are held to the same rule
@@ -70,9 +70,13 @@ class _Wrapped:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None
     ) -> None:
-        if isinstance(error, psycopg.OperationalError):
+        if error is None:
+            return
+        translated = classify_postgres(error)
+        if isinstance(translated, SourceUnavailable):
             raise SourceUnavailable(f"{self._action}: {error}") from error
-        if isinstance(error, psycopg.Error):
+        if translated is not None:
+            # Any other refusal of a slot or publication call is the slot's own error.
             raise SlotError(f"{self._action}: {error}") from error
 
 

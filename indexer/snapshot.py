@@ -16,23 +16,21 @@ import time
 from typing import Any
 
 import psycopg
-from redis.exceptions import RedisError
 from tqdm import tqdm
 
-from cache.codec import ENVELOPE_HEAD, ENVELOPE_HEADER_SIZE
-from cache.errors import CacheUnavailable
 from cache.records import Envelope, VersionedWrite
 from cache.types import Lsn, ObjectKind
 from indexer.changes import TouchedObjects
-from indexer.errors import SinkUnavailable, SourceUnavailable
 from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.settings import IndexerSettings
 from indexer.sinks.elastic import ElasticSink, VersionedDelete
 from indexer.sinks.redis import RedisSink
 from indexer.slot import create_slot_with_snapshot, drop_slot, open_snapshot_reader, slot_exists
-from indexer.source import DocumentSource
+from indexer.source import DocumentSource, connect
 
 log = logging.getLogger(__name__)
+
+_RETIRE_BATCH = 1000
 
 _TABLES: tuple[tuple[str, ObjectKind | None], ...] = (
     ("campaigns", ObjectKind.CAMPAIGN),
@@ -64,12 +62,7 @@ async def initial_load(
         point,
         snapshot_name,
     ):
-        try:
-            reader = await psycopg.AsyncConnection.connect(
-                settings.pg_dsn, options="-c timezone=UTC"
-            )
-        except psycopg.OperationalError as error:
-            raise SourceUnavailable(f"postgres: {error}") from error
+        reader = await connect(settings.pg_dsn)
         async with reader:
             await open_snapshot_reader(reader, snapshot_name)
             source = DocumentSource(reader)
@@ -80,7 +73,7 @@ async def initial_load(
             writer = asyncio.create_task(_write_chunks(queue, search, cache))
             try:
                 for table, kind in _TABLES:
-                    total = await _count(reader, table)
+                    total = await source.row_count(table)
                     with tqdm(
                         total=total,
                         desc=f"snapshot {table}",
@@ -159,39 +152,22 @@ async def retire_older_cache_values(cache: RedisSink, point: Lsn) -> int:
     without reading the whole value.
     """
     store = cache.store
-    layout = store.layout
-    stale: list[VersionedWrite] = []
-    try:
-        for pattern in (f"{layout.project_keys_prefix}*", f"{layout.app_key_prefix}*"):
-            cursor = 0
-            while True:
-                cursor, keys = await store.redis.scan(cursor, match=pattern, count=1000)
-                if keys:
-                    async with store.redis.pipeline(transaction=False) as pipe:
-                        for key in keys:
-                            pipe.getrange(key, 0, ENVELOPE_HEADER_SIZE - 1)
-                        heads = await pipe.execute()
-                    for key, head in zip(keys, heads, strict=True):
-                        if (
-                            isinstance(head, bytes)
-                            and len(head) == ENVELOPE_HEADER_SIZE
-                            and head.startswith(ENVELOPE_HEAD)
-                            and int.from_bytes(head[len(ENVELOPE_HEAD) :], "big") < point
-                        ):
-                            name = key.decode() if isinstance(key, bytes) else str(key)
-                            stale.append(VersionedWrite(name, Envelope.tombstone(int(point))))
-                if cursor == 0:
-                    break
-    except (RedisError, OSError) as error:
-        raise SinkUnavailable(f"redis: {error}") from error
-    for start in range(0, len(stale), 1000):
-        try:
-            await store.apply_writes(stale[start : start + 1000])
-        except CacheUnavailable as error:
-            raise SinkUnavailable(f"redis: {error}") from error
-    if stale:
-        log.info("retired cache values of an earlier load", extra={"keys": len(stale)})
-    return len(stale)
+    retired = 0
+    batch: list[VersionedWrite] = []
+    # Written while scanning, a batch at a time, so memory stays bounded by one batch:
+    # SCAN still returns every key that existed throughout, and a write adds no key.
+    async for key in store.keys_older_than(int(point)):
+        batch.append(VersionedWrite(key, Envelope.tombstone(int(point))))
+        if len(batch) == _RETIRE_BATCH:
+            await store.apply_writes(batch)
+            retired += len(batch)
+            batch = []
+    if batch:
+        await store.apply_writes(batch)
+        retired += len(batch)
+    if retired:
+        log.info("retired cache values of an earlier load", extra={"keys": retired})
+    return retired
 
 
 async def reload_cache(
@@ -213,12 +189,3 @@ async def reload_cache(
             async for chunk in rebuilder.writes(touched):
                 written += await cache.apply(chunk)
     return written
-
-
-async def _count(conn: psycopg.AsyncConnection[Any], table: str) -> int:
-    # Table names come from the fixed list above, never from input.
-    from psycopg import sql
-
-    cursor = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
-    row = await cursor.fetchone()
-    return int(row[0]) if row else 0

@@ -1,7 +1,8 @@
 """Reads of the source database for rebuilding documents (never for the read API).
 
 Every derived value is recomputed here from the source tables, in batches of ids; driver
-errors are wrapped into :class:`SourceUnavailable` at this boundary.
+errors are translated by ``indexer.errors.postgres_boundary``, which every public method
+carries.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 
 import psycopg
 import psycopg.types.json
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from cache.types import ObjectKind
-from indexer.errors import SourceUnavailable
+from indexer.errors import postgres_boundary
 from indexer.queries import query
+from indexer.tables import CONTRACT_TABLES
 
 _BY_IDS = {
     ObjectKind.VOUCHER: "vouchers_by_ids",
@@ -67,6 +70,14 @@ def _sql(name: str) -> str:
     return query(name)
 
 
+@postgres_boundary
+async def connect(dsn: str, *, autocommit: bool = False) -> AnyConnection:
+    """A connection to the source database, in UTC (timestamps are read as instants)."""
+    return await psycopg.AsyncConnection.connect(
+        dsn, autocommit=autocommit, options="-c timezone=UTC"
+    )
+
+
 class DocumentSource:
     """Document rows and fan-out ids, read on one connection (a snapshot's, or a live one)."""
 
@@ -74,46 +85,56 @@ class DocumentSource:
         self._conn = conn
 
     async def _fetch(self, name: str, params: dict[str, Any]) -> list[Row]:
-        try:
-            async with self._conn.cursor(row_factory=dict_row) as cursor:
-                await cursor.execute(_sql(name), params)
-                return await cursor.fetchall()
-        except psycopg.OperationalError as error:
-            raise SourceUnavailable(f"postgres: {error}") from error
+        async with self._conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(_sql(name), params)
+            return await cursor.fetchall()
 
+    @postgres_boundary
     async def rows_by_ids(self, kind: ObjectKind, ids: Sequence[str]) -> list[Row]:
         return await self._fetch(_BY_IDS[kind], {"ids": list(ids)})
 
+    @postgres_boundary
     async def api_keys_by_ids(self, ids: Sequence[str]) -> list[Row]:
         return await self._fetch("api_keys_by_ids", {"ids": list(ids)})
 
+    @postgres_boundary
     async def voucher_ids_of_campaigns(self, campaign_ids: Sequence[str]) -> list[Row]:
         return await self._fetch("voucher_ids_of_campaigns", {"ids": list(campaign_ids)})
 
+    @postgres_boundary
     async def customer_ids_of_projects(self, project_ids: Sequence[str]) -> list[Row]:
         return await self._fetch("customer_ids_of_projects", {"project_ids": list(project_ids)})
 
+    @postgres_boundary
     async def auto_segments(self, project_ids: Sequence[str]) -> list[Row]:
         return await self._fetch("auto_segments_of_projects", {"project_ids": list(project_ids)})
 
+    @postgres_boundary
     async def primary_key_chunks(self, name: str, chunk_size: int) -> AsyncIterator[list[str]]:
         """Primary keys of a table in order, through a server-side cursor: memory stays
         bounded by one chunk whatever the table size."""
-        try:
-            # A server-side cursor lives in a transaction: a snapshot reader already has
-            # one; on an autocommit connection a short one is opened for the scan.
-            async with contextlib.AsyncExitStack() as stack:
-                if self._conn.autocommit:
-                    await stack.enter_async_context(self._conn.transaction())
-                cursor = await stack.enter_async_context(self._conn.cursor(name=f"pk_{name}"))
-                await cursor.execute(_sql(name))
-                while True:
-                    rows = await cursor.fetchmany(chunk_size)
-                    if not rows:
-                        return
-                    yield [str(row[0]) for row in rows]
-        except psycopg.OperationalError as error:
-            raise SourceUnavailable(f"postgres: {error}") from error
+        # A server-side cursor lives in a transaction: a snapshot reader already has one;
+        # on an autocommit connection a short one is opened for the scan.
+        async with contextlib.AsyncExitStack() as stack:
+            if self._conn.autocommit:
+                await stack.enter_async_context(self._conn.transaction())
+            cursor = await stack.enter_async_context(self._conn.cursor(name=f"pk_{name}"))
+            await cursor.execute(_sql(name))
+            while True:
+                rows = await cursor.fetchmany(chunk_size)
+                if not rows:
+                    return
+                yield [str(row[0]) for row in rows]
+
+    @postgres_boundary
+    async def row_count(self, table: str) -> int:
+        """Rows of one of the contract's tables (``indexer.tables``), counted exactly."""
+        if table not in CONTRACT_TABLES:
+            raise ValueError(f"not a table of the contract: {table!r}")
+        statement = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+        cursor = await self._conn.execute(statement)
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     def primary_keys_query(self, kind: ObjectKind) -> str:
         return _PRIMARY_KEYS[kind]

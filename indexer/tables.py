@@ -1,4 +1,4 @@
-"""The contract's source tables (API.md §1), in foreign-key order: a table only references
+"""The contract's source tables (docs/api.md §1), in foreign-key order: a table only references
 tables before it. The publication covers them all; the seed loads them in this order."""
 
 from __future__ import annotations

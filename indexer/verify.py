@@ -12,14 +12,15 @@ from typing import Any
 
 import psycopg
 
-from cache.codec import api_key_from_data, decode_envelope
 from cache.errors import CacheDecodeError
-from cache.keys import AliasKind
+from cache.readmodel.documents import ALIAS_OF_KIND, INDEXED_KINDS
+from cache.readmodel.indices import Field
+from cache.store import CacheStore
 from cache.types import ObjectKind
 from indexer.changes import TouchedObjects
 from indexer.documents import Document
 from indexer.rebuild import Rebuilder
-from indexer.sinks.elastic import INDEXED_KINDS, ElasticSink
+from indexer.sinks.elastic import ElasticSink
 from indexer.sinks.redis import RedisSink
 from indexer.source import DocumentSource
 
@@ -66,10 +67,10 @@ async def verify(
                 report.differ(f"{kind.value} {object_id}: in elasticsearch, not in the source")
                 continue
             source_doc = hit["_source"]
-            if source_doc.get("doc") != wanted.body:
+            if source_doc.get(Field.DOC) != wanted.body:
                 report.differ(
                     f"{kind.value} {object_id}: elasticsearch body differs: "
-                    f"{source_doc.get('doc')} != {wanted.body}"
+                    f"{source_doc.get(Field.DOC)} != {wanted.body}"
                 )
             for name, value in wanted.fields.items():
                 if source_doc.get(name) != value:
@@ -88,7 +89,7 @@ async def verify(
         for d in expected.values()
     }
     await _verify_redis_has_no_extra(store, report, live_keys)
-    await _verify_api_keys(conn, cache, report)
+    await _verify_api_keys(source, store, report)
     return report
 
 
@@ -105,70 +106,52 @@ async def _expected_documents(rebuilder: Rebuilder, source: DocumentSource) -> l
 
 
 async def _verify_aliases(
-    store: Any, kind: ObjectKind, expected: dict[str, Any], report: VerifyReport
+    store: CacheStore, kind: ObjectKind, expected: dict[str, Document], report: VerifyReport
 ) -> None:
-    alias = {
-        ObjectKind.VOUCHER: (AliasKind.VOUCHER_CODE, "code"),
-        ObjectKind.CUSTOMER: (AliasKind.CUSTOMER_SOURCE_ID, "source_id"),
-    }.get(kind)
+    alias = ALIAS_OF_KIND.get(kind)
     if alias is None:
         return
-    alias_kind, field_name = alias
     for object_id, document in expected.items():
-        value = document.body.get(field_name)
+        value = document.body.get(alias.field)
         if value is None:
             continue
-        envelope = await store.resolve_alias(document.project_id, alias_kind, str(value))
+        envelope = await store.resolve_alias(document.project_id, alias.alias, str(value))
         if envelope is None or envelope.data != object_id:
-            report.differ(f"{kind.value} {object_id}: alias {field_name}={value} -> {envelope}")
+            report.differ(f"{kind.value} {object_id}: alias {alias.field}={value} -> {envelope}")
 
 
 async def _verify_redis_has_no_extra(
-    store: Any, report: VerifyReport, expected_keys: set[str]
+    store: CacheStore, report: VerifyReport, expected_keys: set[str]
 ) -> None:
     """No live object envelope in Redis for an object the source no longer holds."""
-    layout = store.layout
-    # An object key with an empty id ends with its kind's marker, e.g. ``:v:``.
-    object_markers = tuple(
-        layout.object_key("p", kind, "").split("}", 1)[1] for kind in INDEXED_KINDS
-    )
-    pattern = f"{layout.project_keys_prefix}*"
-    async for raw_key in store.redis.scan_iter(match=pattern, count=1000):
-        key = raw_key.decode()
-        rest = key.split("}", 1)[1] if "}" in key else ""
-        if not rest.startswith(object_markers) or key in expected_keys:
-            continue
-        blob = await store.redis.get(raw_key)
-        if blob is None:
-            continue
-        try:
-            envelope = decode_envelope(blob)
-        except CacheDecodeError:
-            report.differ(f"redis {key}: undecodable")
-            continue
-        if not envelope.is_tombstone:
-            report.differ(f"redis {key}: live, but the source has no such object")
+    try:
+        async for key, _envelope in store.live_objects():
+            if key not in expected_keys:
+                report.differ(f"redis {key}: live, but the source has no such object")
+    except CacheDecodeError as error:
+        report.differ(f"redis: undecodable value: {error}")
 
 
-async def _verify_api_keys(
-    conn: psycopg.AsyncConnection[Any], cache: RedisSink, report: VerifyReport
-) -> None:
-    cursor = await conn.execute(
-        "SELECT id, project_id, token_sha256, rate_limit_per_minute, revoked_at IS NOT NULL "
-        "FROM api_keys"
-    )
-    rows = await cursor.fetchall()
-    report.checked["api_key"] = len(rows)
-    for app_id, project_id, token_sha256, limit, revoked in rows:
-        envelope = await cache.store.get(cache.store.layout.app_key(app_id))
-        if envelope is None or envelope.is_tombstone:
-            report.differ(f"api key {app_id}: missing from redis")
-            continue
-        record = api_key_from_data(envelope.data)
-        if (
-            record.project_id,
-            record.token_sha256,
-            record.rate_limit_per_minute,
-            record.revoked,
-        ) != (project_id, token_sha256, limit, revoked):
-            report.differ(f"api key {app_id}: redis record differs")
+async def _verify_api_keys(source: DocumentSource, store: CacheStore, report: VerifyReport) -> None:
+    checked = 0
+    async for ids in source.primary_key_chunks("primary_keys_api_keys", 5000):
+        for row in await source.api_keys_by_ids(ids):
+            checked += 1
+            app_id = row["id"]
+            record = await store.get_api_key(app_id)
+            if record is None:
+                report.differ(f"api key {app_id}: missing from redis")
+                continue
+            if (
+                record.project_id,
+                record.token_sha256,
+                record.rate_limit_per_minute,
+                record.revoked,
+            ) != (
+                row["project_id"],
+                row["token_sha256"],
+                row["rate_limit_per_minute"],
+                row["revoked_at"] is not None,
+            ):
+                report.differ(f"api key {app_id}: redis record differs")
+    report.checked["api_key"] = checked

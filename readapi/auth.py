@@ -25,10 +25,10 @@ from functools import partial
 
 from multidict import istr
 
-from cache.codec import api_key_from_data
 from cache.errors import CacheDecodeError, CacheUnavailable
-from cache.keys import ProjectKeys
 from cache.l1 import L1Cache
+from cache.readmodel.codec import api_key_from_data
+from cache.readmodel.keys import ProjectKeys
 from cache.records import ApiKeyRecord
 from cache.singleflight import SingleFlight
 from cache.store import CacheStore

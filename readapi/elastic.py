@@ -1,10 +1,12 @@
 """Elasticsearch reads of the read API: realtime GETs, term look-ups, counts and searches.
 
-Index aliases are ``<prefix><kind>s`` (``loyalty_vouchers``); ``_source`` is
-``{"id", "project_id", "doc": <API object>, <indexed fields>}`` and ``_version`` is the commit
-LSN of the document. Every driver error is translated here into ``SearchUnavailable`` (the
-node cannot answer: 503) or ``SearchRejected`` (it refused the query: 400), so handlers never
-see an ``elasticsearch`` exception. Every call of a request is one counted ES request.
+Index and field names come from ``cache.readmodel.indices``; ``_version`` is the commit LSN of
+the document. Every driver error is classified by ``cache.boundary.classify_elasticsearch``
+(in ``_call``, which every request goes through, and by the boundary every public method
+carries): ``SearchUnavailable`` (the node cannot answer: 503, and the dependency is skipped for
+a moment), ``SearchRejected`` (it refused a query built from a client's input: 400) or
+``SearchBug`` (it refused a request of ours: logged as a bug, never counted as an outage).
+Handlers never see an ``elasticsearch`` exception. Every call is one counted ES request.
 """
 
 from __future__ import annotations
@@ -14,25 +16,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import elasticsearch
 from elastic_transport import ApiResponse, ObjectApiResponse
 from elasticsearch import AsyncElasticsearch
 
+from cache.boundary import classify_elasticsearch, elasticsearch_boundary
+from cache.errors import SearchUnavailable, StoreUnavailable
+from cache.readmodel.indices import Field, IndexNames
 from cache.singleflight import SingleFlight
 from readapi.dependency import DependencyGate
 
-
-class SearchUnavailable(Exception):
-    """Elasticsearch could not answer (down, timing out, overloaded, index missing)."""
-
-
-class SearchRejected(Exception):
-    """Elasticsearch refused the request as malformed (HTTP 400)."""
-
-
-def index_alias(prefix: str, kind: str) -> str:
-    """The alias the indexer maintains for one object kind: ``<prefix><kind>s``."""
-    return f"{prefix}{kind}s"
+# What a lookup reads of a document: its tenant and the API object.
+OBJECT_FIELDS = (Field.PROJECT_ID, Field.DOC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,19 +39,25 @@ class FoundDocument:
 class SearchReader:
     def __init__(self, client: AsyncElasticsearch, prefix: str, gate: DependencyGate) -> None:
         self.client = client
-        self.prefix = prefix
+        self.names = IndexNames(prefix)
         self.gate = gate
         # Requests sent, per operation: read by metrics and by tests counting requests.
         self.requests: Counter[str] = Counter()
         self._refreshes: SingleFlight[tuple[str, int], None] = SingleFlight()
 
     def alias(self, kind: str) -> str:
-        return index_alias(self.prefix, kind)
+        return self.names.alias(kind)
 
+    @elasticsearch_boundary
     async def get(
-        self, kind: str, object_id: str, fields: Sequence[str] = ("project_id", "doc")
+        self, kind: str, object_id: str, fields: Sequence[str] = OBJECT_FIELDS
     ) -> FoundDocument | None:
         """Realtime GET: sees every write Elasticsearch acknowledged, refreshed or not."""
+        if not object_id.strip("."):
+            # "." and ".." in a URL path are dot segments: the GET would reach another
+            # endpoint. A multi-get carries the id in its body instead.
+            found = await self.mget(kind, [object_id], fields)
+            return found[0] if found else None
         response = await self._call(
             "get",
             self.client.options(ignore_status=404).get(
@@ -72,6 +72,7 @@ class SearchReader:
             return None
         return FoundDocument(object_id, int(body["_version"]), dict(body["_source"]))
 
+    @elasticsearch_boundary
     async def find_one(
         self, kind: str, project_id: str, field: str, value: str
     ) -> tuple[str, int] | None:
@@ -82,7 +83,7 @@ class SearchReader:
             self.client.search(
                 index=self.alias(kind),
                 query={"bool": {"filter": [
-                    {"term": {"project_id": project_id}},
+                    {"term": {Field.PROJECT_ID: project_id}},
                     {"term": {field: value}},
                 ]}},
                 size=1,
@@ -94,12 +95,14 @@ class SearchReader:
         hits = response.body["hits"]["hits"]
         return (str(hits[0]["_id"]), int(hits[0]["_version"])) if hits else None
 
+    @elasticsearch_boundary
     async def count(self, kind: str, query: Mapping[str, Any]) -> int:
         response = await self._call(
             "count", self.client.count(index=self.alias(kind), query=dict(query))
         )
         return int(response.body["count"])
 
+    @elasticsearch_boundary
     async def search(self, kind: str, **params: Any) -> dict[str, Any]:
         response = await self._call(
             "search", self.client.search(index=self.alias(kind), **params)
@@ -107,6 +110,7 @@ class SearchReader:
         body: dict[str, Any] = response.body
         return body
 
+    @elasticsearch_boundary
     async def mget(
         self, kind: str, ids: Sequence[str], fields: Sequence[str]
     ) -> list[FoundDocument]:
@@ -127,6 +131,7 @@ class SearchReader:
                 raise SearchUnavailable(f"mget item failed: {item['error']}")
         return found
 
+    @elasticsearch_boundary
     async def refresh(self, kind: str, watermark: int) -> None:
         """Make every acknowledged write searchable (for requests with ``X-Min-Watermark``).
 
@@ -139,6 +144,7 @@ class SearchReader:
 
         await self._refreshes.do((kind, watermark), run)
 
+    @elasticsearch_boundary
     async def ping(self) -> bool:
         try:
             return bool(await self.client.ping())
@@ -154,14 +160,15 @@ class SearchReader:
         self.requests[operation] += 1
         try:
             response: ObjectApiResponse[Any] = await request
-        except elasticsearch.BadRequestError as error:
-            self.gate.succeeded()
-            raise SearchRejected(str(error.message)) from error
-        except (elasticsearch.ApiError, elasticsearch.TransportError, OSError) as error:
-            self.gate.failed(error)
-            raise SearchUnavailable(f"elasticsearch: {error}") from error
-        except TimeoutError as error:
-            self.gate.failed(error)
-            raise SearchUnavailable("elasticsearch: timed out") from error
+        except Exception as error:
+            translated = classify_elasticsearch(error)
+            if translated is None:
+                raise
+            # Only an outage marks the node down: a refused request says it is up.
+            if isinstance(translated, StoreUnavailable):
+                self.gate.failed(translated)
+            else:
+                self.gate.succeeded()
+            raise translated from error
         self.gate.succeeded()
         return response

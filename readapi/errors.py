@@ -1,4 +1,4 @@
-"""The error answers of API.md §3: one exception type and the JSON body every error carries.
+"""The error answers of docs/api.md §3: one exception type and the JSON body every error carries.
 
 Handlers raise ``ApiError``; ``readapi/endpoint.py`` turns it, aiohttp's own HTTP exceptions
 and anything unexpected into

@@ -13,11 +13,12 @@ import asyncio
 import orjson
 from aiohttp import web
 
-from cache.errors import CacheError
+from cache.errors import StoreError
+from readapi.docs_page import docs_routes
 from readapi.endpoint import JSON_TYPE, guarded
 from readapi.errors import ApiError
 from readapi.metrics import CONTENT_TYPE as METRICS_TYPE
-from readapi.openapi import build_openapi, docs_page
+from readapi.openapi import build_openapi
 from readapi.services import SERVICES, Services
 
 _PROBE_TIMEOUT = 2.0
@@ -52,7 +53,7 @@ async def _redis_answers(services: Services) -> bool:
     try:
         async with asyncio.timeout(_PROBE_TIMEOUT):
             await services.store.ping()
-    except (CacheError, TimeoutError):
+    except (StoreError, TimeoutError):
         return False
     return True
 
@@ -61,15 +62,10 @@ async def _api_keys_loaded(services: Services) -> bool:
     """Whether any API key record exists; once seen, assumed for the process's life."""
     if services.api_keys_seen:
         return True
-    pattern = services.store.layout.app_key_prefix + "*"
     try:
         async with asyncio.timeout(_PROBE_TIMEOUT):
-            async for _key in services.redis.scan_iter(match=pattern, count=1000):
-                services.api_keys_seen = True
-                break
-    except (CacheError, TimeoutError, OSError, ConnectionError):
-        return False
-    except Exception:  # redis-py errors: not ready, whatever the cause
+            services.api_keys_seen = await services.store.any_api_key()
+    except (StoreError, TimeoutError):
         return False
     return services.api_keys_seen
 
@@ -87,17 +83,6 @@ async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": JSON_TYPE})
 
 
-async def docs(request: web.Request) -> web.Response:
-    return web.Response(
-        body=docs_page(),
-        headers={
-            "Content-Type": "text/html; charset=utf-8",
-            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
-            "style-src 'unsafe-inline'; connect-src 'self'",
-        },
-    )
-
-
 def add_service_routes(app: web.Application) -> None:
     router = app.router
     for path, handler in (
@@ -105,6 +90,6 @@ def add_service_routes(app: web.Application) -> None:
         ("/readyz", readyz),
         ("/metrics", metrics),
         ("/openapi.json", openapi_json),
-        ("/docs", docs),
+        *docs_routes(),  # /docs and its files
     ):
         router.add_get(path, guarded(path, handler), allow_head=False)

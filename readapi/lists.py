@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from cache.readmodel.indices import Field
 from cache.types import ObjectKind
 from readapi.elastic import SearchReader
 from readapi.search_query import (
@@ -63,18 +64,20 @@ class ListReader:
         Realtime GETs only (the customer's ``segment_ids``, then the segments' names), so
         the answer needs no refresh to be as fresh as the watermark."""
         customer = await self._search.get(
-            ObjectKind.CUSTOMER, customer_id, fields=("project_id", "segment_ids")
+            ObjectKind.CUSTOMER, customer_id, fields=(Field.PROJECT_ID, Field.SEGMENT_IDS)
         )
-        if customer is None or customer.source.get("project_id") != project_id:
+        if customer is None or customer.source.get(Field.PROJECT_ID) != project_id:
             return None
-        ids = customer.source.get("segment_ids") or []
+        ids = customer.source.get(Field.SEGMENT_IDS) or []
         segments = await self._search.mget(
-            ObjectKind.SEGMENT, [i for i in ids if isinstance(i, str)], ("project_id", "name")
+            ObjectKind.SEGMENT,
+            [i for i in ids if isinstance(i, str)],
+            (Field.PROJECT_ID, Field.NAME),
         )
         data: list[dict[str, Any]] = [
-            {"id": found.object_id, "name": found.source.get("name"), "object": "segment"}
+            {"id": found.object_id, "name": found.source.get(Field.NAME), "object": "segment"}
             for found in segments
-            if found.source.get("project_id") == project_id
+            if found.source.get(Field.PROJECT_ID) == project_id
         ]
         return orjson.dumps(
             {"object": "list", "data_ref": "data", "data": data, "total": len(data)}
@@ -89,7 +92,7 @@ class ListReader:
         return await self._search.count(
             ObjectKind.CUSTOMER,
             {"bool": {"filter": [
-                {"term": {"project_id": project_id}},
-                {"term": {"segment_ids": segment_id}},
+                {"term": {Field.PROJECT_ID: project_id}},
+                {"term": {Field.SEGMENT_IDS: segment_id}},
             ]}},
         )

@@ -21,32 +21,28 @@ that waited for ``X-Min-Watermark`` never joins a read that began before that wa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from cache.errors import CacheDecodeError, CacheError, CacheUnavailable
-from cache.keys import AliasKind, ProjectKeys
+from cache.errors import CacheDecodeError, CacheError, CacheUnavailable, SearchUnavailable
 from cache.l1 import L1Cache
+from cache.readmodel.documents import ALIAS_OF_KIND, ALIAS_SPECS, DOCUMENT_SCHEMA, AliasKind
+from cache.readmodel.indices import Field
+from cache.readmodel.keys import ProjectKeys
 from cache.records import Envelope
 from cache.singleflight import SingleFlight
 from cache.store import CacheStore
 from cache.types import ObjectKind
 from cache.watermark import WatermarkHolder
 from readapi.dependency import DependencyGate
-from readapi.elastic import SearchReader, SearchUnavailable
+from readapi.elastic import SearchReader
 from readapi.metrics import ApiMetrics
 
-# Schema of object envelopes written by the indexer: data is the API object as a map.
-DOCUMENT_SCHEMA = 1
-
-# Field of the API object that an alias of the kind must match.
-_ALIAS_FIELD = {
-    AliasKind.VOUCHER_CODE: ("code", ObjectKind.VOUCHER),
-    AliasKind.CUSTOMER_SOURCE_ID: ("source_id", ObjectKind.CUSTOMER),
-}
+log = logging.getLogger(__name__)
 
 Hook = Callable[[str], Awaitable[None]]
 
@@ -188,7 +184,7 @@ class ObjectLookups:
             await self.hooks.before_source(key)
         found = await self._search.get(kind, object_id)
         self._layers[2] += 1
-        if found is None or found.source.get("project_id") != project_id:
+        if found is None or found.source.get(Field.PROJECT_ID) != project_id:
             # Another project's object is absent for this one, exactly like a missing one.
             await self._hook_after_read(key)
             if before is None:
@@ -198,7 +194,7 @@ class ObjectLookups:
                 return result  # Redis holds something newer: install nothing
             self._install(key, result, token)
             return result
-        body = found.source.get("doc")
+        body = found.source.get(Field.DOC)
         if not isinstance(body, dict):
             raise SearchUnavailable(f"document {object_id} has no API object")
         result = _present(kind, body, found.version)
@@ -213,7 +209,8 @@ class ObjectLookups:
     async def _by_alias(
         self, alias: AliasKind, project_id: str, value: str, fresh: bool
     ) -> CachedObject:
-        field, kind = _ALIAS_FIELD[alias]
+        spec = ALIAS_SPECS[alias]
+        field, kind = spec.search_field, spec.kind
         key = self._layout.alias_key(project_id, alias, value)
         target: CachedAlias | None = None
         if self._use_l1 and not fresh:
@@ -287,7 +284,8 @@ class ObjectLookups:
         except CacheDecodeError:
             return True, None  # not something the indexer wrote: read the source
         except CacheError as error:
-            self._redis_gate.failed(error)
+            # Redis answered, refusing a command of ours: a bug, not an outage.
+            log.error("redis refused a read", extra={"key": key, "error": str(error)})
             return False, None
         self._redis_gate.succeeded()
         return True, envelope
@@ -296,9 +294,12 @@ class ObjectLookups:
         """Versioned write to Redis; whether this version is now the one stored."""
         try:
             written = await self._store.fill(key, envelope)
-        except CacheError as error:
+        except CacheUnavailable as error:
             self._redis_gate.failed(error)
             self._metrics.dependency_errors.labels("redis").inc()
+            return False
+        except CacheError as error:
+            log.error("redis refused a fill", extra={"key": key, "error": str(error)})
             return False
         self._metrics.fills.labels("written" if written else "kept").inc()
         return written
@@ -313,11 +314,8 @@ class ObjectLookups:
 
 
 def _present(kind: ObjectKind, body: dict[str, Any], version: int) -> CachedObject:
-    match: Any = None
-    if kind is ObjectKind.VOUCHER:
-        match = body.get("code")
-    elif kind is ObjectKind.CUSTOMER:
-        match = body.get("source_id")
+    alias = ALIAS_OF_KIND.get(kind)
+    match: Any = None if alias is None else body.get(alias.field)
     object_id = body.get("id")
     return CachedObject(
         orjson.dumps(body),

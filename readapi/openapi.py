@@ -1,27 +1,23 @@
-"""The OpenAPI 3.1 description of the read API (API.md §2-3) and the page that renders it.
+"""The OpenAPI 3.1 description of the read API (docs/api.md §2-3).
 
-Interface (pure; the app serves the results):
+Interface (pure; the app serves the result):
 
 - ``build_openapi() -> dict``: the document served at ``GET /openapi.json``; a fresh dict on
   each call, JSON-serialisable. Parameter bounds come from ``readapi.search_query`` so the
-  description and the validation cannot drift apart.
-- ``docs_page() -> bytes``: the HTML served at ``GET /docs`` (``text/html; charset=utf-8``),
-  one self-contained document: the script and style of ``STATIC_DIR`` are inlined, nothing
-  is fetched but ``/openapi.json``. A Content-Security-Policy for it must allow inline
-  script and style (``'unsafe-inline'``) and ``connect-src 'self'``.
-- ``STATIC_DIR``: the directory of those assets (``docs.html``, ``docs.js``, ``docs.css``).
+  description and the validation cannot drift apart. It describes every route the app
+  serves, the service routes too; ``/docs`` renders it (``readapi.docs_page``), and the
+  ``AppId``/``AppToken`` API key schemes are what that page's "Authorize" asks for.
 
 This module only describes; routing, headers and errors are the app's.
 """
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import Any
 
 from cache.types import CampaignType, SegmentType, VoucherType
 from readapi.cursor import MAX_CURSOR_LENGTH
+from readapi.docs_page import ASSET_NAMES
 from readapi.freshness import DEFAULT_WAIT_MS, MAX_WAIT_MS
 from readapi.search_query import (
     CREATED_AFTER,
@@ -32,8 +28,6 @@ from readapi.search_query import (
     MAX_LIMIT,
     MAX_Q_LENGTH,
 )
-
-STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 API_VERSION = "1.0.0"
 ERROR_KEYS = (
@@ -254,7 +248,7 @@ def _segment_and_campaign_schemas() -> dict[str, Any]:
             "type": {"type": "string", "enum": [t.value for t in SegmentType]},
             "filter": {
                 "type": ["object", "null"],
-                "description": "Filter of an auto-update segment (API.md §4), as stored.",
+                "description": "Filter of an auto-update segment (docs/api.md §4), as stored.",
                 "additionalProperties": True,
             },
             "count": {"type": "integer", "minimum": 0, "description": "Current members."},
@@ -481,8 +475,11 @@ _V1_LIST_STATUSES = (400, 401, 405, 429, 503, 500)
 _OPS_STATUSES = (405, 500)
 
 
-def _error_response(status: int, *, v1: bool) -> dict[str, Any]:
-    _, description, keys = _ERRORS[status]
+def _error_response(
+    status: int, *, v1: bool, description: str | None = None
+) -> dict[str, Any]:
+    _, default_description, keys = _ERRORS[status]
+    description = default_description if description is None else description
     headers: dict[str, Any] = {"X-Request-Id": _ref("headers", "X-Request-Id")}
     if v1:
         headers.update(
@@ -524,6 +521,8 @@ def _responses() -> dict[str, Any]:
         responses[name] = _error_response(status, v1=True)
         if status in _OPS_STATUSES or status == 503:
             responses[f"Service{name}"] = _error_response(status, v1=False)
+    # Only the documentation files have a 404 among the service routes: an unknown name.
+    responses["ServiceNotFound"] = _error_response(404, v1=False, description="No such file.")
     return responses
 
 
@@ -593,25 +592,29 @@ def _service_operation(
     content: dict[str, Any],
     *,
     unavailable: bool = False,
+    parameters: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     statuses = (405, 503, 500) if unavailable else _OPS_STATUSES
-    return {
-        "get": {
-            "operationId": operation_id,
-            "tags": ["Service"],
-            "summary": summary,
-            "description": description,
-            "security": [],
-            "responses": {
-                "200": {
-                    "description": summary,
-                    "headers": {"X-Request-Id": _ref("headers", "X-Request-Id")},
-                    "content": content,
-                },
-                **_error_refs(statuses, v1=False),
+    if parameters is not None:
+        statuses = (404, *statuses)
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "tags": ["Service"],
+        "summary": summary,
+        "description": description,
+        "security": [],
+        "responses": {
+            "200": {
+                "description": summary,
+                "headers": {"X-Request-Id": _ref("headers", "X-Request-Id")},
+                "content": content,
             },
-        }
+            **_error_refs(statuses, v1=False),
+        },
     }
+    if parameters is not None:
+        operation["parameters"] = parameters
+    return {"get": operation}
 
 
 _LIST_ORDER = (
@@ -760,8 +763,30 @@ def _paths() -> dict[str, Any]:
         "/docs": _service_operation(
             "getDocs",
             "API documentation page",
-            "An HTML page rendering `/openapi.json`.",
+            "Swagger UI rendering `/openapi.json`; \"Try it out\" sends requests to this API "
+            "with the credentials entered under \"Authorize\". It loads its files from "
+            "`/docs/static/{file}`.",
             {"text/html; charset=utf-8": {"schema": {"type": "string"}}},
+        ),
+        "/docs/static/{file}": _service_operation(
+            "getDocsFile",
+            "A file of the documentation page",
+            "Swagger UI's script, style and icon, and the script starting it, as `/docs` "
+            "loads them: gzip-encoded when accepted, cacheable for an hour.",
+            {
+                "text/javascript; charset=utf-8": {"schema": {"type": "string"}},
+                "text/css; charset=utf-8": {"schema": {"type": "string"}},
+                "image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}},
+            },
+            parameters=[
+                {
+                    "name": "file",
+                    "in": "path",
+                    "required": True,
+                    "description": "The file's name; any other answers 404.",
+                    "schema": {"type": "string", "enum": list(ASSET_NAMES)},
+                }
+            ],
         ),
     }
 
@@ -779,7 +804,7 @@ integer cents. Errors share one body: `{"code", "key", "message", "details", "re
 
 
 def build_openapi() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every endpoint of API.md §3."""
+    """The OpenAPI 3.1 document of every endpoint of docs/api.md §3."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -817,19 +842,3 @@ def build_openapi() -> dict[str, Any]:
         },
     }
 
-
-@functools.cache
-def _page() -> bytes:
-    html = (STATIC_DIR / "docs.html").read_text(encoding="utf-8")
-    style = (STATIC_DIR / "docs.css").read_text(encoding="utf-8")
-    script = (STATIC_DIR / "docs.js").read_text(encoding="utf-8")
-    # The assets are ours; still, a closing tag inside them would end the element early.
-    if "</style" in style.lower() or "</script" in script.lower():
-        raise ValueError("docs assets must not contain closing style or script tags")
-    page = html.replace("/*__DOCS_CSS__*/", style).replace("/*__DOCS_JS__*/", script)
-    return page.encode("utf-8")
-
-
-def docs_page() -> bytes:
-    """The HTML of ``GET /docs``: self-contained, renders ``/openapi.json`` in the browser."""
-    return _page()

@@ -1,4 +1,4 @@
-"""The endpoints of API.md §3 and the /v1 pipeline in front of them.
+"""The endpoints of docs/api.md §3 and the /v1 pipeline in front of them.
 
 Every /v1 request goes: credentials (401) → rate limit (429) → ``X-Min-Watermark`` wait
 (400/503) → the handler, which returns the JSON body; the answer carries
@@ -16,9 +16,9 @@ from aiohttp import web
 from aiohttp.hdrs import CONTENT_TYPE
 from multidict import istr
 
+from cache.errors import SearchRejected, SearchUnavailable
 from cache.types import ObjectKind
 from readapi.auth import Caller
-from readapi.elastic import SearchRejected, SearchUnavailable
 from readapi.endpoint import (
     JSON_TYPE,
     REQUEST_ID_HEADER,

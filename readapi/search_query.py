@@ -1,16 +1,18 @@
 """List endpoints: query-parameter validation and the Elasticsearch searches behind them.
 
-Pure functions, no I/O. The handler of a list endpoint does::
+Pure functions, no I/O. A list route (``readapi.routes``) parses the query string with
+``parse_voucher_list``, ``parse_customer_list`` or ``parse_holder_voucher_list`` (for a
+holder's vouchers, with the holder's resolved id), then hands the parameters to
+``readapi.lists.ListReader.page``, which:
 
-    params = parse_voucher_list(request.query)        # or parse_customer_list(...),
-                                                      # parse_holder_voucher_list(..., id)
-    after = decode_starting_after(params, project_id, cursor_secret)
-    body = build_search(params.kind, params, project_id, after=after)
-    response = await es.search(index=f"{prefix}{params.kind.object_kind}s", body=body)
-    page = page_from_response(response.body, params.limit)
-    next_cursor = encode_next_cursor(params, project_id, page.next_sort_key, cursor_secret)
-    # {"object": "list", "data_ref": params.kind.data_ref, params.kind.data_ref: page.docs,
-    #  "total": page.total, "has_more": page.has_more, "next_cursor": next_cursor}
+1. decodes ``starting_after`` (``decode_starting_after``) under the cursor secret;
+2. builds the search body (``build_search``) and passes its parts (query, sort, size,
+   ``track_total_hits``, ``_source``, ``search_after``) to ``readapi.elastic.SearchReader``,
+   which searches the alias of ``params.kind.object_kind`` under the configured index
+   prefix (after a refresh when the request waited for a watermark);
+3. reads the page from the answer (``page_from_response``) and encodes the next cursor
+   (``encode_next_cursor``) into ``{"object": "list", "data_ref", <data_ref>: docs,
+   "total", "has_more", "next_cursor"}``.
 
 Interface:
 
@@ -31,7 +33,7 @@ Every validation failure raises ``InvalidParameter(name, message)`` (a ``ValueEr
 ``message`` names the parameter and suits a 400 ``invalid_request`` answer; no input string
 raises anything else. Unknown parameters and repeated parameters are refused.
 
-Semantics (API.md §3):
+Semantics (docs/api.md §3):
 
 - Order: ``created_at`` descending, then ``id`` descending (the sort key is the exact epoch
   microseconds ``created_at_us``, so instants closer than a millisecond keep their order).
@@ -70,6 +72,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
 
+from cache.readmodel.indices import Field
 from cache.types import ObjectKind, VoucherType
 from readapi.cursor import (
     MAX_CURSOR_LENGTH,
@@ -458,7 +461,7 @@ def _created_range(after_us: int | None, before_us: int | None) -> list[dict[str
         bounds["gt"] = after_us
     if before_us is not None:
         bounds["lt"] = before_us
-    return [{"range": {"created_at_us": bounds}}] if bounds else []
+    return [{"range": {Field.CREATED_AT_US: bounds}}] if bounds else []
 
 
 def _any_of(clauses: list[dict[str, Any]]) -> dict[str, Any]:
@@ -467,15 +470,15 @@ def _any_of(clauses: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _words(q: str) -> dict[str, Any]:
     # Every analyzed word must be present; no fuzziness and no query syntax.
-    return {"match": {"search_text": {"query": q, "operator": "and"}}}
+    return {"match": {Field.SEARCH_TEXT: {"query": q, "operator": "and"}}}
 
 
 def _voucher_text(q: str) -> dict[str, Any]:
     code = q.lower()
     code_clause: dict[str, Any] = (
-        {"term": {"code_lower": {"value": code}}}
+        {"term": {Field.CODE_LOWER: {"value": code}}}
         if any(char.isspace() for char in code)
-        else {"prefix": {"code_lower": {"value": code}}}
+        else {"prefix": {Field.CODE_LOWER: {"value": code}}}
     )
     return _any_of([_words(q), code_clause])
 
@@ -484,8 +487,8 @@ def _customer_text(q: str) -> dict[str, Any]:
     return _any_of(
         [
             _words(q),
-            {"term": {"email_lower": {"value": q.lower()}}},
-            {"term": {"source_id": {"value": q}}},
+            {"term": {Field.EMAIL_LOWER: {"value": q.lower()}}},
+            {"term": {Field.SOURCE_ID: {"value": q}}},
         ]
     )
 
@@ -498,32 +501,32 @@ def _filters(params: ListParams) -> list[dict[str, Any]]:
     filters: list[dict[str, Any]] = []
     if isinstance(params, VoucherListParams):
         if params.campaign_id is not None:
-            filters.append(_term("campaign_id", params.campaign_id))
+            filters.append(_term(Field.CAMPAIGN_ID, params.campaign_id))
         if params.holder_id is not None:
-            filters.append(_term("holder_id", params.holder_id))
+            filters.append(_term(Field.HOLDER_ID, params.holder_id))
         if params.type is not None:
-            filters.append(_term("type", params.type.value))
+            filters.append(_term(Field.TYPE, params.type.value))
         if params.active is not None:
-            filters.append(_term("active", params.active))
+            filters.append(_term(Field.ACTIVE, params.active))
         filters.extend(_created_range(params.created_after_us, params.created_before_us))
         if params.q is not None:
             filters.append(_voucher_text(params.q))
     elif isinstance(params, CustomerListParams):
         if params.email_lower is not None:
-            filters.append(_term("email_lower", params.email_lower))
+            filters.append(_term(Field.EMAIL_LOWER, params.email_lower))
         if params.segment_id is not None:
-            filters.append(_term("segment_ids", params.segment_id))
+            filters.append(_term(Field.SEGMENT_IDS, params.segment_id))
         filters.extend(_created_range(params.created_after_us, params.created_before_us))
         if params.q is not None:
             filters.append(_customer_text(params.q))
     else:
-        filters.append(_term("holder_id", params.customer_id))
+        filters.append(_term(Field.HOLDER_ID, params.customer_id))
     return filters
 
 
 def search_sort() -> list[dict[str, Any]]:
     """The contract's order; ``id`` breaks ties so every hit has a distinct, stable place."""
-    return [{"created_at_us": {"order": "desc"}}, {"id": {"order": "desc"}}]
+    return [{Field.CREATED_AT_US: {"order": "desc"}}, {Field.ID: {"order": "desc"}}]
 
 
 def build_search(
@@ -540,11 +543,11 @@ def build_search(
     if not isinstance(project_id, str) or not project_id:
         raise ValueError("project_id must be a non-empty string")
     body: dict[str, Any] = {
-        "query": {"bool": {"filter": [_term("project_id", project_id), *_filters(params)]}},
+        "query": {"bool": {"filter": [_term(Field.PROJECT_ID, project_id), *_filters(params)]}},
         "sort": search_sort(),
         "size": params.limit + 1,
         "track_total_hits": True,
-        "_source": ["doc"],
+        "_source": [Field.DOC],
     }
     if after is not None:
         body["search_after"] = after.search_after()
@@ -558,7 +561,7 @@ def page_from_response(response: Mapping[str, Any], limit: int) -> Page:
         hits: Sequence[Mapping[str, Any]] = hits_section["hits"]
         total_section = hits_section["total"]
         total = int(total_section["value"] if isinstance(total_section, Mapping) else total_section)
-        docs = [dict(hit["_source"]["doc"]) for hit in hits[:limit]]
+        docs = [dict(hit["_source"][Field.DOC]) for hit in hits[:limit]]
         has_more = len(hits) > limit
         next_key = SortKey.from_sort_values(hits[limit - 1]["sort"]) if has_more else None
     except (KeyError, IndexError, TypeError, ValueError) as error:

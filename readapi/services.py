@@ -18,8 +18,8 @@ from redis.backoff import NoBackoff
 
 from cache.errors import CacheError
 from cache.invalidation import InvalidationListener
-from cache.keys import KeyLayout
 from cache.l1 import L1Cache
+from cache.readmodel.keys import KeyLayout
 from cache.store import CacheStore
 from cache.watermark import WatermarkHolder
 from readapi.auth import Authenticator, KeyEntry
@@ -85,7 +85,7 @@ class Services:
             serializer=OrjsonSerializer(),
         )
         layout = KeyLayout(settings.redis_key_prefix)
-        store = CacheStore(redis, layout)
+        store = CacheStore(redis, layout, tombstone_ttl_seconds=settings.tombstone_ttl_seconds)
         redis_gate = DependencyGate("redis", settings.dependency_retry_seconds)
         es_gate = DependencyGate("elasticsearch", settings.dependency_retry_seconds)
         search = SearchReader(elastic, settings.es_index_prefix, es_gate)

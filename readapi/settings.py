@@ -1,4 +1,10 @@
-"""Read API configuration, read once from environment variables (defaults fit the local stack).
+"""Read API configuration: every variable declared once below, read once per process.
+
+``ApiSettings.from_env()`` reads them (from ``os.environ`` unless a mapping is given),
+validates each, and returns the one settings object the app is built from; nothing else in
+``readapi/`` or ``cache/`` reads the environment. An unset or empty variable takes its
+default, which fits the local stack. ``ENVIRONMENT_HELP`` and the tables of
+docs/internals.md ("Configuration") derive from, or are tested against, ``SETTINGS``.
 
 The read API holds no Postgres setting at all: API keys, documents and the watermark reach it
 through Redis and Elasticsearch, written by the indexer.
@@ -9,62 +15,93 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6380/0"
-DEFAULT_ES_URL = "http://127.0.0.1:9200"
-DEFAULT_PORT = 8080
-DEFAULT_RATE_LIMIT = 600
-# Used only when LOYALTY_CURSOR_SECRET is unset: fine for one machine, but every host of a
-# deployment must share one secret or cursors from one fail on another.
-DEFAULT_CURSOR_SECRET = "loyalty-local-cursor-secret"
+from cache import config
+from cache.config import (
+    DEFAULT_ES_URL,
+    DEFAULT_REDIS_URL,
+    SECRET,
+    Setting,
+    SettingsError,
+    environment_help,
+    integer,
+)
+from cache.l1 import DEFAULT_MAX_AGE_MS, DEFAULT_MAX_ENTRIES
+from cache.readmodel.keys import DEFAULT_PREFIX
+from cache.store import DEFAULT_TOMBSTONE_TTL_SECONDS
 
-ENVIRONMENT_HELP = """\
-environment:
-  LOYALTY_REDIS_URL           Redis (default: redis://127.0.0.1:6380/0)
-  LOYALTY_ES_URL              Elasticsearch (default: http://127.0.0.1:9200)
-  LOYALTY_ES_INDEX_PREFIX     index alias prefix (default: loyalty_)
-  LOYALTY_REDIS_KEY_PREFIX    Redis key prefix (default: loyalty:)
-  LOYALTY_API_PORT            port to listen on (default: 8080)
-  LOYALTY_RATE_LIMIT_DEFAULT  requests per key and minute when the key has no limit (default: 600)
-  LOYALTY_L1_MAX_ENTRIES      in-process cache size, entries (default: 100000)
-  LOYALTY_L1_MAX_AGE_MS       in-process cache entry max age, ms (default: 1000)
-  LOYALTY_CURSOR_SECRET       secret signing list cursors (default: a fixed local secret)
-"""
+__all__ = ["ENVIRONMENT_HELP", "SETTINGS", "ApiSettings", "SettingsError"]
 
+REDIS_URL = Setting(
+    "redis_url", "LOYALTY_REDIS_URL", config.REDIS_URL, DEFAULT_REDIS_URL, "Redis",
+)
+ES_URL = Setting(
+    "es_url", "LOYALTY_ES_URL", config.ES_URL, DEFAULT_ES_URL, "Elasticsearch",
+)
+ES_INDEX_PREFIX = Setting(
+    "es_index_prefix", "LOYALTY_ES_INDEX_PREFIX", config.ES_INDEX_PREFIX,
+    config.DEFAULT_ES_INDEX_PREFIX, "index and alias prefix",
+)
+REDIS_KEY_PREFIX = Setting(
+    "redis_key_prefix", "LOYALTY_REDIS_KEY_PREFIX", config.REDIS_KEY_PREFIX, DEFAULT_PREFIX,
+    "Redis key prefix",
+)
+TOMBSTONE_TTL_SECONDS = Setting(
+    "tombstone_ttl_seconds", "LOYALTY_TOMBSTONE_TTL_SECONDS", config.TOMBSTONE_TTL_SECONDS,
+    DEFAULT_TOMBSTONE_TTL_SECONDS, "seconds a delete's tombstone blocks older writes",
+)
+API_PORT = Setting(
+    "port", "LOYALTY_API_PORT", integer(0, 65535), 8080,
+    "port to listen on; serve --port overrides it",
+)
+RATE_LIMIT_DEFAULT = Setting(
+    "rate_limit_default", "LOYALTY_RATE_LIMIT_DEFAULT", integer(0, 2**31 - 1), 600,
+    "requests per key and minute when the key has no limit",
+)
+L1_MAX_ENTRIES = Setting(
+    "l1_max_entries", "LOYALTY_L1_MAX_ENTRIES", integer(1, 100_000_000), DEFAULT_MAX_ENTRIES,
+    "in-process cache size, entries",
+)
+L1_MAX_AGE_MS = Setting(
+    "l1_max_age_ms", "LOYALTY_L1_MAX_AGE_MS", integer(1, 3_600_000), DEFAULT_MAX_AGE_MS,
+    "in-process cache entry max age, ms",
+)
+# The default is fine for one machine, but every host of a deployment must share one secret
+# or cursors from one fail on another.
+CURSOR_SECRET = Setting(
+    "cursor_secret", "LOYALTY_CURSOR_SECRET", SECRET, "loyalty-local-cursor-secret",
+    "secret signing list cursors", shown_default="a fixed local secret",
+)
 
-class SettingsError(ValueError):
-    """An environment variable holds a value the read API cannot use."""
+SETTINGS: tuple[Setting[Any], ...] = (
+    REDIS_URL,
+    ES_URL,
+    ES_INDEX_PREFIX,
+    REDIS_KEY_PREFIX,
+    TOMBSTONE_TTL_SECONDS,
+    API_PORT,
+    RATE_LIMIT_DEFAULT,
+    L1_MAX_ENTRIES,
+    L1_MAX_AGE_MS,
+    CURSOR_SECRET,
+)
 
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as error:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from error
-    if not minimum <= value <= maximum:
-        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {value}")
-    return value
-
-
-def _text(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env.get(name)
-    return value if value else default
+ENVIRONMENT_HELP = environment_help(SETTINGS)
 
 
 @dataclass(frozen=True)
 class ApiSettings:
-    redis_url: str = DEFAULT_REDIS_URL
-    es_url: str = DEFAULT_ES_URL
-    es_index_prefix: str = "loyalty_"
-    redis_key_prefix: str = "loyalty:"
-    port: int = DEFAULT_PORT
-    rate_limit_default: int = DEFAULT_RATE_LIMIT
-    l1_max_entries: int = 100_000
-    l1_max_age_ms: int = 1000
-    cursor_secret: str = DEFAULT_CURSOR_SECRET
+    redis_url: str = REDIS_URL.default
+    es_url: str = ES_URL.default
+    es_index_prefix: str = ES_INDEX_PREFIX.default
+    redis_key_prefix: str = REDIS_KEY_PREFIX.default
+    tombstone_ttl_seconds: float = TOMBSTONE_TTL_SECONDS.default
+    port: int = API_PORT.default
+    rate_limit_default: int = RATE_LIMIT_DEFAULT.default
+    l1_max_entries: int = L1_MAX_ENTRIES.default
+    l1_max_age_ms: int = L1_MAX_AGE_MS.default
+    cursor_secret: str = CURSOR_SECRET.default
     # Not from the environment: knobs for tests and the benchmark.
     key_cache_entries: int = 10_000
     # How long a key record seen in Redis still authenticates while Redis is unreachable.
@@ -81,17 +118,6 @@ class ApiSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
-        env = os.environ if env is None else env
-        return cls(
-            redis_url=_text(env, "LOYALTY_REDIS_URL", DEFAULT_REDIS_URL),
-            es_url=_text(env, "LOYALTY_ES_URL", DEFAULT_ES_URL),
-            es_index_prefix=_text(env, "LOYALTY_ES_INDEX_PREFIX", "loyalty_"),
-            redis_key_prefix=_text(env, "LOYALTY_REDIS_KEY_PREFIX", "loyalty:"),
-            port=_int(env, "LOYALTY_API_PORT", DEFAULT_PORT, 0, 65535),
-            rate_limit_default=_int(
-                env, "LOYALTY_RATE_LIMIT_DEFAULT", DEFAULT_RATE_LIMIT, 0, 2**31 - 1
-            ),
-            l1_max_entries=_int(env, "LOYALTY_L1_MAX_ENTRIES", 100_000, 1, 100_000_000),
-            l1_max_age_ms=_int(env, "LOYALTY_L1_MAX_AGE_MS", 1000, 1, 3_600_000),
-            cursor_secret=_text(env, "LOYALTY_CURSOR_SECRET", DEFAULT_CURSOR_SECRET),
-        )
+        """The settings from ``env`` (default: the process environment); ``SettingsError``
+        names the first variable holding a value the read API cannot use."""
+        return cls(**config.read_all(SETTINGS, os.environ if env is None else env))

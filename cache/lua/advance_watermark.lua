@@ -1,7 +1,7 @@
 -- Monotonic watermark: store the new value and publish it only when it is newer.
 --
 --   KEYS[1]  watermark key
---   ARGV[1]  new watermark, 16 lower-case hex digits (cache/codec.py encode_watermark)
+--   ARGV[1]  new watermark, 16 lower-case hex digits (cache/readmodel/codec.py encode_watermark)
 --   ARGV[2]  channel to publish on when the watermark moved
 --   ARGV[3]  message to publish
 --   ARGV[4]  optional: "1" to write only over a stored watermark

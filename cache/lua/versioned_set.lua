@@ -4,7 +4,7 @@
 --
 --   KEYS[i]       key to write
 --   ARGV[2i - 1]  expiry in milliseconds, 0 for none (tombstones carry one)
---   ARGV[2i]      the new envelope, as cache/codec.py encodes it
+--   ARGV[2i]      the new envelope, as cache/readmodel/codec.py encodes it
 --   returns       one integer per key: 1 written, 0 kept (the stored version is newer)
 --
 -- The version is read from the envelope's fixed header (83 a1 76 cf + 8 bytes big-endian),

@@ -1,4 +1,4 @@
--- Tenants and their API keys (API.md §1).
+-- Tenants and their API keys (docs/api.md §1).
 -- Every contract table has REPLICA IDENTITY FULL: the indexer needs the old row of an update
 -- or a delete (which customer a deleted redemption belonged to, a voucher's previous code).
 

@@ -1,4 +1,4 @@
--- Customers and campaigns (API.md §1).
+-- Customers and campaigns (docs/api.md §1).
 
 CREATE TABLE customers (
     id          text        PRIMARY KEY,

@@ -1,4 +1,4 @@
--- Vouchers and their redemptions (API.md §1). Money in integer cents.
+-- Vouchers and their redemptions (docs/api.md §1). Money in integer cents.
 
 CREATE TABLE vouchers (
     id                  text        PRIMARY KEY,

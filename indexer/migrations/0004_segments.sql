@@ -1,4 +1,4 @@
--- Segments and the members of static segments (API.md §1, filters in §4).
+-- Segments and the members of static segments (docs/api.md §1, filters in §4).
 
 CREATE TABLE segments (
     id         text        PRIMARY KEY,

@@ -2,27 +2,16 @@
 
 Everything goes through ``cache.store.CacheStore`` (one Lua script keeps the newer version,
 deletes leave versioned tombstones, each batch publishes one invalidation message), so the
-read API's fills and the indexer's writes obey the same ordering rule.
+read API's fills and the indexer's writes obey the same ordering rule. Keys, the document
+schema and the alias fields come from ``cache.readmodel``; errors are the store's own.
 """
 
 from __future__ import annotations
 
-from cache.codec import API_KEY_SCHEMA, api_key_to_data
-from cache.errors import CacheUnavailable
-from cache.keys import AliasKind
+from cache.readmodel.documents import ALIAS_OF_KIND, DOCUMENT_SCHEMA, AliasKind
 from cache.records import ApiKeyRecord, Envelope, VersionedWrite
 from cache.store import CacheStore
-from cache.types import ObjectKind
-from indexer.errors import SinkUnavailable
 from indexer.rebuild import SinkWrites
-
-# Schema of the object envelopes' data: the API object as a msgpack map.
-DOCUMENT_SCHEMA = 1
-
-_ALIAS_OF_KIND = {
-    ObjectKind.VOUCHER: (AliasKind.VOUCHER_CODE, "code"),
-    ObjectKind.CUSTOMER: (AliasKind.CUSTOMER_SOURCE_ID, "source_id"),
-}
 
 
 def cache_writes(store: CacheStore, chunk: SinkWrites) -> list[VersionedWrite]:
@@ -45,12 +34,11 @@ def cache_writes(store: CacheStore, chunk: SinkWrites) -> list[VersionedWrite]:
     for document, version in chunk.documents:
         key = layout.object_key(document.project_id, document.kind, document.object_id)
         writes.append(VersionedWrite(key, Envelope(version, DOCUMENT_SCHEMA, document.body)))
-        alias = _ALIAS_OF_KIND.get(document.kind)
+        alias = ALIAS_OF_KIND.get(document.kind)
         if alias is not None:
-            alias_kind, field = alias
-            value = document.body.get(field)
+            value = document.body.get(alias.field)
             if value is not None:
-                alias_key = layout.alias_key(document.project_id, alias_kind, str(value))
+                alias_key = layout.alias_key(document.project_id, alias.alias, str(value))
                 writes.append(
                     VersionedWrite(
                         alias_key, Envelope(version, DOCUMENT_SCHEMA, document.object_id)
@@ -64,10 +52,9 @@ def cache_writes(store: CacheStore, chunk: SinkWrites) -> list[VersionedWrite]:
             rate_limit_per_minute=row.rate_limit_per_minute,
             revoked=row.revoked,
         )
-        envelope = Envelope(version, API_KEY_SCHEMA, api_key_to_data(record))
-        writes.append(VersionedWrite(layout.app_key(row.app_id), envelope))
+        writes.append(store.api_key_write(record, version))
     for app_id, _project_id, version in chunk.removed_api_keys:
-        writes.append(VersionedWrite(layout.app_key(app_id), Envelope.tombstone(version)))
+        writes.append(store.api_key_tombstone(app_id, version))
     return writes
 
 
@@ -76,26 +63,14 @@ class RedisSink:
         self.store = store
 
     async def apply(self, chunk: SinkWrites) -> int:
-        try:
-            return await self.store.apply_writes(cache_writes(self.store, chunk))
-        except CacheUnavailable as error:
-            raise SinkUnavailable(f"redis: {error}") from error
+        return await self.store.apply_writes(cache_writes(self.store, chunk))
 
     async def get_watermark(self) -> int | None:
-        try:
-            return await self.store.get_watermark()
-        except CacheUnavailable as error:
-            raise SinkUnavailable(f"redis: {error}") from error
+        return await self.store.get_watermark()
 
     async def set_watermark(self, lsn: int) -> bool:
-        try:
-            return await self.store.set_watermark(lsn)
-        except CacheUnavailable as error:
-            raise SinkUnavailable(f"redis: {error}") from error
+        return await self.store.set_watermark(lsn)
 
     async def advance_stored_watermark(self, lsn: int) -> bool | None:
         """``None`` when Redis holds no watermark: it lost its data (see ``CacheStore``)."""
-        try:
-            return await self.store.advance_stored_watermark(lsn)
-        except CacheUnavailable as error:
-            raise SinkUnavailable(f"redis: {error}") from error
+        return await self.store.advance_stored_watermark(lsn)

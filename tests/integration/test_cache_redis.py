@@ -20,15 +20,18 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from cache import scripts
-from cache.codec import decode_invalidation, encode_envelope
 from cache.errors import CacheDecodeError, CacheUnavailable
 from cache.invalidation import InvalidationListener
-from cache.keys import AliasKind, KeyLayout
 from cache.l1 import L1Cache
+from cache.readmodel.codec import decode_invalidation, encode_envelope
+from cache.readmodel.documents import AliasKind
+from cache.readmodel.keys import KeyLayout
 from cache.records import ApiKeyRecord, Envelope, Invalidation, VersionedWrite
 from cache.store import CacheStore
 from cache.types import ObjectKind
 from cache.watermark import WatermarkHolder
+
+pytestmark = pytest.mark.services
 
 MESSAGE_WAIT = 10.0  # liveness bound for awaited messages, not a performance assertion
 
@@ -179,12 +182,11 @@ async def test_a_tombstone_expires_after_its_ttl(
     assert await store.apply_writes([put(key, 7)]) == 1
 
 
-async def test_tombstone_ttl_comes_from_the_environment(
-    redis_client: aioredis.Redis, layout: KeyLayout, monkeypatch: pytest.MonkeyPatch
+async def test_tombstone_ttl_is_the_callers_or_the_default(
+    redis_client: aioredis.Redis, layout: KeyLayout
 ) -> None:
-    monkeypatch.setenv("LOYALTY_TOMBSTONE_TTL_SECONDS", "120")
-    assert CacheStore(redis_client, layout).tombstone_ttl_ms == 120_000
-    monkeypatch.delenv("LOYALTY_TOMBSTONE_TTL_SECONDS")
+    store = CacheStore(redis_client, layout, tombstone_ttl_seconds=120)
+    assert store.tombstone_ttl_ms == 120_000
     assert CacheStore(redis_client, layout).tombstone_ttl_ms == 86_400_000
 
 

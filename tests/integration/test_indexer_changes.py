@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.fixtures.indexer import IndexerHarness
+
+pytestmark = pytest.mark.services
 
 P = "proj_a"
 

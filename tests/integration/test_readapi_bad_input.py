@@ -10,6 +10,8 @@ import pytest
 from tests.fixtures.readapi import ApiHarness, assert_error
 from tests.fixtures.readapi import api_fixture as api_fixture  # the "api" fixture
 
+pytestmark = pytest.mark.services
+
 AUTH = b"X-App-Id: app_a\r\nX-App-Token: token-a\r\n"
 
 

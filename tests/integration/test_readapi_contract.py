@@ -1,4 +1,4 @@
-"""API.md §3 endpoint by endpoint: exact object and list shapes, parameters, errors, headers.
+"""docs/api.md §3 endpoint by endpoint: exact object and list shapes, parameters, errors, headers.
 
 Data is written by plain SQL and indexed by the real indexer; the app reads the real Redis
 and Elasticsearch. List requests send ``X-Min-Watermark`` so the search sees the writes.
@@ -18,6 +18,8 @@ from tests.fixtures.readapi import (
     assert_v1_headers,
 )
 from tests.fixtures.readapi import api_fixture as api_fixture
+
+pytestmark = pytest.mark.services
 
 VOUCHER_KEYS = {
     "id", "code", "object", "campaign", "campaign_id", "type", "discount", "gift",

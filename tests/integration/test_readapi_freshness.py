@@ -14,6 +14,8 @@ from tests.fixtures.indexer import IndexerHarness
 from tests.fixtures.readapi import KEY_A, ApiHarness, assert_v1_headers
 from tests.fixtures.readapi import api_fixture as api_fixture  # the "api" fixture
 
+pytestmark = pytest.mark.services
+
 
 @pytest.fixture
 async def running_indexer(api: ApiHarness) -> AsyncIterator[IndexerHarness]:

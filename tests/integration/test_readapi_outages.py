@@ -33,6 +33,8 @@ from tests.fixtures.readapi import (
 )
 from tests.fixtures.readapi import api_fixture as api_fixture  # the "api" fixture
 
+pytestmark = pytest.mark.services
+
 WAIT = 30.0
 
 

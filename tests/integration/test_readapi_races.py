@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from cache.types import ObjectKind
 from tests.fixtures.readapi import ApiHarness
 from tests.fixtures.readapi import api_fixture as api_fixture  # the "api" fixture
+
+pytestmark = pytest.mark.services
 
 P = "proj_a"
 WAIT = 10.0

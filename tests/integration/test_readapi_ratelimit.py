@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.fixtures.indexer import IndexerHarness
 from tests.fixtures.readapi import (
     KEY_B,
@@ -12,6 +14,8 @@ from tests.fixtures.readapi import (
     settings_for,
     start_api,
 )
+
+pytestmark = pytest.mark.services
 
 
 async def test_limit_counts_down_then_refuses(harness: IndexerHarness) -> None:

@@ -3,9 +3,13 @@ a revoked key is refused once the indexer applied the revoking commit."""
 
 from __future__ import annotations
 
+import pytest
+
 from cache.types import Lsn
 from tests.fixtures.readapi import KEY_A, KEY_B, ApiHarness, assert_error, sha256_hex
 from tests.fixtures.readapi import api_fixture as api_fixture  # the "api" fixture
+
+pytestmark = pytest.mark.services
 
 
 async def seed_two_projects(api: ApiHarness) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The migrated schema is exactly the contract of API.md §1, and migrations apply once."""
+"""The migrated schema is exactly the contract of docs/api.md §1, and migrations apply once."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from psycopg import sql
 from indexer.cli import main
 from indexer.migrate import Migration, MigrationError, apply_migrations, bundled_migrations
 
-# API.md §1, table -> column -> (data type, nullable, has a default), in contract order.
+pytestmark = pytest.mark.services
+
+# docs/api.md §1, table -> column -> (data type, nullable, has a default), in contract order.
 TS, TEXT, JSONB, BOOL = "timestamp with time zone", "text", "jsonb", "boolean"
 CONTRACT: dict[str, dict[str, tuple[str, bool, bool]]] = {
     "projects": {

@@ -15,6 +15,8 @@ from indexer.cli import main
 from indexer.seed import SeedError, SeedPlan, seed_database
 from indexer.seed_rows import TABLES
 
+pytestmark = pytest.mark.services
+
 PLAN = SeedPlan(
     seed=11,
     projects=3,

@@ -29,6 +29,8 @@ from indexer.slot import (
     slot_status,
 )
 
+pytestmark = pytest.mark.services
+
 Conn = psycopg.AsyncConnection[Any]
 
 

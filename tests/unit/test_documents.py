@@ -1,4 +1,4 @@
-"""API objects of API.md §3 built from recomputed rows, without any service."""
+"""API objects of docs/api.md §3 built from recomputed rows, without any service."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cache.l1 import L1Cache
+from cache.l1 import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES, L1Cache
 
 
 class FakeClock:
@@ -163,15 +163,14 @@ def test_bounded_invalidation_memory_refuses_fills_it_cannot_vouch_for(clock: Fa
     assert fill(l1, "k", b"v", 2)
 
 
-def test_configuration_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOYALTY_L1_MAX_ENTRIES", "2")
-    monkeypatch.setenv("LOYALTY_L1_MAX_AGE_SECONDS", "0.5")
-    clock = FakeClock()
+def test_bounds_default_to_the_module_constants(clock: FakeClock) -> None:
     l1: L1Cache[bytes] = L1Cache(clock=clock, enabled=True)
     for key in "abc":
         fill(l1, key, b"v", 1)
-    assert len(l1) == 2
-    clock.now += 0.5
+    assert len(l1) == 3 < DEFAULT_MAX_ENTRIES
+    clock.now += DEFAULT_MAX_AGE_SECONDS / 2
+    assert l1.get("c") is not None
+    clock.now += DEFAULT_MAX_AGE_SECONDS / 2
     assert l1.get("c") is None
 
 

@@ -1,8 +1,9 @@
-"""The OpenAPI document: valid 3.1, complete for API.md §3, consistent with the validation
+"""The OpenAPI document: valid 3.1, complete for docs/api.md §3, consistent with the validation
 and with the objects the indexer builds; and the documentation page."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ from indexer.documents import (
     segment_document,
     voucher_document,
 )
-from readapi.openapi import STATIC_DIR, build_openapi, docs_page
+from readapi.docs_page import ASSET_NAMES, PAGE_CSP, load_assets, page
+from readapi.openapi import build_openapi
 from readapi.search_query import ALLOWED_PARAMETERS, ListKind
 
 CONTRACT_PATHS = {
@@ -34,6 +36,7 @@ CONTRACT_PATHS = {
     "/metrics",
     "/openapi.json",
     "/docs",
+    "/docs/static/{file}",
 }
 ERROR_KEYS = {
     "invalid_request",
@@ -406,21 +409,37 @@ def test_list_and_error_examples_validate(spec: dict[str, Any]) -> None:
             assert media["example"]["code"] == int(status), (path, status)
 
 
-def test_docs_page_is_self_contained() -> None:
-    page = docs_page()
-    assert isinstance(page, bytes)
-    text = page.decode("utf-8")
+def test_docs_page_loads_only_files_of_this_origin() -> None:
+    text = page().decode("utf-8")
     assert text.startswith("<!DOCTYPE html>")
-    assert "/openapi.json" in text
-    assert "__DOCS_" not in text
-    assert "function render(spec)" in text
-    assert ".method {" in text
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
-    assert "<script src" not in text
-    assert "innerHTML" not in text
-    assert docs_page() is page
+    loaded = re.findall(r'(?:src|href)="/docs/static/([^"]+)"', text)
+    assert set(loaded) == set(ASSET_NAMES)
+    assert "<script>" not in text  # no inline script: the page's CSP allows none
+    assert "script-src 'self';" in PAGE_CSP and "connect-src 'self'" in PAGE_CSP
+    init = load_assets()["docs-init.js"].body.decode()
+    assert 'url: "/openapi.json"' in init and "validatorUrl: null" in init
 
 
-def test_static_directory() -> None:
-    assert STATIC_DIR.is_dir()
-    assert {p.name for p in STATIC_DIR.iterdir()} >= {"docs.html", "docs.js", "docs.css"}
+def test_docs_files_are_read_once_with_their_types() -> None:
+    assets = load_assets()
+    assert load_assets() is assets
+    assert set(assets) == set(ASSET_NAMES)
+    for name, asset in assets.items():
+        assert asset.body, name
+        suffix = name.rsplit(".", 1)[1]
+        assert asset.content_type.startswith(
+            {"js": "text/javascript", "css": "text/css", "png": "image/png"}[suffix]
+        )
+        if asset.gzipped is not None:
+            assert gzip.decompress(asset.gzipped) == asset.body
+            assert len(asset.gzipped) < len(asset.body)
+    # Swagger UI 4 refuses OpenAPI 3.1 documents ("Unable to render this definition").
+    bundle = assets["swagger-ui-bundle.js"].body
+    assert re.search(rb'PACKAGE_VERSION:"5\.\d+\.\d+"', bundle)
+
+
+def test_docs_files_are_described(spec: dict[str, Any]) -> None:
+    (parameter,) = spec["paths"]["/docs/static/{file}"]["get"]["parameters"]
+    assert parameter["in"] == "path"
+    assert parameter["schema"]["enum"] == list(ASSET_NAMES)

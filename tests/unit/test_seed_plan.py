@@ -299,7 +299,7 @@ def test_the_demo_token_matches_the_first_key(small: dict[str, list[tuple[Any, .
 
 
 def _check_filter(segment_filter: dict[str, Any]) -> None:
-    """API.md §4: a junction, field paths with operator conditions, optional nested filters."""
+    """docs/api.md §4: a junction, field paths with operator conditions, optional nested filters."""
     assert segment_filter.pop("junction") in {"and", "or"}
     for nested in segment_filter.pop("filters", []):
         _check_filter(nested)

@@ -33,7 +33,7 @@ OPERATORS = (
 
 
 def make_customer(**changes: Any) -> dict[str, Any]:
-    """A customer object as API.md §3 serves it; keyword arguments replace top-level fields."""
+    """A customer object as docs/api.md §3 serves it; keyword arguments replace top-level fields."""
     customer: dict[str, Any] = {
         "id": "cust_1",
         "source_id": "src-1",

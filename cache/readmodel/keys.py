@@ -1,6 +1,6 @@
 """Every Redis key and channel name the project uses, built here and nowhere else.
 
-With the default prefix ``loyalty:`` (env ``LOYALTY_REDIS_KEY_PREFIX``):
+With the default prefix ``loyalty:`` (each process passes its configured prefix):
 
     loyalty:{p_1}:v:V1          voucher V1 of project p_1            (envelope)
     loyalty:{p_1}:c:C1          customer                              (envelope)
@@ -20,21 +20,12 @@ one or two letters because these strings are built and hashed on every read.
 
 from __future__ import annotations
 
-import enum
-import os
 from dataclasses import dataclass, field
 
+from cache.readmodel.documents import AliasKind
 from cache.types import ObjectKind
 
-PREFIX_ENV = "LOYALTY_REDIS_KEY_PREFIX"
 DEFAULT_PREFIX = "loyalty:"
-
-
-class AliasKind(enum.StrEnum):
-    """Secondary identifiers that resolve to an object id within a project."""
-
-    VOUCHER_CODE = "voucher_code"
-    CUSTOMER_SOURCE_ID = "customer_source_id"
 
 
 # StrEnum members hash and compare as their values, so plain strings find the same codes.
@@ -44,14 +35,11 @@ _OBJECT_CODES: dict[str, str] = {
     ObjectKind.CAMPAIGN: "m",
     ObjectKind.SEGMENT: "s",
 }
+_OBJECT_CODE_SET = frozenset(_OBJECT_CODES.values())
 _ALIAS_CODES: dict[str, str] = {
     AliasKind.VOUCHER_CODE: "vc",
     AliasKind.CUSTOMER_SOURCE_ID: "cs",
 }
-
-
-def _prefix_from_env() -> str:
-    return os.environ.get(PREFIX_ENV, DEFAULT_PREFIX)
 
 
 def project_hash_tag(project_id: str) -> str:
@@ -95,7 +83,7 @@ class ProjectKeys:
 class KeyLayout:
     """Builds keys under one configured prefix; tests use a unique prefix each."""
 
-    prefix: str = field(default_factory=_prefix_from_env)
+    prefix: str = DEFAULT_PREFIX
     watermark_key: str = field(init=False, repr=False, compare=False)
     channel: str = field(init=False, repr=False, compare=False)
     app_key_prefix: str = field(init=False, repr=False, compare=False)
@@ -143,6 +131,13 @@ class KeyLayout:
         except KeyError:
             raise ValueError(f"unknown alias kind: {kind!r}") from None
         return f"{self._project_head(project_id)}{code}:{value}"
+
+    def is_object_key(self, key: str) -> bool:
+        """Whether ``key`` is the key of an object's envelope (not an alias, not global)."""
+        if not key.startswith(self.project_keys_prefix) or "}:" not in key:
+            return False
+        code = key.split("}:", 1)[1].split(":", 1)[0]
+        return code in _OBJECT_CODE_SET
 
     def app_key(self, app_id: str) -> str:
         """Key of the API key record of one app id (global: an app id names its project)."""

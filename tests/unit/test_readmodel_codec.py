@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cache.codec import (
+from cache.errors import CacheDecodeError
+from cache.readmodel.codec import (
     ENVELOPE_HEAD,
     api_key_from_data,
     api_key_to_data,
@@ -21,7 +22,6 @@ from cache.codec import (
     encode_invalidation,
     encode_watermark,
 )
-from cache.errors import CacheDecodeError
 from cache.records import MAX_VERSION, ApiKeyRecord, Envelope, Invalidation
 from cache.types import Lsn
 

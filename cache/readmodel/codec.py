@@ -71,6 +71,18 @@ def decode_envelope(blob: bytes) -> Envelope:
     return Envelope(version, schema, obj["d"])
 
 
+def envelope_version(head: object) -> int | None:
+    """The version in the first ``ENVELOPE_HEADER_SIZE`` bytes of a stored value, or ``None``
+    when they are not an envelope's header (read without decoding the document)."""
+    if (
+        not isinstance(head, bytes)
+        or len(head) != ENVELOPE_HEADER_SIZE
+        or not head.startswith(ENVELOPE_HEAD)
+    ):
+        return None
+    return int.from_bytes(head[len(ENVELOPE_HEAD) :], "big")
+
+
 def encode_invalidation(message: Invalidation) -> bytes:
     """``[format, [key, version, key, version, ...], watermark | nil]`` as msgpack."""
     flat: list[str | int] = []

@@ -6,9 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cache.keys import (
+from cache.readmodel.keys import (
     DEFAULT_PREFIX,
-    PREFIX_ENV,
     AliasKind,
     KeyLayout,
     hash_tag_of,
@@ -68,10 +67,8 @@ def test_unknown_kinds_are_refused() -> None:
         layout.alias_key("p", "voucher", "x")
 
 
-def test_prefix_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(PREFIX_ENV, "other:")
-    assert KeyLayout().prefix == "other:"
-    monkeypatch.delenv(PREFIX_ENV)
+def test_prefix_is_the_callers_or_the_default() -> None:
+    assert KeyLayout("other:").prefix == "other:"
     assert KeyLayout().prefix == DEFAULT_PREFIX
 
 

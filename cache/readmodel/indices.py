@@ -1,0 +1,143 @@
+"""Elasticsearch side of the read model: index names, field names, mappings and settings.
+
+One index per kind behind an alias that readers use: ``<prefix><kind>s`` (``loyalty_vouchers``),
+concrete generations ``<prefix><kind>s_v<N>``. A document's ``_source`` is
+``{"id", "project_id", "doc": <the API object exactly as served>, <indexed fields>}``; ``doc``
+is stored, not indexed. Everything that lists, filters or search need is a flat field with a
+fixed type named in ``Field``; ``dynamic: false`` keeps the mapping closed, so tenant metadata
+only ever reaches the index as ``metadata_kv`` pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cache.readmodel.documents import INDEXED_KINDS
+from cache.types import ObjectKind
+
+
+class Field:
+    """Names of the fields of a document's ``_source`` (plain strings: they are JSON keys)."""
+
+    ID: Final = "id"
+    PROJECT_ID: Final = "project_id"
+    DOC: Final = "doc"
+    CREATED_AT: Final = "created_at"
+    # Exact sort key: Elasticsearch dates keep milliseconds, Postgres keeps microseconds.
+    CREATED_AT_US: Final = "created_at_us"
+    TYPE: Final = "type"
+    NAME: Final = "name"
+    CODE: Final = "code"
+    CODE_LOWER: Final = "code_lower"
+    CAMPAIGN_ID: Final = "campaign_id"
+    HOLDER_ID: Final = "holder_id"
+    ACTIVE: Final = "active"
+    SOURCE_ID: Final = "source_id"
+    EMAIL_LOWER: Final = "email_lower"
+    SEGMENT_IDS: Final = "segment_ids"
+    METADATA_KV: Final = "metadata_kv"
+    SEARCH_TEXT: Final = "search_text"
+
+
+class MetadataPair:
+    """Sub-fields of one ``metadata_kv`` entry: the dotted key and one value field per type."""
+
+    KEY: Final = "k"
+    STRING: Final = "s"
+    NUMBER: Final = "n"
+    DATE: Final = "d"
+    BOOLEAN: Final = "b"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexNames:
+    """Alias and generation names under one configured prefix; tests use a unique prefix."""
+
+    prefix: str
+
+    def alias(self, kind: str) -> str:
+        """The alias readers use for one kind (``kind``: an ``ObjectKind``)."""
+        return f"{self.prefix}{kind}s"
+
+    def aliases(self) -> list[str]:
+        return [self.alias(kind) for kind in INDEXED_KINDS]
+
+    def generation(self, kind: str, generation: int) -> str:
+        """The concrete index of one generation of a kind."""
+        return f"{self.alias(kind)}_v{generation}"
+
+    def generations_pattern(self, kind: str) -> str:
+        """Matches every generation of a kind, and nothing of another kind or prefix."""
+        return f"{self.alias(kind)}_v*"
+
+
+def search_source(
+    object_id: str, project_id: str, body: dict[str, Any], fields: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``_source`` of a document: the API object under ``doc`` beside its indexed fields."""
+    return {Field.ID: object_id, Field.PROJECT_ID: project_id, Field.DOC: body, **fields}
+
+
+KEYWORD = {"type": "keyword"}
+DATE = {"type": "date"}
+LONG = {"type": "long"}
+
+# Typed key/value pairs: one value field per kind, so comparisons stay typed while the
+# mapping never grows with the keys tenants invent.
+METADATA_KV = {
+    "type": "nested",
+    "properties": {
+        MetadataPair.KEY: KEYWORD,
+        MetadataPair.STRING: {"type": "keyword", "ignore_above": 256},
+        MetadataPair.NUMBER: {"type": "double"},
+        MetadataPair.DATE: {"type": "date", "ignore_malformed": True},
+        MetadataPair.BOOLEAN: {"type": "boolean"},
+    },
+}
+
+_COMMON = {
+    Field.ID: KEYWORD,
+    Field.PROJECT_ID: KEYWORD,
+    Field.DOC: {"type": "object", "enabled": False},
+    Field.CREATED_AT: DATE,
+}
+
+_FIELDS: dict[ObjectKind, dict[str, Any]] = {
+    ObjectKind.VOUCHER: {
+        Field.CODE: KEYWORD,
+        Field.CODE_LOWER: KEYWORD,
+        Field.CAMPAIGN_ID: KEYWORD,
+        Field.HOLDER_ID: KEYWORD,
+        Field.TYPE: KEYWORD,
+        Field.ACTIVE: {"type": "boolean"},
+        Field.CREATED_AT_US: LONG,
+        Field.METADATA_KV: METADATA_KV,
+        Field.SEARCH_TEXT: {"type": "text", "analyzer": "standard"},
+    },
+    ObjectKind.CUSTOMER: {
+        Field.SOURCE_ID: KEYWORD,
+        Field.EMAIL_LOWER: KEYWORD,
+        Field.CREATED_AT_US: LONG,
+        Field.SEGMENT_IDS: KEYWORD,
+        Field.METADATA_KV: METADATA_KV,
+        Field.SEARCH_TEXT: {"type": "text", "analyzer": "standard"},
+    },
+    ObjectKind.CAMPAIGN: {Field.TYPE: KEYWORD},
+    ObjectKind.SEGMENT: {Field.TYPE: KEYWORD, Field.NAME: KEYWORD},
+}
+
+
+def index_mappings(kind: ObjectKind) -> dict[str, Any]:
+    return {"dynamic": False, "properties": {**_COMMON, **_FIELDS[kind]}}
+
+
+def index_settings(refresh_interval: str) -> dict[str, Any]:
+    return {
+        "number_of_shards": 1,
+        "number_of_replicas": 0,
+        "refresh_interval": refresh_interval,
+        # A delete keeps its external version this long; a replayed older write arriving
+        # later is still refused instead of bringing the document back.
+        "gc_deletes": "12h",
+    }
