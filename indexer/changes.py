@@ -36,6 +36,10 @@ class RowChangeLike(Protocol):
 class Mark:
     project_id: str | None
     version: int
+    # Every project the object's own rows showed it in (old and new rows of its table): a
+    # project other than the rebuilt row's lost the object (``update ... set project_id``),
+    # and its keys there get versioned tombstones.
+    projects: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -54,17 +58,24 @@ class TouchedObjects:
     resegmented_projects: dict[str, int] = field(default_factory=dict)
     truncated_tables: dict[str, int] = field(default_factory=dict)
 
-    def mark(self, kind: ObjectKind, object_id: Any, project_id: Any, version: int) -> None:
+    def mark(
+        self, kind: ObjectKind, object_id: Any, project_id: Any, version: int, *, own: bool = False
+    ) -> None:
+        """Rebuild an object at ``version`` (at least). ``own``: the project comes from the
+        object's own row (not from a row that references it), so it held the object."""
         if object_id is None:
             return
         key = (kind, str(object_id))
+        project = _text(project_id)
         current = self.objects.get(key)
         if current is None:
-            self.objects[key] = Mark(_text(project_id), version)
-            return
-        current.version = max(current.version, version)
-        if current.project_id is None:
-            current.project_id = _text(project_id)
+            current = self.objects[key] = Mark(project, version)
+        else:
+            current.version = max(current.version, version)
+            if current.project_id is None:
+                current.project_id = project
+        if own and project is not None:
+            current.projects.add(project)
 
     def mark_api_key(self, app_id: Any, project_id: Any, version: int) -> None:
         current = self.api_keys.get(str(app_id))
@@ -125,12 +136,13 @@ def _rows(change: RowChangeLike) -> tuple[Mapping[str, Any], ...]:
 
 
 def _value_taken_away(change: RowChangeLike, field: str) -> tuple[str, str] | None:
-    """(project id, old value) when the change takes the row's ``field`` value away (a
-    delete, or an update to another value): the alias of that value must go."""
+    """(project id, old value) when the change takes the row's ``field`` value away from
+    its project (a delete, an update to another value or to another project): the alias
+    of that value in that project must go."""
     old = change.old
     if old is None or old.get(field) is None:
         return None
-    if change.op != "delete" and not _changed(change, field):
+    if change.op != "delete" and not (_changed(change, field) or _changed(change, "project_id")):
         return None
     return str(old["project_id"]), str(old[field])
 
@@ -138,7 +150,7 @@ def _value_taken_away(change: RowChangeLike, field: str) -> tuple[str, str] | No
 def _on_voucher(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:
     rows = _rows(change)
     for row in rows:
-        touched.mark(ObjectKind.VOUCHER, row.get("id"), row.get("project_id"), version)
+        touched.mark(ObjectKind.VOUCHER, row.get("id"), row.get("project_id"), version, own=True)
     removed = _value_taken_away(change, "code")
     if removed is not None:
         touched.removed_codes[removed] = version
@@ -155,7 +167,7 @@ def _on_voucher(touched: TouchedObjects, change: RowChangeLike, version: int) ->
 
 def _on_customer(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:
     for row in _rows(change):
-        touched.mark(ObjectKind.CUSTOMER, row.get("id"), row.get("project_id"), version)
+        touched.mark(ObjectKind.CUSTOMER, row.get("id"), row.get("project_id"), version, own=True)
     removed = _value_taken_away(change, "source_id")
     if removed is not None:
         touched.removed_source_ids[removed] = version
@@ -165,7 +177,7 @@ def _on_customer(touched: TouchedObjects, change: RowChangeLike, version: int) -
 
 def _on_campaign(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:
     for row in _rows(change):
-        touched.mark(ObjectKind.CAMPAIGN, row.get("id"), row.get("project_id"), version)
+        touched.mark(ObjectKind.CAMPAIGN, row.get("id"), row.get("project_id"), version, own=True)
     if change.op == "update" and _changed(change, "name") and change.new is not None:
         campaign_id = str(change.new["id"])
         touched.renamed_campaigns[campaign_id] = max(
@@ -181,7 +193,7 @@ def _on_redemption(touched: TouchedObjects, change: RowChangeLike, version: int)
 def _on_segment(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:
     rows = _rows(change)
     for row in rows:
-        touched.mark(ObjectKind.SEGMENT, row.get("id"), row.get("project_id"), version)
+        touched.mark(ObjectKind.SEGMENT, row.get("id"), row.get("project_id"), version, own=True)
     membership_may_change = any(row.get("type") == AUTO_UPDATE for row in rows) and (
         change.op != "update" or _changed(change, "filter") or _changed(change, "type")
     )

@@ -14,15 +14,26 @@ from typing import Any
 
 from cache.readmodel.indices import Field, MetadataPair
 from cache.types import ObjectKind
+from indexer.errors import IndexerError
+from indexer.jsonvalues import TooDeepJson
+from indexer.timestamps import OutOfRangeTimestamp
 
 Row = Mapping[str, Any]
 SegmentMatcher = Callable[[Mapping[str, Any]], bool]
+# A timestamptz as the source reads it: beyond datetime's years 1 to 9999 (infinity, BC,
+# year 10000 and later) it is an ``OutOfRangeTimestamp`` (``indexer.timestamps``).
+Timestamp = datetime | OutOfRangeTimestamp
 
 # Bounds on what tenant metadata may add to an indexed document: a tenant with thousands of
 # keys or huge values must not grow the mapping or a document without limit.
 MAX_METADATA_PAIRS = 64
 MAX_METADATA_DEPTH = 3
 MAX_INDEXED_STRING = 256
+
+
+class UnindexableRow(IndexerError, ValueError):
+    """A source row no document can carry (a JSON column nested too deep): the indexer
+    quarantines the row instead of writing it (``indexer.quarantine``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,22 +45,48 @@ class Document:
     fields: dict[str, Any]
 
 
-def iso_timestamp(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC with microseconds and a ``Z``: the instant Postgres stored, unrounded."""
+def iso_timestamp(value: Timestamp | None) -> str | None:
+    """ISO 8601 in UTC with microseconds and a ``Z``: the instant Postgres stored, unrounded.
+
+    Beyond years 1 to 9999: ``infinity``, ``-infinity`` or an expanded year
+    (``+10000-01-01T00:00:00.000000Z``, ``-0043-03-15T00:00:00.000000Z`` for 44 BC)."""
     if value is None:
         return None
+    if isinstance(value, OutOfRangeTimestamp):
+        return value.iso
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     # isoformat is several times cheaper than strftime on the per-document path.
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
-def epoch_micros(value: datetime) -> int:
-    """Exact sort key: Elasticsearch dates keep milliseconds, Postgres keeps microseconds."""
+def epoch_micros(value: Timestamp) -> int:
+    """Exact sort key: Elasticsearch dates keep milliseconds, Postgres keeps microseconds.
+
+    Clamped to the signed 64-bit range (the ``long`` field) beyond it: the infinities."""
+    if isinstance(value, OutOfRangeTimestamp):
+        return value.micros
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     delta = value - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def search_date(value: Timestamp | None, served: str | None) -> str | int | None:
+    """The value of an Elasticsearch ``date`` field: the served text, or for a timestamp
+    beyond years 1 to 9999 (which that field cannot parse) its epoch milliseconds, clamped
+    like :func:`epoch_micros`."""
+    if isinstance(value, OutOfRangeTimestamp):
+        return value.millis
+    return served
+
+
+def json_column(row: Row, column: str) -> Any:
+    """A JSON column's value; ``UnindexableRow`` when it is nested too deep to carry."""
+    value = row[column]
+    if isinstance(value, TooDeepJson):
+        raise UnindexableRow(value.reason(column))
+    return value
 
 
 def _pair_or_none(first: Any, second: Any, first_name: str, second_name: str) -> Any:
@@ -66,7 +103,7 @@ def voucher_document(row: Row) -> Document:
         "campaign": row["campaign_name"],
         "campaign_id": row["campaign_id"],
         "type": row["type"],
-        "discount": row["discount"],
+        "discount": json_column(row, "discount"),
         "gift": _pair_or_none(row["gift_amount"], row["gift_balance"], "amount", "balance"),
         "loyalty_card": _pair_or_none(
             row["loyalty_points"], row["loyalty_balance"], "points", "balance"
@@ -79,11 +116,11 @@ def voucher_document(row: Row) -> Document:
             "redeemed_quantity": row["redeemed_quantity"],
         },
         "holder_id": row["holder_id"],
-        "metadata": row["metadata"],
+        "metadata": json_column(row, "metadata"),
         "created_at": iso_timestamp(row["created_at"]),
         "updated_at": iso_timestamp(row["updated_at"]),
     }
-    metadata = row["metadata"] or {}
+    metadata = body["metadata"] or {}
     fields = {
         Field.CODE: row["code"],
         Field.CODE_LOWER: row["code"].lower(),
@@ -91,7 +128,7 @@ def voucher_document(row: Row) -> Document:
         Field.HOLDER_ID: row["holder_id"],
         Field.TYPE: row["type"],
         Field.ACTIVE: row["active"],
-        Field.CREATED_AT: body["created_at"],
+        Field.CREATED_AT: search_date(row["created_at"], body["created_at"]),
         Field.CREATED_AT_US: epoch_micros(row["created_at"]),
         Field.METADATA_KV: metadata_pairs(metadata),
         Field.SEARCH_TEXT: " ".join([row["code"], *metadata_strings(metadata)]),
@@ -107,8 +144,8 @@ def customer_body(row: Row) -> dict[str, Any]:
         "name": row["name"],
         "email": row["email"],
         "phone": row["phone"],
-        "address": row["address"],
-        "metadata": row["metadata"],
+        "address": json_column(row, "address"),
+        "metadata": json_column(row, "metadata"),
         "summary": {
             "redemptions": {
                 "total_redeemed": int(row["total_redeemed"] or 0),
@@ -129,11 +166,11 @@ def customer_document(row: Row, auto_segments: Iterable[tuple[str, SegmentMatche
     body = customer_body(row)
     segment_ids = set(row["static_segment_ids"] or ())
     segment_ids.update(seg_id for seg_id, matches in auto_segments if matches(body))
-    metadata = row["metadata"] or {}
+    metadata = body["metadata"] or {}
     fields = {
         Field.SOURCE_ID: row["source_id"],
         Field.EMAIL_LOWER: row["email"].lower() if row["email"] else None,
-        Field.CREATED_AT: body["created_at"],
+        Field.CREATED_AT: search_date(row["created_at"], body["created_at"]),
         Field.CREATED_AT_US: epoch_micros(row["created_at"]),
         Field.SEGMENT_IDS: sorted(segment_ids),
         Field.METADATA_KV: metadata_pairs(metadata),
@@ -152,13 +189,16 @@ def campaign_document(row: Row) -> Document:
         "active": row["active"],
         "start_date": iso_timestamp(row["start_date"]),
         "expiration_date": iso_timestamp(row["expiration_date"]),
-        "metadata": row["metadata"],
+        "metadata": json_column(row, "metadata"),
         "vouchers_count": int(row["vouchers_count"]),
         "created_at": iso_timestamp(row["created_at"]),
         "updated_at": iso_timestamp(row["updated_at"]),
         "object": "campaign",
     }
-    fields = {Field.TYPE: row["type"], Field.CREATED_AT: body["created_at"]}
+    fields = {
+        Field.TYPE: row["type"],
+        Field.CREATED_AT: search_date(row["created_at"], body["created_at"]),
+    }
     return Document(ObjectKind.CAMPAIGN, row["project_id"], row["id"], body, fields)
 
 
@@ -169,14 +209,14 @@ def segment_document(row: Row) -> Document:
         "id": row["id"],
         "name": row["name"],
         "type": row["type"],
-        "filter": row["filter"],
+        "filter": json_column(row, "filter"),
         "created_at": iso_timestamp(row["created_at"]),
         "object": "segment",
     }
     fields = {
         Field.TYPE: row["type"],
         Field.NAME: row["name"],
-        Field.CREATED_AT: body["created_at"],
+        Field.CREATED_AT: search_date(row["created_at"], body["created_at"]),
     }
     return Document(ObjectKind.SEGMENT, row["project_id"], row["id"], body, fields)
 

@@ -34,3 +34,12 @@ INVALID_FILTERS = Counter(
 REJECTED_DOCUMENTS = Counter(
     "indexer_rejected_documents_total", "Documents Elasticsearch refused for good"
 )
+QUARANTINED_ROWS = Counter(
+    "indexer_quarantined_rows_total",
+    "Source rows put in the quarantine (loyalty_indexer.quarantine): once per change that "
+    "could not become a document, not per attempt of its batch",
+    ["table"],
+)
+QUARANTINE_ROWS = Gauge(
+    "indexer_quarantine_rows", "Rows in the quarantine, as this process last counted them"
+)

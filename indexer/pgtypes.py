@@ -9,7 +9,9 @@ psycopg itself requires). Choices, all made so that no precision is lost:
   needs a ``default`` hook to serialize it). ``NaN``/``Infinity`` -> ``Decimal``.
 - ``json/jsonb`` -> parsed with orjson; integers beyond 64 bits come back as float (orjson's
   rule); a document orjson refuses (a number beyond double range, valid in jsonb) falls back
-  to the standard library's parser.
+  to the standard library's parser. A value nested more than ``MAX_JSON_DEPTH`` levels is
+  not parsed at all: it becomes a ``TooDeepJson`` marker (equal for equal texts), so no
+  depth of jsonb makes decoding fail (``indexer.jsonvalues``).
 - ``timestamptz`` -> aware ``datetime`` in UTC (microsecond precision kept);
   ``timestamp`` -> naive ``datetime``; ``date`` -> ``date``. Values Python cannot hold
   (``infinity``, ``-infinity``, BC dates, years past 9999) stay as Postgres text.
@@ -26,6 +28,8 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+
+from indexer.jsonvalues import too_deep
 
 Converter = Callable[[str], Any]
 
@@ -53,6 +57,11 @@ def _numeric(text: str) -> int | Decimal:
 
 
 def _json(text: str) -> Any:
+    # Nested beyond what the sinks can encode: not parsed (both parsers recurse; Python's
+    # raises RecursionError near 1000 levels), kept as a marker a change can be compared by.
+    deep = too_deep(text)
+    if deep is not None:
+        return deep
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:

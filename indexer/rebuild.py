@@ -3,36 +3,70 @@
 Fan-out is resolved against the source (a renamed campaign's vouchers, every customer of a
 project whose auto-update segments changed), then each touched object is rebuilt from the
 source; an object the source no longer has becomes a versioned removal.
+
+A row no document can carry never stops the rebuild: a read the source refuses is retried on
+halves of the chunk down to the one row that fails, a row the builders refuse (a JSON column
+nested too deep) is skipped, and both become :class:`PoisonRow` items of the chunk, which the
+caller records in the quarantine (``indexer.quarantine``) while the rest is written.
+
+An object that changed project (``update ... set project_id``) leaves its old project: its
+object and alias keys there get versioned tombstones. The old project is known from the
+change's old row (REPLICA IDENTITY FULL) or, failing that, from the indexed document (one
+realtime multi-get per chunk, ``IndexedOwners``).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
+from cache.errors import StoreError
+from cache.readmodel.documents import ALIAS_OF_KIND
 from cache.types import ObjectKind
 from indexer import metrics
 from indexer.changes import Mark, TouchedObjects
 from indexer.documents import (
     Document,
     SegmentMatcher,
+    UnindexableRow,
     campaign_document,
     customer_document,
     segment_document,
     voucher_document,
 )
+from indexer.errors import SourceBug
+from indexer.jsonvalues import TooDeepJson
 from indexer.segment_filter import InvalidSegmentFilter, compile_filter
-from indexer.source import DocumentSource
+from indexer.source import DocumentSource, Row
 
 log = logging.getLogger(__name__)
 
 ExistingIds = Callable[[ObjectKind], AsyncIterator[tuple[str, str]]]
+# Longest reason kept for a quarantined row: a driver message may quote a whole value.
+MAX_REASON = 1000
+
+
+class IndexedOwner(Protocol):
+    """What the index holds of an object: ``indexer.sinks.elastic.IndexedOwner``."""
+
+    @property
+    def project_id(self) -> str: ...
+    @property
+    def alias(self) -> str | None: ...
+    @property
+    def version(self) -> int: ...
+
+
+IndexedOwners = Callable[
+    [Sequence[tuple[ObjectKind, str]]], Awaitable[Mapping[tuple[ObjectKind, str], IndexedOwner]]
+]
 
 _BUILDERS = {
     ObjectKind.VOUCHER: voucher_document,
@@ -45,6 +79,12 @@ _KIND_OF_TABLE = {
     "campaigns": ObjectKind.CAMPAIGN,
     "segments": ObjectKind.SEGMENT,
 }
+TABLE_OF_KIND = {kind: table for table, kind in _KIND_OF_TABLE.items()}
+
+
+def kind_of_table(table: str) -> ObjectKind | None:
+    """The kind of object a source table's rows are (None: not a table of documents)."""
+    return _KIND_OF_TABLE.get(table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +93,31 @@ class RemovedObject:
     project_id: str
     object_id: str
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoisonRow:
+    """A source row that could not become a document, at the version of its change."""
+
+    kind: ObjectKind
+    object_id: str
+    project_id: str | None
+    version: int
+    reason: str
+
+    @property
+    def table(self) -> str:
+        return TABLE_OF_KIND[self.kind]
+
+
+def poison(
+    kind: ObjectKind, object_id: str, project_id: str | None, version: int, reason: str
+) -> PoisonRow:
+    """A :class:`PoisonRow` with its reason on one bounded line."""
+    line = " ".join(reason.split())
+    if len(line) > MAX_REASON:
+        line = line[: MAX_REASON - 3] + "..."
+    return PoisonRow(kind, object_id, project_id, version, line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +139,11 @@ class SinkWrites:
     removed_source_ids: list[tuple[str, str, int]] = field(default_factory=list)
     api_keys: list[tuple[ApiKeyRow, int]] = field(default_factory=list)
     removed_api_keys: list[tuple[str, str, int]] = field(default_factory=list)
+    # Objects written under another project now: their old project's object key gets a
+    # tombstone (Redis only; the search document is overwritten by the new one).
+    moved: list[RemovedObject] = field(default_factory=list)
+    # Rows no document could be built for: recorded in the quarantine, written nowhere.
+    quarantined: list[PoisonRow] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (
@@ -83,7 +153,16 @@ class SinkWrites:
             + len(self.removed_source_ids)
             + len(self.api_keys)
             + len(self.removed_api_keys)
+            + len(self.moved)
+            + len(self.quarantined)
         )
+
+    def remove_alias(self, kind: ObjectKind, project_id: str, value: str, version: int) -> None:
+        """Tombstone an object's alias (code, source_id) in a project at ``version``."""
+        if kind is ObjectKind.VOUCHER:
+            self.removed_codes.append((project_id, value, version))
+        elif kind is ObjectKind.CUSTOMER:
+            self.removed_source_ids.append((project_id, value, version))
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -101,11 +180,20 @@ def _compiled(segment_id: str, filter_json: bytes) -> SegmentMatcher | str:
     try:
         return compile_filter(orjson.loads(filter_json))
     except InvalidSegmentFilter as error:
-        log.warning(
-            "segment filter invalid", extra={"segment_id": segment_id, "reason": str(error)}
-        )
-        metrics.INVALID_FILTERS.inc()
-        return str(error)
+        return _invalid(segment_id, str(error))
+
+
+@functools.lru_cache(maxsize=1024)
+def _too_deep(segment_id: str, digest: bytes, reason: str) -> str:
+    """A filter nested too deep to parse: reported once per segment and filter text."""
+    del digest  # part of the cache key only
+    return _invalid(segment_id, reason)
+
+
+def _invalid(segment_id: str, reason: str) -> str:
+    log.warning("segment filter invalid", extra={"segment_id": segment_id, "reason": reason})
+    metrics.INVALID_FILTERS.inc()
+    return reason
 
 
 class SegmentFilters:
@@ -122,9 +210,13 @@ class SegmentFilters:
         for project_id in missing:
             self._by_project[project_id] = []
         for row in await self._source.auto_segments(missing):
-            compiled = _compiled(
-                row["id"], orjson.dumps(row["filter"], option=orjson.OPT_SORT_KEYS)
-            )
+            value = row["filter"]
+            if isinstance(value, TooDeepJson):
+                compiled: SegmentMatcher | str = _too_deep(
+                    row["id"], hashlib.blake2b(value.text).digest(), value.reason("filter")
+                )
+            else:
+                compiled = _compiled(row["id"], orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
             if isinstance(compiled, str):
                 continue  # a malformed filter leaves its segment empty; reported once
             self._by_project[row["project_id"]].append((row["id"], compiled))
@@ -141,9 +233,13 @@ class Rebuilder:
         source: DocumentSource,
         *,
         chunk_ids: int = 2000,
+        indexed_owners: IndexedOwners | None = None,
     ) -> None:
+        """``indexed_owners`` reads the project the index holds for documents (a live
+        indexer's moves); without it, moves are seen from the changes' old rows only."""
         self._source = source
         self._chunk_ids = chunk_ids
+        self._indexed_owners = indexed_owners
 
     async def expand(self, touched: TouchedObjects, existing_ids: ExistingIds | None) -> None:
         """Resolve fan-out that needs the source, marking the objects it reaches."""
@@ -209,9 +305,11 @@ class Rebuilder:
             for chunk in _chunks(marks, self._chunk_ids):
                 await self._rebuild_chunk(kind, dict(chunk), out, filters)
                 if len(out) >= self._chunk_ids:
+                    await self._leave_old_projects(out)
                     yield out
                     out = SinkWrites()
         if len(out):
+            await self._leave_old_projects(out)
             yield out
 
     async def _rebuild_chunk(
@@ -221,21 +319,111 @@ class Rebuilder:
         out: SinkWrites,
         filters: SegmentFilters,
     ) -> None:
-        rows = await self._source.rows_by_ids(kind, sorted(marks))
+        failed: set[str] = set()
+        rows = await self._rows(kind, sorted(marks), marks, out, failed)
         found: set[str] = set()
         if kind is ObjectKind.CUSTOMER:
             await filters.load(row["project_id"] for row in rows)
         for row in rows:
             object_id = row["id"]
             found.add(object_id)
-            if kind is ObjectKind.CUSTOMER:
-                document = customer_document(row, filters.of(row["project_id"]))
-            else:
-                document = _BUILDERS[kind](row)
-            out.documents.append((document, marks[object_id].version))
+            mark = marks[object_id]
+            project_id = row["project_id"]
+            try:
+                if kind is ObjectKind.CUSTOMER:
+                    document = customer_document(row, filters.of(project_id))
+                else:
+                    document = _BUILDERS[kind](row)
+            except StoreError:
+                raise
+            except Exception as error:
+                # A row no document can carry: quarantined, the chunk goes on. Anything a
+                # builder raises is such a row (they are pure functions of the row).
+                reason = (
+                    str(error)
+                    if isinstance(error, UnindexableRow)
+                    else (f"{type(error).__name__}: {error}")
+                )
+                out.quarantined.append(poison(kind, object_id, project_id, mark.version, reason))
+                for old in sorted(mark.projects - {project_id}):
+                    # Not written anew, yet gone from its old project: removed there.
+                    out.removed.append(RemovedObject(kind, old, object_id, mark.version))
+                continue
+            out.documents.append((document, mark.version))
+            for old in sorted(mark.projects - {project_id}):
+                out.moved.append(RemovedObject(kind, old, object_id, mark.version))
         for object_id, mark in marks.items():
-            if object_id not in found and mark.project_id is not None:
-                out.removed.append(RemovedObject(kind, mark.project_id, object_id, mark.version))
+            if object_id in found or object_id in failed:
+                continue
+            projects = set(mark.projects)
+            if mark.project_id is not None:
+                projects.add(mark.project_id)
+            for project_id in sorted(projects):
+                out.removed.append(RemovedObject(kind, project_id, object_id, mark.version))
+
+    async def _rows(
+        self,
+        kind: ObjectKind,
+        ids: list[str],
+        marks: Mapping[str, Mark],
+        out: SinkWrites,
+        failed: set[str],
+    ) -> list[Row]:
+        """The rows of ``ids``; a read the source refuses (a value it cannot convert) is
+        tried again on each half, down to the single rows that fail, which are quarantined."""
+        try:
+            return await self._source.rows_by_ids(kind, ids)
+        except SourceBug as error:
+            if len(ids) == 1:
+                mark = marks[ids[0]]
+                failed.add(ids[0])
+                out.quarantined.append(
+                    poison(kind, ids[0], mark.project_id, mark.version, f"source: {error}")
+                )
+                return []
+            middle = len(ids) // 2
+            return [
+                *await self._rows(kind, ids[:middle], marks, out, failed),
+                *await self._rows(kind, ids[middle:], marks, out, failed),
+            ]
+
+    async def _leave_old_projects(self, out: SinkWrites) -> None:
+        """Tombstone the keys an object left behind in the project it had in the index.
+
+        One realtime multi-get for the chunk's documents (and rows quarantined this time,
+        which are not written): a document indexed under another project than its row's now
+        loses that project's object key (Redis; the search document is overwritten) and
+        its alias there; a quarantined one is removed from that project in both sinks. An
+        alias whose value changed within the project is tombstoned too. Alias tombstones
+        take the indexed document's version: every alias write of that value by this
+        object is at or below it (an equal version wins), every later claim above it.
+        """
+        if self._indexed_owners is None:
+            return
+        current: dict[tuple[ObjectKind, str], tuple[str | None, str | None, int, bool]] = {}
+        for document, version in out.documents:
+            alias = _alias_value(document)
+            current[(document.kind, document.object_id)] = (
+                document.project_id,
+                alias,
+                version,
+                True,
+            )
+        for row in out.quarantined:
+            current.setdefault(
+                (row.kind, row.object_id), (row.project_id, None, row.version, False)
+            )
+        if not current:
+            return
+        owners = await self._indexed_owners(list(current))
+        for (kind, object_id), owner in owners.items():
+            project_id, alias, version, written = current[(kind, object_id)]
+            moved = project_id is not None and owner.project_id != project_id
+            if moved:
+                removal = RemovedObject(kind, owner.project_id, object_id, version)
+                (out.moved if written else out.removed).append(removal)
+            if owner.alias is not None and (moved or (written and owner.alias != alias)):
+                out.remove_alias(kind, owner.project_id, owner.alias, owner.version)
 
     async def _api_keys(self, marks: dict[str, Mark], out: SinkWrites) -> None:
         rows = await self._source.api_keys_by_ids(sorted(marks))
@@ -253,3 +441,9 @@ class Rebuilder:
         for app_id, mark in marks.items():
             if app_id not in found:
                 out.removed_api_keys.append((app_id, mark.project_id or "", mark.version))
+
+
+def _alias_value(document: Document) -> str | None:
+    spec = ALIAS_OF_KIND.get(document.kind)
+    value = document.body.get(spec.field) if spec is not None else None
+    return None if value is None else str(value)

@@ -5,8 +5,9 @@ A step reads ``pg_current_wal_lsn()`` and peeks at most ``batch_changes`` messag
 Decoded changes only name the objects they touch (plus fan-out: a renamed campaign's
 vouchers, the customers of a project whose auto-update segments changed); once the batch's
 transactions are visible, each object is rebuilt from the source (``indexer.rebuild``) and
-the chunks are written to Elasticsearch and Redis together. A document Elasticsearch refuses
-for good is counted and logged, not retried.
+the chunks are written to Elasticsearch and Redis together. A row that cannot become a
+document (the rebuild cannot build it, Elasticsearch refuses it for good) is recorded in the
+quarantine (``indexer.quarantine``) before the slot moves: one row never holds back the rest.
 
 The slot is advanced only after both sinks acknowledged the batch, then the watermark in
 Redis; a crash replays the batch, and every write is versioned by commit LSN, so the replay
@@ -36,11 +37,12 @@ from indexer import metrics
 from indexer.changes import WATCHED_TABLES, TouchedObjects, collect_touched
 from indexer.errors import SourceUnavailable, classify_postgres
 from indexer.pgoutput import ChangeDecoder, Transaction
+from indexer.quarantine import Quarantine
 from indexer.queries import query
 from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.retry import Backoff
 from indexer.settings import IndexerSettings
-from indexer.sinks.elastic import ElasticSink, RejectedDocuments, VersionedDelete
+from indexer.sinks.elastic import ElasticSink, RefusedDocument, VersionedDelete
 from indexer.sinks.redis import RedisSink
 from indexer.slot import (
     advance_slot,
@@ -78,6 +80,7 @@ class Indexer:
         self._search = search
         self._cache = cache
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._quarantine = Quarantine()
         self.watermark: Lsn | None = None
         # Test hook: awaited after the sinks applied a batch and before the slot advances.
         self.before_advance: BatchHook | None = None
@@ -96,6 +99,7 @@ class Indexer:
         """Publication, slot and indices in place; runs the initial load when needed."""
         conn = await self._connection()
         await ensure_publication(conn, self._settings.publication, WATCHED_TABLES)
+        await self._quarantine.load(conn)
         meta = await self._search.indices_ready()
         has_slot = await slot_exists(conn, self._settings.slot_name)
         complete = (
@@ -109,7 +113,9 @@ class Indexer:
             "initial load needed",
             extra={"slot_exists": has_slot, "index_meta": meta},
         )
-        point = await initial_load(self._settings, conn, self._search, self._cache)
+        point = await initial_load(
+            self._settings, conn, self._search, self._cache, quarantine=self._quarantine
+        )
         self.watermark = point
 
     async def step(self) -> StepResult:
@@ -202,24 +208,27 @@ class Indexer:
         rebuilder = Rebuilder(
             DocumentSource(conn),
             chunk_ids=self._settings.rebuild_chunk_ids,
+            indexed_owners=self._search.indexed_owners,
         )
         await rebuilder.expand(touched, self._search.ids_of_kind)
         async for chunk in rebuilder.writes(touched):
-            await self._write_both(chunk)
+            await self._write_both(conn, chunk)
 
-    async def _write_both(self, chunk: SinkWrites) -> None:
-        await asyncio.gather(self._write_search(chunk), self._cache.apply(chunk))
+    async def _write_both(self, conn: psycopg.AsyncConnection[Any], chunk: SinkWrites) -> None:
+        refused, _ = await asyncio.gather(self._write_search(chunk), self._cache.apply(chunk))
+        # Before the slot moves past the batch: a crash here replays it, and recording the
+        # same rows again changes nothing.
+        await self._quarantine.settle(conn, chunk, refused)
         _count_written(chunk)
 
-    async def _write_search(self, chunk: SinkWrites) -> None:
+    async def _write_search(self, chunk: SinkWrites) -> list[RefusedDocument]:
         deletes = [VersionedDelete(r.kind, r.object_id, r.version) for r in chunk.removed]
-        try:
-            await self._search.apply(chunk.documents, deletes)
-        except RejectedDocuments as error:
-            # A document Elasticsearch refuses for good is a bug to see, not an outage to
-            # wait for: holding the slot would stop every tenant's freshness on one row.
-            metrics.REJECTED_DOCUMENTS.inc(len(error.failures))
-            log.error("documents rejected", extra={"failures": error.failures[:5]})
+        result = await self._search.apply(chunk.documents, deletes)
+        if result.refused:
+            # A document Elasticsearch refuses for good is quarantined, not waited for:
+            # holding the slot would stop every tenant's freshness on one row.
+            metrics.REJECTED_DOCUMENTS.inc(len(result.refused))
+        return result.refused
 
     async def run(self, stop: asyncio.Event) -> None:
         """Loop until ``stop`` is set; the batch in progress is finished first."""

@@ -27,6 +27,9 @@ Semantics decided here (tests in ``tests/unit/test_segment_filter.py`` pin each 
   object or list value is never looked into: only ``$is_not``, ``$not_in``, ``$has_value`` hold.
 * Null is not a comparison value (use ``$is_unknown``). ``$in: []`` matches no one and
   ``$not_in: []`` everyone; every other operator that compares needs at least one value.
+* Size: at most :data:`MAX_FILTER_VALUES` values over all operators (a bare scalar is one)
+  and :data:`MAX_FILTER_BYTES` bytes as compact JSON; a larger filter is malformed (a
+  ``$in`` of 100,000 ids would cost every customer rebuild of its project).
 * :func:`compile_filter` raises only :class:`InvalidSegmentFilter`, never anything else, for
   any input: a null or non-object filter included (the caller decides what null means).
 """
@@ -40,12 +43,18 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import orjson
+
 from indexer.errors import IndexerError
 
 MAX_DEPTH: Final = 8
 """Filter objects from the root down (the root counts as 1)."""
 MAX_CONDITIONS: Final = 200
 """Operators plus nested filters over the whole tree: bounds the cost of every evaluation."""
+MAX_FILTER_VALUES: Final = 1000
+"""Values over all operators of the whole tree (a bare scalar counts as one)."""
+MAX_FILTER_BYTES: Final = 64 * 1024
+"""The filter's size as compact JSON (UTF-8): bounds compiling, caching and logging it."""
 
 # Longer strings are neither numbers nor timestamps; the cap also keeps int() far from
 # Python's digit limit, which would raise.
@@ -81,7 +90,23 @@ class CustomerPredicate:
 
 def compile_filter(raw: object) -> CustomerPredicate:
     """Validate a decoded ``segments.filter`` value and compile it; see the module docstring."""
-    return CustomerPredicate(_compile_node(raw, "filter", 1, [0]))
+    # The budget counts conditions (operators and nested filters), then values.
+    test = _compile_node(raw, "filter", 1, [0, 0])
+    _check_size(raw)  # after the structure: its messages say more, and it bounds the values
+    return CustomerPredicate(test)
+
+
+def _check_size(raw: object) -> None:
+    try:
+        size = len(orjson.dumps(raw))
+    except TypeError as error:  # orjson.JSONEncodeError is one
+        if "recursion" in str(error).lower():
+            raise _fail("filter", "nested too deep to encode as JSON") from None
+        return  # not JSON (tests feed any object): the structure checks say what is wrong
+    if size > MAX_FILTER_BYTES:
+        raise _fail(
+            "filter", f"too large: {size} bytes as JSON (at most {MAX_FILTER_BYTES} in a filter)"
+        )
 
 
 # --- reading customer values: total functions, any input, never raise --------------------
@@ -251,6 +276,12 @@ def _spend(budget: list[int], where: str) -> None:
         raise _fail(where, f"too many conditions (at most {MAX_CONDITIONS} in a filter)")
 
 
+def _spend_values(budget: list[int], count: int, where: str) -> None:
+    budget[1] += count
+    if budget[1] > MAX_FILTER_VALUES:
+        raise _fail(where, f"too many values (at most {MAX_FILTER_VALUES} in a filter)")
+
+
 def _compile_node(raw: object, where: str, depth: int, budget: list[int]) -> _Test:
     if depth > MAX_DEPTH:
         raise _fail(where, f"nested too deep (at most {MAX_DEPTH} levels of filters)")
@@ -298,6 +329,7 @@ def _compile_field(key: str, spec: object, where: str, budget: list[int]) -> _Te
         if isinstance(raw_values, Mapping):
             raise _fail(at, f"expected a list of values, got {_show(raw_values)}")
         values = list(raw_values) if isinstance(raw_values, list | tuple) else [raw_values]
+        _spend_values(budget, len(values), at)
         checks.append(build(values, at))
     return _field_test(path, tuple(checks))
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from cache.records import Envelope, VersionedWrite
 from cache.types import Lsn, ObjectKind
 from indexer.changes import TouchedObjects
+from indexer.quarantine import Quarantine
 from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.settings import IndexerSettings
 from indexer.sinks.elastic import ElasticSink, VersionedDelete
@@ -48,8 +49,13 @@ async def initial_load(
     cache: RedisSink,
     *,
     progress: bool | None = None,
+    quarantine: Quarantine | None = None,
 ) -> Lsn:
-    """Recreate the slot and the indices, load everything; returns the consistent point."""
+    """Recreate the slot and the indices, load everything; returns the consistent point.
+
+    Rows that cannot become a document are recorded in the quarantine (on ``conn``) at the
+    consistent point, like the capture loop's."""
+    quarantine = quarantine if quarantine is not None else Quarantine()
     if await slot_exists(conn, settings.slot_name):
         # A slot without complete indices cannot be trusted: its snapshot is gone.
         await drop_slot(conn, settings.slot_name)
@@ -70,7 +76,7 @@ async def initial_load(
             # Reading and building the next chunk overlaps with writing the previous one;
             # the bounded queue keeps memory at a few chunks whatever the table size.
             queue: asyncio.Queue[SinkWrites | None] = asyncio.Queue(maxsize=2)
-            writer = asyncio.create_task(_write_chunks(queue, search, cache))
+            writer = asyncio.create_task(_write_chunks(queue, search, cache, conn, quarantine))
             try:
                 for table, kind in _TABLES:
                     total = await source.row_count(table)
@@ -135,11 +141,16 @@ async def _put(
 
 
 async def _write_chunks(
-    queue: asyncio.Queue[SinkWrites | None], search: ElasticSink, cache: RedisSink
+    queue: asyncio.Queue[SinkWrites | None],
+    search: ElasticSink,
+    cache: RedisSink,
+    conn: psycopg.AsyncConnection[Any],
+    quarantine: Quarantine,
 ) -> None:
     while (chunk := await queue.get()) is not None:
         deletes = [VersionedDelete(r.kind, r.object_id, r.version) for r in chunk.removed]
-        await asyncio.gather(search.apply(chunk.documents, deletes), cache.apply(chunk))
+        result, _ = await asyncio.gather(search.apply(chunk.documents, deletes), cache.apply(chunk))
+        await quarantine.settle(conn, chunk, result.refused)
 
 
 async def retire_older_cache_values(cache: RedisSink, point: Lsn) -> int:

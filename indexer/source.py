@@ -19,7 +19,9 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from cache.types import ObjectKind
+from indexer import timestamps
 from indexer.errors import postgres_boundary
+from indexer.jsonvalues import too_deep
 from indexer.queries import query
 from indexer.tables import CONTRACT_TABLES
 
@@ -55,7 +57,13 @@ def _json_float(text: str) -> float | str:
 
 
 def load_jsonb(data: str | bytes) -> Any:
-    """Parse a jsonb value into what every sink can encode, identically in each."""
+    """Parse a jsonb value into what every sink can encode, identically in each.
+
+    A value nested deeper than the sinks can encode is not parsed (the parser is recursive
+    too): it comes back as a ``TooDeepJson`` marker, which the document builders refuse."""
+    deep = too_deep(data)
+    if deep is not None:
+        return deep
     return json.loads(data, parse_int=_json_int, parse_float=_json_float)
 
 
@@ -72,10 +80,13 @@ def _sql(name: str) -> str:
 
 @postgres_boundary
 async def connect(dsn: str, *, autocommit: bool = False) -> AnyConnection:
-    """A connection to the source database, in UTC (timestamps are read as instants)."""
-    return await psycopg.AsyncConnection.connect(
+    """A connection to the source database, in UTC (timestamps are read as instants); its
+    ``timestamptz`` values beyond ``datetime`` load as ``OutOfRangeTimestamp``."""
+    conn = await psycopg.AsyncConnection.connect(
         dsn, autocommit=autocommit, options="-c timezone=UTC"
     )
+    timestamps.install(conn)
+    return conn
 
 
 class DocumentSource:
@@ -83,9 +94,16 @@ class DocumentSource:
 
     def __init__(self, conn: AnyConnection) -> None:
         self._conn = conn
+        # Whoever opened the connection: its timestamps beyond datetime load as values too.
+        timestamps.install(conn)
 
     async def _fetch(self, name: str, params: dict[str, Any]) -> list[Row]:
-        async with self._conn.cursor(row_factory=dict_row) as cursor:
+        async with contextlib.AsyncExitStack() as stack:
+            if not self._conn.autocommit:
+                # Inside a snapshot's transaction a failed statement would abort it: a
+                # savepoint keeps one failed read (a poison row, retried row by row) local.
+                await stack.enter_async_context(self._conn.transaction())
+            cursor = await stack.enter_async_context(self._conn.cursor(row_factory=dict_row))
             await cursor.execute(_sql(name), params)
             return await cursor.fetchall()
 

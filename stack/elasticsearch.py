@@ -179,6 +179,7 @@ class Elasticsearch(Service):
             "cluster.routing.allocation.disk.threshold_enabled": "false",
             # Tests drop their indices by prefix wildcard, which 8.x refuses by default.
             "action.destructive_requires_name": "false",
+            **dict(self.config.es_node_settings),
         }
 
     @property

@@ -4,21 +4,29 @@ Every write carries ``version_type=external_gte`` with the commit LSN as version
 older write is refused by Elasticsearch itself and a replayed batch changes nothing.
 Index and field names come from ``cache.readmodel.indices``; driver errors are translated by
 ``cache.boundary.elasticsearch_boundary``, which every public method carries.
+
+Bulk requests are cut at :data:`MAX_BULK_BYTES`; one the node still refuses as too large
+(413, over its ``http.max_content_length``) is halved until every part passes, down to a
+single document, which is then refused for good. Documents refused for good (alone too large,
+or an item error such as a mapping error) are returned to the caller, which quarantines their
+rows; item errors that may pass later (429, 5xx) and request-level 429/5xx raise
+``SearchUnavailable`` (the boundary's classification), so the batch is retried.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, cast
 
+import elasticsearch
 import orjson
 from elasticsearch import AsyncElasticsearch
 
 from cache.boundary import elasticsearch_boundary
-from cache.errors import SearchBug, SearchUnavailable
-from cache.readmodel.documents import INDEXED_KINDS
+from cache.errors import SearchUnavailable
+from cache.readmodel.documents import ALIAS_OF_KIND, INDEXED_KINDS
 from cache.readmodel.indices import (
     Field,
     IndexNames,
@@ -33,17 +41,14 @@ log = logging.getLogger(__name__)
 
 SCAN_PAGE = 1000
 
+# Far below Elasticsearch's default http.max_content_length (100mb): a bulk request this size
+# is cheap to send again, and to halve when a node has a lower limit.
+MAX_BULK_BYTES: Final = 8 * 1024 * 1024
+_TOO_LARGE: Final = 413
+
 # Statuses after which retrying the same item cannot succeed: a mapping or validation error
 # is a bug to report, not an outage to wait out.
 _PERMANENT_ITEM_ERRORS = frozenset({400})
-
-
-class RejectedDocuments(SearchBug):
-    """Elasticsearch refused some documents for good (mapping errors): reported, not retried."""
-
-    def __init__(self, failures: list[dict[str, Any]]) -> None:
-        super().__init__(f"{len(failures)} documents rejected, first: {failures[0]}")
-        self.failures = failures
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,57 @@ class VersionedDelete:
     kind: ObjectKind
     object_id: str
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedDocument:
+    """A document or delete Elasticsearch refused for good, and why."""
+
+    kind: ObjectKind
+    object_id: str
+    project_id: str | None
+    version: int
+    reason: str
+
+
+@dataclass(slots=True)
+class BulkResult:
+    applied: int = 0
+    refused: list[RefusedDocument] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedOwner:
+    """What the index holds of a document's tenancy: its project, its alias value (code,
+    source_id) and the version it was written with."""
+
+    project_id: str
+    alias: str | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    kind: ObjectKind
+    object_id: str
+    project_id: str | None
+    version: int
+    lines: bytes  # the action line and, for an index, the source line, each ending in \n
+
+    def refused(self, reason: str) -> RefusedDocument:
+        return RefusedDocument(self.kind, self.object_id, self.project_id, self.version, reason)
+
+
+def _groups(items: Sequence[_Item], limit: int) -> Iterator[Sequence[_Item]]:
+    """Consecutive items whose bodies together stay within ``limit`` bytes (at least one)."""
+    start = size = 0
+    for index, item in enumerate(items):
+        if index > start and size + len(item.lines) > limit:
+            yield items[start:index]
+            start, size = index, 0
+        size += len(item.lines)
+    if start < len(items):
+        yield items[start:]
 
 
 class ElasticSink:
@@ -134,75 +190,147 @@ class ElasticSink:
     @elasticsearch_boundary
     async def apply(
         self, documents: Sequence[tuple[Document, int]], deletes: Sequence[VersionedDelete]
-    ) -> int:
-        """Write documents and deletes; returns how many items Elasticsearch applied.
+    ) -> BulkResult:
+        """Write documents and deletes; returns how many items Elasticsearch applied and the
+        documents it refused for good.
 
         A version conflict means a newer version is already there: success. A delete of a
         missing document still records its version: success. Transient item failures (429,
         5xx) raise :class:`SearchUnavailable` so the whole batch is retried, which is safe
         because every item is idempotent.
         """
-        if not documents and not deletes:
-            return 0
+        result = BulkResult()
+        items = self._encode(documents, deletes, result)
+        for group in _groups(items, MAX_BULK_BYTES):
+            await self._send(group, result)
+        return result
+
+    def _encode(
+        self,
+        documents: Sequence[tuple[Document, int]],
+        deletes: Sequence[VersionedDelete],
+        result: BulkResult,
+    ) -> list[_Item]:
         # The body is encoded here with orjson, line by line: the client's own JSON encoder
         # costs more than the rest of the batch on large snapshots.
-        lines: list[bytes] = []
+        items: list[_Item] = []
         for document, version in documents:
-            lines.append(
-                orjson.dumps(
-                    {
-                        "index": {
-                            "_index": self.alias(document.kind),
-                            "_id": document.object_id,
-                            "version": version,
-                            "version_type": "external_gte",
-                        }
-                    }
-                )
-            )
-            lines.append(
-                orjson.dumps(
+            action = {
+                "index": {
+                    "_index": self.alias(document.kind),
+                    "_id": document.object_id,
+                    "version": version,
+                    "version_type": "external_gte",
+                }
+            }
+            try:
+                source = orjson.dumps(
                     search_source(
                         document.object_id, document.project_id, document.body, document.fields
                     )
                 )
+            except TypeError as error:  # orjson.JSONEncodeError is one
+                reason = f"cannot be encoded as JSON: {error}"
+                result.refused.append(
+                    RefusedDocument(
+                        document.kind, document.object_id, document.project_id, version, reason
+                    )
+                )
+                continue
+            lines = orjson.dumps(action) + b"\n" + source + b"\n"
+            items.append(
+                _Item(document.kind, document.object_id, document.project_id, version, lines)
             )
         for delete in deletes:
-            lines.append(
-                orjson.dumps(
-                    {
-                        "delete": {
-                            "_index": self.alias(delete.kind),
-                            "_id": delete.object_id,
-                            "version": delete.version,
-                            "version_type": "external_gte",
-                        }
-                    }
+            action = {
+                "delete": {
+                    "_index": self.alias(delete.kind),
+                    "_id": delete.object_id,
+                    "version": delete.version,
+                    "version_type": "external_gte",
+                }
+            }
+            lines = orjson.dumps(action) + b"\n"
+            items.append(_Item(delete.kind, delete.object_id, None, delete.version, lines))
+        return items
+
+    async def _send(self, items: Sequence[_Item], result: BulkResult) -> None:
+        """One bulk request; halved while the node refuses it as too large (413)."""
+        body = b"".join(item.lines for item in items)
+        try:
+            # The client passes a pre-encoded ndjson body through unchanged.
+            response = await self._client.bulk(operations=cast(Any, body))
+        except elasticsearch.ApiError as error:
+            # Any other status is the boundary's to classify (429 and 5xx: an outage).
+            if error.meta.status != _TOO_LARGE:
+                raise
+            if len(items) == 1:
+                result.refused.append(
+                    items[0].refused(
+                        f"elasticsearch: 413 request too large: the document alone makes a "
+                        f"bulk request of {len(body)} bytes, over the node's "
+                        f"http.max_content_length"
+                    )
                 )
+                return
+            log.info(
+                "bulk request too large, halving it",
+                extra={"items": len(items), "bytes": len(body)},
             )
-        lines.append(b"")
-        operations = b"\n".join(lines)
-        # The client passes a pre-encoded ndjson body through unchanged.
-        response = await self._client.bulk(operations=cast(Any, operations))
+            middle = len(items) // 2
+            await self._send(items[:middle], result)
+            await self._send(items[middle:], result)
+            return
         if not response.get("errors"):
-            return len(response["items"])
-        applied = 0
+            result.applied += len(response["items"])
+            return
         transient: list[dict[str, Any]] = []
-        permanent: list[dict[str, Any]] = []
-        for item in response["items"]:
-            result = next(iter(item.values()))
-            status = int(result.get("status", 500))
+        for item, outcome in zip(items, response["items"], strict=True):
+            answer = next(iter(outcome.values()))
+            status = int(answer.get("status", 500))
             if status < 300 or status in (404, 409):
-                applied += 1
+                result.applied += 1
             elif status in _PERMANENT_ITEM_ERRORS:
-                permanent.append(result)
+                cause = answer.get("error") or {}
+                detail = cause.get("reason") if isinstance(cause, dict) else cause
+                kind = cause.get("type") if isinstance(cause, dict) else None
+                result.refused.append(item.refused(f"elasticsearch: {status} {kind}: {detail}"))
             else:
-                transient.append(result)
+                transient.append(answer)
         if transient:
             raise SearchUnavailable(f"elasticsearch refused {len(transient)} items: {transient[0]}")
-        if permanent:
-            raise RejectedDocuments(permanent)
-        return applied
+
+    @elasticsearch_boundary
+    async def indexed_owners(
+        self, keys: Sequence[tuple[ObjectKind, str]]
+    ) -> dict[tuple[ObjectKind, str], IndexedOwner]:
+        """The project and alias value each of these documents has in the index now (a
+        realtime multi-get, one request): how a move between projects is seen when the
+        change itself does not carry the old project (default replica identity)."""
+        if not keys:
+            return {}
+        wanted: list[dict[str, Any]] = []
+        for kind, object_id in keys:
+            includes = [Field.PROJECT_ID]
+            alias = ALIAS_OF_KIND.get(kind)
+            if alias is not None:
+                includes.append(f"{Field.DOC}.{alias.field}")
+            wanted.append({"_index": self.alias(kind), "_id": object_id, "_source": includes})
+        response = await self._client.mget(docs=wanted, realtime=True)
+        owners: dict[tuple[ObjectKind, str], IndexedOwner] = {}
+        for (kind, object_id), found in zip(keys, response["docs"], strict=True):
+            stored = found.get("_source") if found.get("found") else None
+            if not isinstance(stored, dict) or stored.get(Field.PROJECT_ID) is None:
+                continue  # not indexed (or its index missing: the write will say so)
+            alias = ALIAS_OF_KIND.get(kind)
+            body = stored.get(Field.DOC)
+            value = body.get(alias.field) if alias is not None and isinstance(body, dict) else None
+            owners[(kind, object_id)] = IndexedOwner(
+                str(stored[Field.PROJECT_ID]),
+                None if value is None else str(value),
+                int(found.get("_version", 0)),
+            )
+        return owners
 
     @elasticsearch_boundary
     async def ids_of_kind(self, kind: ObjectKind) -> AsyncIterator[tuple[str, str]]:

@@ -15,7 +15,8 @@ from indexer.rebuild import SinkWrites
 
 
 def cache_writes(store: CacheStore, chunk: SinkWrites) -> list[VersionedWrite]:
-    """The Redis writes of one chunk, alias tombstones first.
+    """The Redis writes of one chunk, alias tombstones first; an object that moved to
+    another project leaves a tombstone under its old one (``chunk.moved``).
 
     A code released and claimed again in one batch gets its tombstone and then its new
     alias at the same version; the versioned set lets the later write of equal version win.
@@ -28,7 +29,7 @@ def cache_writes(store: CacheStore, chunk: SinkWrites) -> list[VersionedWrite]:
     for project_id, source_id, version in chunk.removed_source_ids:
         key = layout.alias_key(project_id, AliasKind.CUSTOMER_SOURCE_ID, source_id)
         writes.append(VersionedWrite(key, Envelope.tombstone(version)))
-    for removed in chunk.removed:
+    for removed in (*chunk.removed, *chunk.moved):
         key = layout.object_key(removed.project_id, removed.kind, removed.object_id)
         writes.append(VersionedWrite(key, Envelope.tombstone(removed.version)))
     for document, version in chunk.documents:

@@ -134,3 +134,57 @@ def test_jsonb_numbers_every_sink_can_encode() -> None:
     assert value == {"big": 1.2345678901234568e29, "huge": "1e400", "n": -5, "f": 1.5}
     assert orjson.loads(orjson.dumps(value)) == value
     assert msgpack.unpackb(msgpack.packb(value)) == value
+
+
+def test_timestamps_beyond_datetime_are_served_in_their_documented_form() -> None:
+    from cache.readmodel.indices import Field
+    from indexer.timestamps import MAX_MICROS, MIN_MICROS, parse_timestamptz
+
+    row = voucher_row(
+        expiration_date=parse_timestamptz("infinity"),
+        start_date=parse_timestamptz("-infinity"),
+        created_at=parse_timestamptz("10000-01-01 00:00:00+00"),
+        updated_at=parse_timestamptz("0044-03-15 00:00:00+00 BC"),
+    )
+    document = voucher_document(row)
+    assert document.body["expiration_date"] == "infinity"
+    assert document.body["start_date"] == "-infinity"
+    assert document.body["created_at"] == "+10000-01-01T00:00:00.000000Z"
+    assert document.body["updated_at"] == "-0043-03-15T00:00:00.000000Z"
+    assert document.fields[Field.CREATED_AT_US] == 253_402_300_800_000_000
+    # The date field takes epoch milliseconds: it cannot parse an expanded year.
+    assert document.fields[Field.CREATED_AT] == 253_402_300_800_000
+    infinite = voucher_document(voucher_row(created_at=parse_timestamptz("-infinity")))
+    assert infinite.fields[Field.CREATED_AT_US] == MIN_MICROS
+    assert (
+        voucher_document(voucher_row(created_at=parse_timestamptz("infinity"))).fields[
+            Field.CREATED_AT_US
+        ]
+        == MAX_MICROS
+    )
+
+
+def test_json_nested_too_deep_makes_the_row_unindexable() -> None:
+    import pytest
+
+    from indexer.documents import UnindexableRow, segment_document
+    from indexer.jsonvalues import MAX_JSON_DEPTH
+    from indexer.source import load_jsonb
+
+    deep = load_jsonb('{"a":' * 300 + "1" + "}" * 300)
+    for column in ("metadata", "discount"):
+        with pytest.raises(UnindexableRow, match=rf"^{column}: JSON nested more than"):
+            voucher_document(voucher_row(**{column: deep}))
+    segment = {
+        "id": "s",
+        "project_id": "p",
+        "name": "S",
+        "type": "auto-update",
+        "filter": deep,
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    with pytest.raises(UnindexableRow, match=f"filter: .*{MAX_JSON_DEPTH}"):
+        segment_document(segment)
+    within = load_jsonb("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH)
+    assert voucher_document(voucher_row(metadata=within)).body["metadata"] == within

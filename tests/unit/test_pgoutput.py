@@ -523,3 +523,46 @@ def test_decoder_keeps_unchanged_values_out_of_new_rows(data: st.DataObject) -> 
             unchanged.add(name)
     assert change == RowChange("update", "t", expected, old_row, frozenset(unchanged))
     assert change.new is not None and not unchanged & change.new.keys()
+
+
+# ---------------------------------------------------------------------------- deep JSON
+
+
+def _json_relation(oid: int = 9) -> Relation:
+    return Relation(oid, "public", "segments", "f",
+                    (Column(1, "id", INT4, -1), Column(0, "filter", JSONB, -1)))
+
+
+@pytest.mark.parametrize("levels", [300, 1000, 100_000])
+def test_json_nested_beyond_any_parser_decodes_to_a_marker(levels: int) -> None:
+    from indexer.jsonvalues import MAX_JSON_DEPTH, TooDeepJson
+
+    deep = '{"a":' * levels + "1" + "}" * levels
+    deeper = '{"a":' * levels + "2" + "}" * levels
+    decoder = ChangeDecoder()
+    (transaction,) = decoder.feed_all([
+        encode(BEGIN), encode(_json_relation()), encode(Insert(9, ("1", deep))),
+        encode(Update(9, ("1", deeper), ("1", deep), "O")),
+        encode(Update(9, ("1", deeper), ("1", deeper), "O")),
+        encode(Delete(9, ("1", deeper), "O")), encode(COMMIT),
+    ])
+    insert, changed, same, delete = transaction.changes
+    assert insert.new is not None and isinstance(insert.new["filter"], TooDeepJson)
+    assert insert.new["filter"].depth == levels > MAX_JSON_DEPTH
+    assert changed.old is not None and changed.new is not None
+    assert changed.old["filter"] != changed.new["filter"]  # still compared, by text
+    assert same.old is not None and same.new is not None
+    assert same.old["filter"] == same.new["filter"]
+    assert delete.old is not None and isinstance(delete.old["filter"], TooDeepJson)
+
+
+def test_json_at_the_depth_limit_is_parsed() -> None:
+    from indexer.jsonvalues import MAX_JSON_DEPTH
+
+    value = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    decoder = ChangeDecoder()
+    (transaction,) = decoder.feed_all([
+        encode(BEGIN), encode(_json_relation()), encode(Insert(9, ("1", value))), encode(COMMIT)
+    ])
+    (insert,) = transaction.changes
+    assert insert.new is not None and isinstance(insert.new["filter"], list)

@@ -91,3 +91,19 @@ def test_values_python_cannot_hold_stay_text(type_oid: int, text: str) -> None:
 def test_non_iso_datestyle_is_refused(type_oid: int) -> None:
     with pytest.raises(ValueError, match="DateStyle"):
         from_text(type_oid, "Tue Jan 02 03:04:05 2024 UTC")
+
+
+@pytest.mark.parametrize("type_oid", [JSON, JSONB])
+def test_json_nested_too_deep_is_a_marker_not_a_recursion_error(type_oid: int) -> None:
+    from indexer.jsonvalues import MAX_JSON_DEPTH, TooDeepJson
+
+    for levels in (MAX_JSON_DEPTH + 1, 1000, 1100, 200_000):
+        value = from_text(type_oid, "[" * levels + "]" * levels)
+        assert isinstance(value, TooDeepJson) and value.depth == levels
+    shallow = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    assert isinstance(from_text(type_oid, shallow), list)
+
+
+def test_brackets_inside_strings_do_not_count_as_depth() -> None:
+    text = '{"a": "' + "[{" * 5000 + '\\"", "b": ["]]]]"]}'
+    assert from_text(JSONB, text) == {"a": "[{" * 5000 + '"', "b": ["]]]]"]}

@@ -782,3 +782,47 @@ def test_deeply_nested_values_are_refused_without_recursing() -> None:
     for raw in (field("email", "$in", [value]), {"email": value}, field("email", "$is", value)):
         with pytest.raises(InvalidSegmentFilter, match=r"got a list|expected"):
             compile_filter(raw)
+
+
+# --- size caps ---------------------------------------------------------------------------
+
+
+def test_a_filter_with_too_many_values_is_malformed() -> None:
+    from indexer.segment_filter import MAX_FILTER_VALUES
+
+    ok = field("id", "$in", [str(i) for i in range(MAX_FILTER_VALUES)])
+    assert matches(ok, make_customer(id="7"))
+    too_many = rf"too many values \(at most {MAX_FILTER_VALUES}"
+    with pytest.raises(InvalidSegmentFilter, match=too_many):
+        compile_filter(field("id", "$in", [str(i) for i in range(MAX_FILTER_VALUES + 1)]))
+    # Counted over the whole tree: operators, fields and nested filters together; a bare
+    # scalar counts as one value.
+    half = MAX_FILTER_VALUES // 2
+    spread = {
+        "id": {"conditions": {"$in": list(range(half)), "$is_not": "x"}},
+        "filters": [field("email", "$not_in", [f"{i}@x" for i in range(half)])],
+    }
+    with pytest.raises(InvalidSegmentFilter, match="too many values"):
+        compile_filter(spread)
+
+
+def test_an_in_of_100000_strings_is_refused_quickly() -> None:
+    import time
+
+    raw = field("id", "$in", [f"customer-{i}" for i in range(100_000)])
+    started = time.perf_counter()
+    with pytest.raises(InvalidSegmentFilter, match="too many values"):
+        compile_filter(raw)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_a_filter_over_the_byte_cap_is_malformed() -> None:
+    from indexer.segment_filter import MAX_FILTER_BYTES
+
+    long_values = [("x" * 200) + str(i) for i in range(400)]  # 400 values, ~80 KiB
+    with pytest.raises(
+        InvalidSegmentFilter, match=rf"too large: \d+ bytes as JSON \(at most {MAX_FILTER_BYTES}"
+    ):
+        compile_filter(field("name", "$in", long_values))
+    fits = [("x" * 100) + str(i) for i in range(400)]  # ~42 KiB
+    assert not matches(field("name", "$in", fits), make_customer())
