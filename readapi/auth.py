@@ -11,12 +11,20 @@ read from Redis within the last ``grace_seconds`` still authenticates (documente
 an outage does not lock out every client, and a revocation during it waits at most that
 long). A key never seen within that time gets 503 ``unavailable``, not 401: the service
 cannot tell whether it is valid.
+
+Failed attempts are bounded: the key L1 holds only app ids that exist (an unknown one, which
+a client chooses freely, goes to a small cache of its own and never evicts a valid key), and
+failures are counted per client address (``FailedAuthLimiter``): past
+``LOYALTY_AUTH_FAILURES_PER_MINUTE`` in a minute, a failed attempt from that address answers
+429 ``rate_limited`` with ``Retry-After`` instead of 401. Credentials are always checked
+first, so valid ones from a limited address are still accepted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -33,7 +41,7 @@ from cache.records import ApiKeyRecord
 from cache.singleflight import SingleFlight
 from cache.store import CacheStore
 from readapi.dependency import DependencyGate
-from readapi.errors import unauthorized, unavailable
+from readapi.errors import ApiError, unauthorized, unavailable
 from readapi.metrics import ApiMetrics
 
 # Case-insensitive header names made once: multidict then skips folding them per lookup.
@@ -77,7 +85,57 @@ def _credentials(headers: Mapping[str, str]) -> tuple[str, str]:
         raise unauthorized("X-App-Id and X-App-Token headers are required.")
     if len(app_id) > MAX_APP_ID_LENGTH or len(token) > MAX_TOKEN_LENGTH:
         raise unauthorized("Unknown app id, wrong token or revoked key.")
+    # Printable ASCII only (U+0020-U+007E): bytes that are not UTF-8 arrive as lone
+    # surrogates, which no store can encode, and no key could match them anyway.
+    if not (app_id.isascii() and app_id.isprintable() and token.isascii() and token.isprintable()):
+        raise unauthorized("Unknown app id, wrong token or revoked key.")
     return app_id, token
+
+
+class FailedAuthLimiter:
+    """Failed authentications per client address in fixed one-minute windows, in a bounded
+    LRU table: an address past ``limit`` failures in its window is told to wait.
+
+    The table keeps the ``capacity`` addresses that failed last; one pushed out starts
+    again from zero (a client with very many addresses escapes the limit, and costs the
+    service what it always did: a Redis read per attempt at most).
+    """
+
+    __slots__ = ("_capacity", "_clock", "_limit", "_windows", "failures", "throttled")
+
+    WINDOW_SECONDS = 60.0
+
+    def __init__(
+        self, limit: int, *, capacity: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._limit = limit
+        self._capacity = capacity
+        self._clock = clock
+        # address -> [window start, failures in it], the latest failing address last.
+        self._windows: OrderedDict[str, list[float]] = OrderedDict()
+        self.failures = 0  # counted failed attempts
+        self.throttled = 0  # of which answered 429
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def failed(self, address: str) -> int:
+        """Count a failure of ``address``; the seconds it must wait (``Retry-After``) when
+        past the limit, else 0."""
+        self.failures += 1
+        now = self._clock()
+        windows = self._windows
+        window = windows.get(address)
+        if window is None or now - window[0] >= self.WINDOW_SECONDS:
+            window = windows[address] = [now, 0.0]
+        windows.move_to_end(address)
+        if len(windows) > self._capacity:
+            windows.popitem(last=False)
+        window[1] += 1
+        if window[1] <= self._limit:
+            return 0
+        self.throttled += 1
+        return max(1, math.ceil(window[0] + self.WINDOW_SECONDS - now))
 
 
 class Authenticator:
@@ -92,9 +150,16 @@ class Authenticator:
         grace_seconds: float,
         recent_capacity: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        misses: L1Cache[KeyEntry] | None = None,
+        failures: FailedAuthLimiter | None = None,
     ) -> None:
+        """``l1`` holds the records of app ids that exist; ``misses`` (when given) the app
+        ids found unknown, kept apart so that they never evict a valid key; ``failures``
+        (when given) limits failed attempts per client address."""
         self._store = store
         self._l1 = l1
+        self._misses = misses
+        self.failures = failures
         self._gate = gate
         self._metrics = metrics
         self._default_limit = default_limit
@@ -126,11 +191,33 @@ class Authenticator:
             return None
         return entry.caller
 
-    async def authenticate(self, headers: Mapping[str, str], *, bypass_l1: bool = False) -> Caller:
+    async def authenticate(
+        self, headers: Mapping[str, str], *, bypass_l1: bool = False, remote: str | None = None
+    ) -> Caller:
+        """The caller of valid credentials, else 401 (429 for an address past the limit of
+        failures: ``remote`` is the client's address, None when unknown)."""
+        try:
+            return await self._authenticate(headers, bypass_l1)
+        except ApiError as error:
+            if error.status == 401 and self.failures is not None:
+                wait = self.failures.failed(remote or "")
+                if wait:
+                    raise ApiError(
+                        429, "rate_limited", "Rate limit exceeded.",
+                        "Too many failed authentications from this address.",
+                        headers={"Retry-After": str(wait)},
+                    ) from None
+            raise
+
+    async def _authenticate(self, headers: Mapping[str, str], bypass_l1: bool) -> Caller:
         app_id, token = _credentials(headers)
-        hit = None if bypass_l1 else self._l1.get(self._store.layout.app_key(app_id))
-        if hit is not None:
-            return self._check(hit.value, token)
+        if not bypass_l1:
+            key = self._store.layout.app_key(app_id)
+            hit = self._l1.get(key)
+            if hit is None and self._misses is not None:
+                hit = self._misses.get(key)
+            if hit is not None:
+                return self._check(hit.value, token)
         # Concurrent misses of one app id share one Redis read.
         entry = await self._loads.do(app_id, partial(self._load, app_id))
         return self._check(entry, token)
@@ -168,6 +255,7 @@ class Authenticator:
         if not self._gate.should_try():
             return self._during_outage(app_id)
         token = self._l1.begin_fill(key)
+        miss_token = self._misses.begin_fill(key) if self._misses is not None else 0
         try:
             envelope = await self._store.get(key)
         except CacheUnavailable as error:
@@ -187,7 +275,10 @@ class Authenticator:
                 except CacheDecodeError:
                     record = None
         entry = self._entry(record)
-        self._l1.install(key, entry, version, token)
+        if record is not None:
+            self._l1.install(key, entry, version, token)
+        elif self._misses is not None:
+            self._misses.install(key, entry, version, miss_token)
         self._remember(app_id, entry)
         return entry
 

@@ -97,6 +97,8 @@ def _run_worker(settings: ApiSettings, host: str, port: int, access_log: bool) -
             port,
             access_log=logging.getLogger("aiohttp.access") if access_log else None,
             shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+            keepalive_timeout=settings.keepalive_timeout_seconds,
+            header_timeout=settings.header_timeout_seconds,
         )
     except ServeStartError:
         log.exception("could not start serving", extra={"pid": os.getpid()})
@@ -115,6 +117,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     port = settings.port if args.port is None else args.port
     configure_logging(args.log_level)
+    for warning in settings.warnings():
+        log.warning(warning)
     if args.workers == 1:
         return 0 if _run_worker(settings, args.host, port, args.access_log) == 0 else 1
     # The workers share their metrics through files here (``readapi.worker_metrics``).

@@ -2,8 +2,12 @@
 
 A cursor holds the sort values of the last hit of a page (``created_at_us``, ``id``): values,
 never a point-in-time id, so it stays valid across index rebuilds and restarts. It is signed
-with HMAC-SHA256 under a secret the caller passes (the app reads ``LOYALTY_CURSOR_SECRET``);
-changing the secret invalidates every cursor handed out before.
+with HMAC-SHA256 under a secret the caller passes (the app reads ``LOYALTY_CURSOR_SECRET``).
+
+The secret may be several, separated by commas, newest first: the first signs, every one
+verifies. Rotating is then putting a new secret in front, and dropping the old one once the
+cursors it signed no longer matter; dropping a secret invalidates every cursor it signed.
+A secret therefore cannot contain a comma, and an empty one is a configuration error.
 
 A cursor is bound to the list it came from: the caller passes a ``scope`` string (list kind,
 project and filters; see ``readapi.search_query.cursor_scope``) whose hash is signed into the
@@ -17,13 +21,13 @@ Interface (pure, no I/O):
   ``SortKey.from_sort_values(values)`` reads a hit's ``sort`` array (``ValueError`` if it is
   not ``[int, str]``), ``key.search_after()`` gives the ``search_after`` array.
 - ``encode_cursor(key, secret, *, scope) -> str``: URL-safe base64 text, at most
-  ``MAX_CURSOR_LENGTH`` characters; ``ValueError`` only for a key the format cannot carry
-  (id longer than ``MAX_ID_BYTES`` UTF-8 bytes, timestamp outside a signed 64-bit long) or an
-  empty secret.
+  ``MAX_CURSOR_LENGTH`` characters, signed under the first secret; ``ValueError`` only for a
+  key the format cannot carry (id longer than ``MAX_ID_BYTES`` UTF-8 bytes, timestamp outside
+  a signed 64-bit long) or an empty secret.
 - ``decode_cursor(text, secret, *, scope) -> SortKey``: raises ``InvalidCursor`` (a
   ``ValueError`` with a message fit for a 400 answer) for any text that is not a cursor this
-  service issued for this scope under this secret, and never any other exception for any
-  text; ``ValueError`` for an empty secret (a configuration error, not a client one).
+  service issued for this scope under one of the secrets, and never any other exception for
+  any text; ``ValueError`` for an empty secret (a configuration error, not a client one).
 
 Wire format, before base64url without padding::
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -88,11 +93,14 @@ class SortKey:
         return [self.created_at_us, self.id]
 
 
-def _secret_bytes(secret: bytes | str) -> bytes:
-    key = secret.encode() if isinstance(secret, str) else bytes(secret)
-    if not key:
-        raise ValueError("the cursor secret must not be empty")
-    return key
+@functools.lru_cache(maxsize=16)
+def _secret_keys(secret: bytes | str) -> tuple[bytes, ...]:
+    """The HMAC keys of ``secret``, newest first (cached: a process has one or two texts)."""
+    text = secret.encode() if isinstance(secret, str) else bytes(secret)
+    keys = tuple(text.split(b","))
+    if not all(keys):
+        raise ValueError("the cursor secrets must not be empty")
+    return keys
 
 
 def _scope_hash(scope: str) -> bytes:
@@ -106,7 +114,7 @@ def _tag(key: bytes, signed: bytes) -> bytes:
 
 def encode_cursor(sort_key: SortKey, secret: bytes | str, *, scope: str) -> str:
     """The cursor text for ``sort_key`` in the list described by ``scope``."""
-    key = _secret_bytes(secret)
+    key = _secret_keys(secret)[0]
     if not _LONG_MIN <= sort_key.created_at_us <= _LONG_MAX:
         raise ValueError(f"created_at_us out of range: {sort_key.created_at_us}")
     id_bytes = sort_key.id.encode("utf-8")
@@ -119,7 +127,7 @@ def encode_cursor(sort_key: SortKey, secret: bytes | str, *, scope: str) -> str:
 
 def decode_cursor(text: str, secret: bytes | str, *, scope: str) -> SortKey:
     """The sort key a cursor holds; ``InvalidCursor`` unless it is genuine and for ``scope``."""
-    key = _secret_bytes(secret)
+    keys = _secret_keys(secret)
     if not isinstance(text, str):
         raise InvalidCursor("cursor must be a string")
     if not text:
@@ -144,7 +152,11 @@ def decode_cursor(text: str, secret: bytes | str, *, scope: str) -> SortKey:
     if version != CURSOR_VERSION:
         raise InvalidCursor(f"unsupported cursor version {version}")
     signed, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
-    if not hmac.compare_digest(tag, _tag(key, signed)):
+    # Every key is tried, matching or not: the time taken does not tell which one signed.
+    genuine = False
+    for key in keys:
+        genuine |= hmac.compare_digest(tag, _tag(key, signed))
+    if not genuine:
         raise InvalidCursor("cursor signature does not match (altered or from elsewhere)")
     if not hmac.compare_digest(scope_hash, _scope_hash(scope)):
         raise InvalidCursor("cursor belongs to another list (different endpoint or filters)")

@@ -23,6 +23,7 @@ from cache.boundary import classify_elasticsearch, elasticsearch_boundary
 from cache.errors import SearchUnavailable, StoreUnavailable
 from cache.readmodel.indices import Field, IndexNames
 from cache.singleflight import SingleFlight
+from cache.watermark import WatermarkHolder
 from readapi.dependency import DependencyGate
 
 # What a lookup reads of a document: its tenant and the API object.
@@ -37,13 +38,25 @@ class FoundDocument:
 
 
 class SearchReader:
-    def __init__(self, client: AsyncElasticsearch, prefix: str, gate: DependencyGate) -> None:
+    def __init__(
+        self,
+        client: AsyncElasticsearch,
+        prefix: str,
+        gate: DependencyGate,
+        *,
+        watermark: WatermarkHolder | None = None,
+    ) -> None:
+        """``watermark``: the process's applied watermark, which ``refresh`` needs to know
+        what a refresh covers (without it every refresh is done as asked)."""
         self.client = client
         self.names = IndexNames(prefix)
         self.gate = gate
         # Requests sent, per operation: read by metrics and by tests counting requests.
         self.requests: Counter[str] = Counter()
-        self._refreshes: SingleFlight[tuple[str, int], None] = SingleFlight()
+        self._watermark = watermark
+        # kind -> the watermark current when the last completed refresh of its index began.
+        self._refreshed: dict[str, int] = {}
+        self._refreshes: SingleFlight[tuple[str, int, bool], None] = SingleFlight()
 
     def alias(self, kind: str) -> str:
         return self.names.alias(kind)
@@ -133,16 +146,30 @@ class SearchReader:
 
     @elasticsearch_boundary
     async def refresh(self, kind: str, watermark: int) -> None:
-        """Make every acknowledged write searchable (for requests with ``X-Min-Watermark``).
+        """Make every write up to ``watermark`` searchable (for ``X-Min-Watermark``), which
+        the caller has seen the process's watermark reach.
 
-        Requests asking at one watermark share one refresh; one that arrives when the
-        watermark moved on starts its own, since the earlier one may predate its write.
+        The indexer publishes a watermark only once Elasticsearch acknowledged every write
+        up to it, so a refresh that began when the process's watermark was W made every
+        write up to W searchable. A request whose ``watermark`` is at most the W of the last
+        completed refresh of the index therefore needs none: asking again for watermarks
+        already reached costs nothing. Otherwise the request joins a refresh in flight that
+        began at the current watermark, or starts one.
         """
+        if watermark <= self._refreshed.get(kind, -1):
+            return
+        current = self._watermark.value if self._watermark is not None else None
+        # Without a watermark at or past the one asked for, a refresh proves nothing beyond
+        # this request: it is shared by the requests asking the same, and not remembered.
+        proves = current is not None and current >= watermark
+        began = current if proves and current is not None else watermark
 
         async def run() -> None:
             await self._call("refresh", self.client.indices.refresh(index=self.alias(kind)))
+            if proves and began > self._refreshed.get(kind, -1):
+                self._refreshed[kind] = began
 
-        await self._refreshes.do((kind, watermark), run)
+        await self._refreshes.do((kind, began, proves), run)
 
     @elasticsearch_boundary
     async def ping(self) -> bool:

@@ -39,7 +39,8 @@ def parse_min_watermark(headers: Mapping[str, str]) -> int | None:
     if len(raw) > _MAX_LSN_TEXT:
         raise invalid_request("X-Min-Watermark is not an LSN.", "Expected X/Y in hexadecimal.")
     try:
-        return int(Lsn.parse(raw.strip()))
+        # Only ASCII hex digits match; surrounding spaces and tabs (HTTP's own) are ignored.
+        return int(Lsn.parse(raw.strip(" \t")))
     except ValueError:
         raise invalid_request(
             "X-Min-Watermark is not an LSN.", "Expected X/Y in hexadecimal, e.g. 0/1A2B3C8."
@@ -50,7 +51,7 @@ def parse_wait_ms(headers: Mapping[str, str]) -> int:
     raw = headers.get("X-Wait-Timeout-Ms")
     if raw is None:
         return DEFAULT_WAIT_MS
-    text = raw.strip()
+    text = raw.strip(" \t")
     if not text.isascii() or not text.isdigit() or len(text) > 6:
         raise invalid_request(
             "X-Wait-Timeout-Ms must be an integer.", f"Between 0 and {MAX_WAIT_MS}."

@@ -2,9 +2,11 @@
 the member count of a segment.
 
 Parameters, queries, sort and cursors come from ``readapi.search_query`` and
-``readapi.cursor``; every query is filtered by the caller's project. Searches see what the
-last index refresh made visible; a request that waited for ``X-Min-Watermark`` refreshes
-the index first (shared by the requests of one watermark), so it reads its own writes.
+``readapi.cursor`` (``cursor_secret``: the ``LOYALTY_CURSOR_SECRET`` text, one secret or
+several); every query is filtered by the caller's project. Searches see what the last index
+refresh made visible; a request that waited for ``X-Min-Watermark`` has the index refreshed
+first unless a refresh that began at or after that watermark already completed
+(``SearchReader.refresh``), so it reads its own writes.
 """
 
 from __future__ import annotations

@@ -9,7 +9,11 @@ versioned script the indexer writes with: a fill racing a newer CDC write cannot
 Absent objects leave a versioned tombstone in Redis whose version is the watermark read
 before the lookup began: every write committed at or before it was already visible, and any
 later write of the object has a higher LSN and replaces the tombstone. Never a wall-clock
-version.
+version. These tombstones expire after ``miss_ttl_seconds`` (``LOYALTY_MISS_TTL_SECONDS``),
+not the indexer's long delete TTL: ids are the client's choice, and such a tombstone only
+caches absence at a version, so losing it early costs a read, never a wrong answer. It never
+shortens an indexer's delete tombstone either: a fill happens only after Redis held nothing
+for the key, and a delete written meanwhile has a version above the watermark read before.
 
 Secondary identifiers (voucher code, customer source_id) resolve through the alias envelopes
 the indexer keeps. An alias may be stale, so the target's code (or source_id) must equal what
@@ -89,7 +93,10 @@ class ObjectLookups:
         metrics: ApiMetrics,
         *,
         use_l1: bool = True,
+        miss_ttl_seconds: float | None = None,
     ) -> None:
+        """``miss_ttl_seconds``: expiry of the tombstones of misses (None: the store's
+        tombstone TTL)."""
         self._store = store
         self._layout = store.layout
         self._search = search
@@ -99,6 +106,7 @@ class ObjectLookups:
         self._metrics = metrics
         self._layers = metrics.requests.layers
         self._use_l1 = use_l1
+        self._miss_ttl = miss_ttl_seconds
         self._flights: SingleFlight[tuple[str, int | None], Any] = SingleFlight()
         self.hooks = LookupHooks()
 
@@ -291,9 +299,11 @@ class ObjectLookups:
         return True, envelope
 
     async def _fill(self, key: str, envelope: Envelope) -> bool:
-        """Versioned write to Redis; whether this version is now the one stored."""
+        """Versioned write to Redis; whether this version is now the one stored. A
+        tombstone (a miss) expires after the miss TTL."""
+        ttl = self._miss_ttl if envelope.is_tombstone else None
         try:
-            written = await self._store.fill(key, envelope)
+            written = await self._store.fill(key, envelope, ttl_seconds=ttl)
         except CacheUnavailable as error:
             self._redis_gate.failed(error)
             self._metrics.dependency_errors.labels("redis").inc()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cache.store import RATE_LIMIT_WINDOW_SECONDS
 from cache.types import CampaignType, SegmentType, VoucherType
 from readapi.cursor import MAX_CURSOR_LENGTH
 from readapi.docs_page import ASSET_NAMES
@@ -23,10 +24,15 @@ from readapi.search_query import (
     CREATED_AFTER,
     CREATED_BEFORE,
     DEFAULT_LIMIT,
+    INSTANT_PATTERN,
     MAX_EMAIL_LENGTH,
     MAX_ID_LENGTH,
     MAX_LIMIT,
     MAX_Q_LENGTH,
+    MAX_TIMESTAMP_LENGTH,
+    MIN_PREFIX_LENGTH,
+    Q_PATTERN,
+    TEXT_PATTERN,
 )
 
 API_VERSION = "1.0.0"
@@ -41,6 +47,11 @@ ERROR_KEYS = (
     "internal_error",
 )
 LSN_PATTERN = "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"
+# ``readapi.endpoint``: an incoming ``X-Request-Id`` matching this is echoed; every answer's
+# id matches it (a made one is ``<12 hex digits>-<counter>``).
+REQUEST_ID_PATTERN = "^[A-Za-z0-9._:+=/-]{1,128}$"
+CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
+MAX_RATE_LIMIT = 2**31 - 1  # ``api_keys.rate_limit_per_minute`` is a Postgres integer
 
 _JSON = "application/json"
 
@@ -350,7 +361,11 @@ def _headers() -> dict[str, Any]:
 
     return {
         "X-Request-Id": {
-            **header("Identifies this answer in logs; on every answer.", {"type": "string"}),
+            **header(
+                "Identifies this answer in logs; on every answer. The request's own "
+                "`X-Request-Id` when it matches this pattern, else a new one.",
+                {"type": "string", "pattern": REQUEST_ID_PATTERN},
+            ),
             "required": True,
         },
         "X-Read-Watermark": header(
@@ -358,13 +373,17 @@ def _headers() -> dict[str, Any]:
             {"type": "string", "pattern": LSN_PATTERN},
         ),
         "X-Rate-Limit-Limit": header(
-            "Requests allowed per minute for this key.", {"type": "integer", "minimum": 0}
+            "Requests allowed per minute for this key (a negative limit in `api_keys` counts "
+            "as 0); the configured default when no key was identified.",
+            {"type": "integer", "minimum": 0, "maximum": MAX_RATE_LIMIT},
         ),
         "X-Rate-Limit-Remaining": header(
-            "Requests left in the current minute.", {"type": "integer", "minimum": 0}
+            "Requests left in the current minute.",
+            {"type": "integer", "minimum": 0, "maximum": MAX_RATE_LIMIT},
         ),
         "Retry-After": header(
-            "Seconds to wait before retrying.", {"type": "integer", "minimum": 0}
+            "Seconds to wait before retrying, at least 1.",
+            {"type": "integer", "minimum": 1, "maximum": RATE_LIMIT_WINDOW_SECONDS},
         ),
     }
 
@@ -384,21 +403,39 @@ def _path(name: str, description: str) -> dict[str, Any]:
         "name": name,
         "in": "path",
         "required": True,
-        "description": description,
-        "schema": {"type": "string", "minLength": 1},
+        "description": f"{description} One path segment, percent-decoded: 1 to "
+        f"{MAX_ID_LENGTH} characters without control characters.",
+        "schema": _id_schema(),
     }
 
 
-def _id_schema() -> dict[str, Any]:
-    return {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
+def _id_schema(max_length: int = MAX_ID_LENGTH) -> dict[str, Any]:
+    """Ids, codes and emails: no control character (U+0000-U+001F, U+007F-U+009F)."""
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": max_length,
+        "pattern": TEXT_PATTERN,
+    }
 
 
 def _timestamp_param(name: str, relation: str) -> dict[str, Any]:
     return _query(
         name,
-        f"Only objects created strictly {relation} this instant (bound excluded). ISO 8601 "
-        "date (midnight) or date-time; without an offset it is UTC.",
-        {"type": "string", "maxLength": 64, "examples": ["2024-05-01", "2024-05-01T10:00:00Z"]},
+        f"Only objects created strictly {relation} this instant (bound excluded): an ISO 8601 "
+        "calendar date (`2024-05-01`, midnight) or date and time (`2024-05-01T10:00:00Z`), "
+        "extended or basic (`20240501T100000Z`), `T` or a space between them; the time is "
+        "`HH`, `HH:MM` or `HH:MM:SS` with any number of fractional digits; the offset `Z`, "
+        "`+HH`, `+HH:MM` or `+HHMM` (or `-`), none meaning UTC. An unencoded `+` that the "
+        "query string turned into a space is read as `+`. The date must exist. At most "
+        f"{MAX_TIMESTAMP_LENGTH} characters.",
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_TIMESTAMP_LENGTH,
+            "pattern": INSTANT_PATTERN,
+            "examples": ["2024-05-01", "2024-05-01T10:00:00Z"],
+        },
     )
 
 
@@ -411,39 +448,61 @@ def _parameters() -> dict[str, Any]:
             "description": "Answer only once the indexer has reached this WAL position "
             "(e.g. the LSN of your own write); 503 `not_yet_indexed` if it does not within "
             "`X-Wait-Timeout-Ms`.",
-            "schema": {"type": "string", "pattern": LSN_PATTERN, "examples": ["0/1A2B3C8"]},
+            "schema": {
+                "type": "string",
+                "minLength": 3,
+                "maxLength": 17,
+                "pattern": LSN_PATTERN,
+                "examples": ["0/1A2B3C8"],
+            },
         },
         "WaitTimeoutMs": {
             "name": "X-Wait-Timeout-Ms",
             "in": "header",
             "required": False,
             "description": "How long to wait for `X-Min-Watermark`, in milliseconds "
-            f"(default {DEFAULT_WAIT_MS}, at most {MAX_WAIT_MS}).",
-            "schema": {"type": "integer", "minimum": 0, "default": DEFAULT_WAIT_MS},
+            f"(default {DEFAULT_WAIT_MS}, at most {MAX_WAIT_MS}; larger values are refused, "
+            "not clamped). Checked even without `X-Min-Watermark`, where it has no effect.",
+            "schema": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_WAIT_MS,
+                "default": DEFAULT_WAIT_MS,
+            },
+        },
+        "RequestId": {
+            "name": "X-Request-Id",
+            "in": "header",
+            "required": False,
+            "description": "Echoed in the answer's `X-Request-Id` when it matches "
+            f"`{REQUEST_ID_PATTERN}`; any other value is replaced by a new id (never refused).",
+            "schema": {"type": "string"},
         },
         "Limit": _query(
             "limit",
-            f"Page size, 1 to {MAX_LIMIT}.",
+            f"Page size, 1 to {MAX_LIMIT} (1 to 3 digits).",
             {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
         ),
         "StartingAfter": _query(
             "starting_after",
             "The `next_cursor` of the previous page, with the same filters (a cursor is "
-            "bound to its list; `limit` may change). Cursors survive index rebuilds.",
+            "bound to its list; `limit` may change). Cursors survive index rebuilds. A cursor "
+            "is signed: any other text of this shape is refused with 400.",
             {
                 "type": "string",
                 "minLength": 1,
                 "maxLength": MAX_CURSOR_LENGTH,
-                "pattern": "^[A-Za-z0-9_-]+$",
+                "pattern": CURSOR_PATTERN,
             },
         ),
         "CreatedAfter": _timestamp_param(CREATED_AFTER, "after"),
         "CreatedBefore": _timestamp_param(CREATED_BEFORE, "before"),
         "SearchText": _query(
             "q",
-            "Text search (trimmed; 1 to 200 characters): every word must match. Narrows "
-            "the list without reordering it.",
-            {"type": "string", "minLength": 1, "maxLength": MAX_Q_LENGTH},
+            f"Text search: 1 to {MAX_Q_LENGTH} characters once surrounding spaces, tabs, "
+            "CRs and LFs are trimmed, without other control characters; every word must "
+            "match. Narrows the list without reordering it.",
+            {"type": "string", "minLength": 1, "pattern": Q_PATTERN},
         ),
     }
 
@@ -576,6 +635,7 @@ def _v1_operation(
                 *parameters,
                 _ref("parameters", "MinWatermark"),
                 _ref("parameters", "WaitTimeoutMs"),
+                _ref("parameters", "RequestId"),
             ],
             "responses": {
                 "200": _ok_v1(ok_schema, ok_description),
@@ -651,12 +711,15 @@ def _paths() -> dict[str, Any]:
                     {"type": "string", "enum": [t.value for t in VoucherType]},
                 ),
                 _query(
-                    "active", "Active (`true`) or inactive (`false`) only.", {"type": "boolean"}
+                    "active",
+                    "Active (`true`) or inactive (`false`) only, spelled exactly so.",
+                    {"type": "string", "enum": ["true", "false"]},
                 ),
                 {
                     **_ref("parameters", "SearchText"),
                     "description": "Words of the code or of metadata values; a code starting "
-                    "with `q` (case-insensitive) also matches.",
+                    f"with `q` (case-insensitive; from {MIN_PREFIX_LENGTH} characters without "
+                    "whitespace, else a code equal to `q`) also matches.",
                 },
                 *created,
                 *paging,
@@ -683,7 +746,7 @@ def _paths() -> dict[str, Any]:
                 _query(
                     "email",
                     "Exact email, compared case-insensitively.",
-                    {"type": "string", "minLength": 1, "maxLength": MAX_EMAIL_LENGTH},
+                    _id_schema(MAX_EMAIL_LENGTH),
                 ),
                 _query("segment_id", "Members of this segment.", _id_schema()),
                 {

@@ -116,7 +116,12 @@ class RateLimiter:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def acquire(self, app_id: str, limit: int) -> RateDecision:
-        """Take one token of ``app_id``'s bucket, leasing more from Redis when none is left."""
+        """Take one token of ``app_id``'s bucket, leasing more from Redis when none is left.
+
+        A negative ``limit`` (nothing validates ``api_keys.rate_limit_per_minute``) counts as
+        0, every request refused: the lease script would refuse it as a fault of ours."""
+        if limit < 0:
+            limit = 0
         # Each turn takes a token, or waits for a lease that grants at least one token to
         # someone or marks the window spent: the loop ends.
         while True:

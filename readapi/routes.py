@@ -9,6 +9,7 @@ and the rate-limit headers.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 
@@ -45,6 +46,8 @@ from readapi.search_query import (
 )
 from readapi.services import SERVICES, Services
 
+log = logging.getLogger(__name__)
+
 # (request, caller, watermark waited for or None) -> JSON body
 V1Handler = Callable[[web.Request, Caller, int | None], Awaitable[bytes]]
 # (services, request, caller) -> JSON body when the in-process state answers alone, else None
@@ -57,6 +60,7 @@ FastPath = Callable[[Services, web.Request, Caller], bytes | None]
 READ_WATERMARK_HEADER = istr("X-Read-Watermark")
 RATE_LIMIT_HEADER = istr("X-Rate-Limit-Limit")
 RATE_REMAINING_HEADER = istr("X-Rate-Limit-Remaining")
+WAIT_TIMEOUT_HEADER = istr("X-Wait-Timeout-Ms")
 
 
 def v1(
@@ -80,8 +84,12 @@ def v1(
             # The awaits are taken only when the in-process state cannot answer alone.
             caller = None if wants_fresh else auth.cached(headers)
             if caller is None:
-                caller = await auth.authenticate(headers, bypass_l1=wants_fresh)
+                caller = await auth.authenticate(
+                    headers, bypass_l1=wants_fresh, remote=request.remote
+                )
             limit = caller.rate_limit_per_minute
+            if limit < 0:
+                limit = 0  # a negative limit in api_keys refuses every request (§2)
             remaining = limiter.take_local(caller.app_id, limit)
             if remaining < 0:
                 decision = await limiter.acquire(caller.app_id, limit)
@@ -98,6 +106,8 @@ def v1(
                 fresh_at = parse_min_watermark(headers)
                 if fresh_at is not None:
                     await wait_for_watermark(watermark, fresh_at, parse_wait_ms(headers))
+            elif WAIT_TIMEOUT_HEADER in headers:
+                parse_wait_ms(headers)  # checked alone too (400 when malformed); no effect
             watermark_text = watermark.text
             body = None if fast is None or wants_fresh else fast(services, request, caller)
             if body is None:
@@ -118,7 +128,7 @@ def v1(
         except Exception as error:
             # Rate headers: what this request took, when it got that far.
             rate = RateDecision(True, limit, remaining) if remaining >= 0 else None
-            response = error_response(request, _translated(error), request_id, rate)
+            response = error_response(request, _translated(error, request_id), request_id, rate)
             status = response.status
         stats.observe(status, perf_counter() - started)
         return response
@@ -126,14 +136,24 @@ def v1(
     return endpoint
 
 
-def _translated(error: Exception) -> Exception:
+# What the client is told instead of a dependency's own error text (which may name hosts,
+# indices or fields): the text is logged with the request id the answer carries.
+SEARCH_REFUSED_DETAILS = "The refusal is logged with this request id."
+SEARCH_UNAVAILABLE_DETAILS = "The cause is logged with this request id."
+
+
+def _translated(error: Exception, request_id: str) -> Exception:
     """Exceptions of the modules below the HTTP layer, as the answers they mean."""
     if isinstance(error, InvalidParameter):
         return invalid_request(error.message, f"parameter: {error.name}")
     if isinstance(error, SearchRejected):
-        return invalid_request("The search was refused.", str(error)[:300])
+        log.warning("search refused: %s", error, extra={"request_id": request_id})
+        return invalid_request("The search was refused.", SEARCH_REFUSED_DETAILS)
     if isinstance(error, SearchUnavailable | MalformedSearchResponse):
-        return unavailable(str(error)[:300])
+        # The outage itself is logged once by the dependency gate: one line per request here
+        # at info level, so that an answer can still be traced to its cause.
+        log.info("search unavailable: %s", error, extra={"request_id": request_id})
+        return unavailable(SEARCH_UNAVAILABLE_DETAILS)
     return error
 
 

@@ -39,14 +39,17 @@ Semantics (docs/api.md §3):
   microseconds ``created_at_us``, so instants closer than a millisecond keep their order).
 - ``created_at[after]=T`` keeps objects created strictly after T, ``created_at[before]=T``
   strictly before T (both bounds exclusive; together they form an open interval, empty when
-  after >= before, which is an empty list, not an error). T is ISO 8601: date only
-  (midnight), date and time, with or without an offset; without an offset it is UTC. More
+  after >= before, which is an empty list, not an error). T is an ISO 8601 calendar date
+  (midnight), or date and time, with or without an offset; without an offset it is UTC:
+  exactly what ``INSTANT_PATTERN`` matches (the OpenAPI document publishes it). More
   than six fractional digits are honoured exactly. ``2024-05-01T10:00:00 02:00`` (a ``+``
   decoded to a space by a query string) is read as ``+02:00``.
-- ``q`` (stripped, 1 to 200 characters) narrows the list, it never reorders it. Vouchers:
-  every word in the code or metadata values (``match`` on ``search_text``, operator and),
-  or the code itself case-insensitively: the code starts with ``q`` when ``q`` has no
-  whitespace, equals it otherwise. Customers: every word in name, email or source_id, or
+- ``q`` (1 to 200 characters once surrounding spaces, tabs, CRs and LFs are trimmed; exactly
+  what ``Q_PATTERN`` matches) narrows the list, it never reorders it. Vouchers: every word
+  in the code or metadata values (``match`` on ``search_text``, operator and), or the code
+  itself case-insensitively: the code starts with ``q`` when ``q`` has no whitespace and at
+  least ``MIN_PREFIX_LENGTH`` (2) characters, equals it otherwise. Customers: every word in
+  name, email or source_id, or
   the email equal to ``q`` case-insensitively, or the source_id equal to ``q``. User text is
   only ever a value of ``match``/``term``/``prefix``: no query syntax is interpreted.
 - ``email`` is exact but case-insensitive (the lower-cased value against ``email_lower``).
@@ -87,6 +90,9 @@ MAX_LIMIT = 100
 MAX_ID_LENGTH = 200
 MAX_EMAIL_LENGTH = 320
 MAX_Q_LENGTH = 200
+# Shorter ``q`` matches a code exactly, not as a prefix: one character would walk the codes
+# of most of the index.
+MIN_PREFIX_LENGTH = 2
 MAX_TIMESTAMP_LENGTH = 64
 
 CREATED_AFTER = "created_at[after]"
@@ -96,7 +102,54 @@ CREATED_BEFORE = "created_at[before]"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # Tab, CR and LF are whitespace to the analyzer; other control characters stay refused.
 _CONTROL_IN_Q = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# What surrounds ``q`` and is trimmed: ASCII whitespace only (the rest are refused above).
+_Q_TRIMMED = " \t\n\r"
+
+# The formats the validation accepts, as regular expressions that are valid both for Python and
+# for ECMA-262 (JSON Schema ``pattern``): ``readapi.openapi`` publishes these very strings, so
+# the published formats and the validation cannot drift apart.
+#
+# Ids, codes, emails: no control character (with minLength/maxLength for the length).
+TEXT_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+# ``q``: 1 to MAX_Q_LENGTH characters once surrounding spaces, tabs, CRs and LFs are trimmed;
+# inside, tab, CR and LF are the only control characters allowed.
+Q_PATTERN = (
+    "^[ \\t\\n\\r]*[^\\u0000-\\u0020\\u007f-\\u009f]"
+    "(?:[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]"
+    f"{{0,{MAX_Q_LENGTH - 2}}}"
+    "[^\\u0000-\\u0020\\u007f-\\u009f])?[ \\t\\n\\r]*$"
+)
+# ``limit``: 1 to 3 ASCII digits (the value 1 to MAX_LIMIT is checked apart).
 _LIMIT = re.compile(r"[0-9]{1,3}")
+
+
+def _instant_pattern() -> str:
+    """``created_at[after]``/``[before]``: an ISO 8601 calendar date, optionally with a time
+    and an offset, that exists (month lengths and leap years included), so that every string
+    matching the pattern is an instant and every other string is refused."""
+    year = "(?:[0-9]{3}[1-9]|[0-9]{2}[1-9]0|[0-9][1-9]00|[1-9]000)"  # 0001 to 9999
+    leap = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+
+    def month_day(sep: str) -> str:
+        return (
+            f"(?:(?:0[1-9]|1[0-2]){sep}(?:0[1-9]|1[0-9]|2[0-8])"
+            f"|(?:0[13-9]|1[0-2]){sep}(?:29|30)|(?:0[13578]|1[02]){sep}31)"
+        )
+
+    date = f"(?:{year}-{month_day('-')}|{leap}-02-29|{year}{month_day('')}|{leap}0229)"
+    hour, minute = "(?:[01][0-9]|2[0-3])", "[0-5][0-9]"
+    fraction = "(?:[.,][0-9]+)?"
+    time = (
+        f"{hour}(?::{minute}(?::{minute}{fraction})?|{minute}(?:{minute}{fraction})?)?"
+    )
+    offset = f"(?:Z|[+-]{hour}(?::?{minute})?)"
+    # `` 02:00``: the ``+`` of an offset that the query string decoded to a space.
+    decoded_plus = f" {hour}(?::?{minute})?"
+    return f"^{date}(?:[T ]{time}{offset}?|T{time}{decoded_plus})?$"
+
+
+INSTANT_PATTERN = _instant_pattern()
+_INSTANT = re.compile(INSTANT_PATTERN)
 _FRACTION = re.compile(r"([.,])([0-9]+)")
 # A time followed by a space and an offset: the ``+`` of ``+02:00`` after form decoding.
 _DECODED_PLUS = re.compile(
@@ -260,7 +313,12 @@ def _text(name: str, value: object, max_length: int, *, control: re.Pattern[str]
 
 def _query_text(name: str, value: object) -> str:
     if isinstance(value, str):
-        value = value.strip()
+        # Control characters are refused before trimming: trimmed, they would pass unseen.
+        if _CONTROL_IN_Q.search(value) is not None:
+            raise InvalidParameter(
+                name, f"query parameter {_shown(name)} must not contain control characters"
+            )
+        value = value.strip(_Q_TRIMMED)
     return _text(name, value, MAX_Q_LENGTH, control=_CONTROL_IN_Q)
 
 
@@ -304,9 +362,9 @@ def parse_instant(name: str, value: object) -> tuple[int, bool]:
     )
     if not isinstance(value, str) or not value or len(value) > MAX_TIMESTAMP_LENGTH:
         raise invalid
-    if not value.isascii() or not value.isprintable():
+    if _INSTANT.fullmatch(value) is None:
         raise invalid
-    text = value.strip()
+    text = value
     decoded_plus = _DECODED_PLUS.fullmatch(text)
     if decoded_plus is not None:
         text = f"{decoded_plus.group(1)}+{decoded_plus.group(2)}"
@@ -477,7 +535,7 @@ def _voucher_text(q: str) -> dict[str, Any]:
     code = q.lower()
     code_clause: dict[str, Any] = (
         {"term": {Field.CODE_LOWER: {"value": code}}}
-        if any(char.isspace() for char in code)
+        if len(q) < MIN_PREFIX_LENGTH or any(char.isspace() for char in code)
         else {"prefix": {Field.CODE_LOWER: {"value": code}}}
     )
     return _any_of([_words(q), code_clause])

@@ -22,7 +22,7 @@ from cache.l1 import L1Cache
 from cache.readmodel.keys import KeyLayout
 from cache.store import CacheStore
 from cache.watermark import WatermarkHolder
-from readapi.auth import Authenticator, KeyEntry
+from readapi.auth import Authenticator, FailedAuthLimiter, KeyEntry
 from readapi.dependency import DependencyGate
 from readapi.elastic import SearchReader
 from readapi.freshness import WatermarkPoller
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # L1 for API key records: short-lived like the object L1, and small.
 KEY_L1_MAX_AGE_SECONDS = 1.0
+# App ids found unknown, kept apart from the key records (they are the client's choice).
+KEY_MISSES_MAX_ENTRIES = 1024
 REDIS_CONNECTIONS = 64
 
 
@@ -51,6 +53,7 @@ class Services:
     search: SearchReader
     l1: L1Cache[Any]
     key_l1: L1Cache[KeyEntry]
+    key_misses: L1Cache[KeyEntry]
     watermark: WatermarkHolder
     listener: InvalidationListener
     poller: WatermarkPoller
@@ -58,7 +61,6 @@ class Services:
     limiter: RateLimiter
     lookups: ObjectLookups
     static: dict[str, bytes] = field(default_factory=dict)
-    api_keys_seen: bool = False
     worker_metrics: WorkerMetrics | None = None
 
     @classmethod
@@ -88,13 +90,15 @@ class Services:
         store = CacheStore(redis, layout, tombstone_ttl_seconds=settings.tombstone_ttl_seconds)
         redis_gate = DependencyGate("redis", settings.dependency_retry_seconds)
         es_gate = DependencyGate("elasticsearch", settings.dependency_retry_seconds)
-        search = SearchReader(elastic, settings.es_index_prefix, es_gate)
+        watermark = WatermarkHolder()
+        search = SearchReader(elastic, settings.es_index_prefix, es_gate, watermark=watermark)
         l1: L1Cache[Any] = L1Cache(settings.l1_max_entries, settings.l1_max_age_ms / 1000)
         key_l1: L1Cache[KeyEntry] = L1Cache(settings.key_cache_entries, KEY_L1_MAX_AGE_SECONDS)
-        watermark = WatermarkHolder()
+        key_misses: L1Cache[KeyEntry] = L1Cache(KEY_MISSES_MAX_ENTRIES, KEY_L1_MAX_AGE_SECONDS)
         listener = InvalidationListener(redis, layout)
         listener.add_cache(l1)
         listener.add_cache(key_l1, layout.app_key_prefix)
+        listener.add_cache(key_misses, layout.app_key_prefix)
         listener.add_callback(watermark.on_invalidation)
         listener.add_connect_hook(lambda: watermark.refresh(store))
         services = cls(
@@ -108,6 +112,7 @@ class Services:
             search=search,
             l1=l1,
             key_l1=key_l1,
+            key_misses=key_misses,
             watermark=watermark,
             listener=listener,
             poller=WatermarkPoller(
@@ -117,10 +122,13 @@ class Services:
                 store, key_l1, redis_gate, metrics,
                 default_limit=settings.rate_limit_default,
                 grace_seconds=settings.key_outage_grace_seconds,
+                misses=key_misses,
+                failures=FailedAuthLimiter(settings.auth_failures_per_minute),
             ),
             limiter=RateLimiter(store, redis_gate, metrics),
             lookups=ObjectLookups(
-                store, search, l1, watermark, redis_gate, metrics, use_l1=settings.l1_enabled
+                store, search, l1, watermark, redis_gate, metrics, use_l1=settings.l1_enabled,
+                miss_ttl_seconds=settings.miss_ttl_seconds,
             ),
         )
         services._register_metrics()
@@ -152,6 +160,17 @@ class Services:
             "readapi_l1_hits", "L1 hits per cache (objects, api_keys)", ("cache",),
             lambda: {("objects",): float(self.l1.hits), ("api_keys",): float(self.key_l1.hits)},
         )
+        failures = self.auth.failures
+        if failures is not None:
+            m.from_functions.add(
+                "readapi_auth_failures", "Failed authentications (401, or 429 when limited)",
+                (), lambda: {(): float(failures.failures)},
+            )
+            m.from_functions.add(
+                "readapi_auth_throttled",
+                "Failed authentications answered 429: the client address failed too often",
+                (), lambda: {(): float(failures.throttled)},
+            )
         m.l1_entries.set_function(lambda: len(self.l1))
         m.watermark.set_function(lambda: float(self.watermark.value or 0))
         m.invalidation_connected.set_function(lambda: 1.0 if self.listener.connected else 0.0)

@@ -8,6 +8,14 @@ every answer. ``web.run_app`` offers no hook for the handler class, so the worke
 own loop (as ``run_app`` does: only the main task is cancelled on SIGTERM, so requests in
 flight finish within the shutdown timeout) with a runner whose server makes
 ``ContractErrorHandler`` protocols.
+
+The same handler bounds how long a connection may take to send a request head
+(``header_timeout``, ``LOYALTY_HEADER_TIMEOUT_SECONDS``): aiohttp has no such deadline, so
+a client sending its headers a byte at a time (slowloris) would hold a connection until the
+keep-alive timeout. From the first byte received after the previous request's head (or
+after the connection opened), the next request's line and headers must be complete within
+the deadline, else the connection is closed without an answer. Idle connections are closed
+by aiohttp after ``keepalive_timeout`` (``LOYALTY_KEEPALIVE_TIMEOUT_SECONDS``).
 """
 
 from __future__ import annotations
@@ -33,9 +41,53 @@ _PARSER_MESSAGES = {
 
 
 class ContractErrorHandler(web.RequestHandler):
-    """aiohttp's protocol handler, answering parser-level errors with the API's error body."""
+    """aiohttp's protocol handler, answering parser-level errors with the API's error body
+    and closing connections that take longer than ``header_timeout`` to send a request head
+    (None: no deadline)."""
 
-    __slots__ = ()  # as its base: no per-connection dict
+    __slots__ = ("_head_deadline", "_header_timeout")  # as its base: no per-connection dict
+
+    def __init__(
+        self, manager: web.Server, *, header_timeout: float | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        heads = self._request_count
+        super().data_received(data)
+        deadline = self._head_deadline
+        if deadline is not None and self._request_count != heads:
+            deadline.cancel()  # a head is complete: the next one gets its own deadline
+            self._head_deadline = deadline = None
+        timeout = self._header_timeout
+        # Bytes of a head not complete yet, and no deadline running: one starts now.
+        if deadline is None and data and timeout is not None and self._request_count == heads:
+            self._head_deadline = self._loop.call_later(timeout, self._head_too_slow)
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        timeout = self._header_timeout
+        if self._force_close or self.transport is None or timeout is None:
+            return
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            # A request is being answered or waits its turn (the parser holds back heads
+            # while too many are queued): the server is the slow side. Look again later.
+            self._head_deadline = self._loop.call_later(timeout, self._head_too_slow)
+            return
+        log.info(
+            "connection closed: request head not complete in time",
+            extra={"header_timeout_seconds": timeout},
+        )
+        self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+        super().connection_lost(exc)
 
     def handle_error(
         self,
@@ -74,7 +126,8 @@ class ContractErrorHandler(web.RequestHandler):
 
 class _ContractServer(web.Server):
     def __call__(self) -> web.RequestHandler:
-        # ``_loop`` and ``_kwargs``: what ``web.Server.__call__`` passes to its handler.
+        # ``_loop`` and ``_kwargs``: what ``web.Server.__call__`` passes to its handler
+        # (the runner's arguments, ``header_timeout`` included).
         return ContractErrorHandler(self, loop=self._loop, **self._kwargs)
 
 

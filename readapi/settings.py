@@ -8,49 +8,33 @@ docs/internals.md ("Configuration") derive from, or are tested against, ``SETTIN
 
 The read API holds no Postgres setting at all: API keys, documents and the watermark reach it
 through Redis and Elasticsearch, written by the indexer.
+
+A start outside the local stack (Redis or Elasticsearch at an address that is not loopback)
+with the default cursor secret is warned about (``ApiSettings.warnings``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from cache import config
 from cache.config import (
-    DEFAULT_ES_URL,
-    DEFAULT_REDIS_URL,
-    SECRET,
+    STORE_SETTINGS,
+    Format,
     Setting,
     SettingsError,
     environment_help,
     integer,
 )
 from cache.l1 import DEFAULT_MAX_AGE_MS, DEFAULT_MAX_ENTRIES
-from cache.readmodel.keys import DEFAULT_PREFIX
-from cache.store import DEFAULT_TOMBSTONE_TTL_SECONDS
 
 __all__ = ["ENVIRONMENT_HELP", "SETTINGS", "ApiSettings", "SettingsError"]
 
-REDIS_URL = Setting(
-    "redis_url", "LOYALTY_REDIS_URL", config.REDIS_URL, DEFAULT_REDIS_URL, "Redis",
-)
-ES_URL = Setting(
-    "es_url", "LOYALTY_ES_URL", config.ES_URL, DEFAULT_ES_URL, "Elasticsearch",
-)
-ES_INDEX_PREFIX = Setting(
-    "es_index_prefix", "LOYALTY_ES_INDEX_PREFIX", config.ES_INDEX_PREFIX,
-    config.DEFAULT_ES_INDEX_PREFIX, "index and alias prefix",
-)
-REDIS_KEY_PREFIX = Setting(
-    "redis_key_prefix", "LOYALTY_REDIS_KEY_PREFIX", config.REDIS_KEY_PREFIX, DEFAULT_PREFIX,
-    "Redis key prefix",
-)
-TOMBSTONE_TTL_SECONDS = Setting(
-    "tombstone_ttl_seconds", "LOYALTY_TOMBSTONE_TTL_SECONDS", config.TOMBSTONE_TTL_SECONDS,
-    DEFAULT_TOMBSTONE_TTL_SECONDS, "seconds a delete's tombstone blocks older writes",
-)
 API_PORT = Setting(
     "port", "LOYALTY_API_PORT", integer(0, 65535), 8080,
     "port to listen on; serve --port overrides it",
@@ -67,24 +51,57 @@ L1_MAX_AGE_MS = Setting(
     "l1_max_age_ms", "LOYALTY_L1_MAX_AGE_MS", integer(1, 3_600_000), DEFAULT_MAX_AGE_MS,
     "in-process cache entry max age, ms",
 )
+
+
+def _secret_list(raw: str) -> str:
+    if any(not secret for secret in raw.split(",")):
+        raise ValueError("an empty secret")
+    return raw
+
+
+# ``readapi.cursor`` reads the text as it is: the first secret signs, every one verifies.
+SECRET_LIST = Format(
+    "one or more non-empty secrets separated by commas, newest first", _secret_list,
+    echo=False,
+)
+DEFAULT_CURSOR_SECRET = "loyalty-local-cursor-secret"
 # The default is fine for one machine, but every host of a deployment must share one secret
-# or cursors from one fail on another.
+# or cursors from one fail on another (``ApiSettings.warnings``).
 CURSOR_SECRET = Setting(
-    "cursor_secret", "LOYALTY_CURSOR_SECRET", SECRET, "loyalty-local-cursor-secret",
-    "secret signing list cursors", shown_default="a fixed local secret",
+    "cursor_secret", "LOYALTY_CURSOR_SECRET", SECRET_LIST, DEFAULT_CURSOR_SECRET,
+    "secrets of list cursors, comma-separated, newest first: the first signs, all verify",
+    shown_default="a fixed local secret",
+)
+# Tombstones the read API writes for ids that match nothing: ids are the client's choice, so
+# these must not live as long as the indexer's delete tombstones.
+MISS_TTL_SECONDS = Setting(
+    "miss_ttl_seconds", "LOYALTY_MISS_TTL_SECONDS", integer(1, 86_400), 60,
+    "seconds a looked-up id that matches nothing is remembered in Redis as absent",
+)
+AUTH_FAILURES_PER_MINUTE = Setting(
+    "auth_failures_per_minute", "LOYALTY_AUTH_FAILURES_PER_MINUTE", integer(1, 1_000_000), 30,
+    "failed authentications per client address and minute before 429",
+)
+KEEPALIVE_TIMEOUT_SECONDS = Setting(
+    "keepalive_timeout_seconds", "LOYALTY_KEEPALIVE_TIMEOUT_SECONDS", integer(1, 3600), 75,
+    "seconds an idle kept-alive connection stays open",
+)
+HEADER_TIMEOUT_SECONDS = Setting(
+    "header_timeout_seconds", "LOYALTY_HEADER_TIMEOUT_SECONDS", integer(1, 3600), 10,
+    "seconds a client has to send a request's line and headers once it began",
 )
 
 SETTINGS: tuple[Setting[Any], ...] = (
-    REDIS_URL,
-    ES_URL,
-    ES_INDEX_PREFIX,
-    REDIS_KEY_PREFIX,
-    TOMBSTONE_TTL_SECONDS,
+    *STORE_SETTINGS,
     API_PORT,
     RATE_LIMIT_DEFAULT,
     L1_MAX_ENTRIES,
     L1_MAX_AGE_MS,
     CURSOR_SECRET,
+    MISS_TTL_SECONDS,
+    AUTH_FAILURES_PER_MINUTE,
+    KEEPALIVE_TIMEOUT_SECONDS,
+    HEADER_TIMEOUT_SECONDS,
 )
 
 ENVIRONMENT_HELP = environment_help(SETTINGS)
@@ -92,16 +109,20 @@ ENVIRONMENT_HELP = environment_help(SETTINGS)
 
 @dataclass(frozen=True)
 class ApiSettings:
-    redis_url: str = REDIS_URL.default
-    es_url: str = ES_URL.default
-    es_index_prefix: str = ES_INDEX_PREFIX.default
-    redis_key_prefix: str = REDIS_KEY_PREFIX.default
-    tombstone_ttl_seconds: float = TOMBSTONE_TTL_SECONDS.default
+    redis_url: str = config.REDIS_URL.default
+    es_url: str = config.ES_URL.default
+    es_index_prefix: str = config.ES_INDEX_PREFIX.default
+    redis_key_prefix: str = config.REDIS_KEY_PREFIX.default
+    tombstone_ttl_seconds: float = config.TOMBSTONE_TTL_SECONDS.default
     port: int = API_PORT.default
     rate_limit_default: int = RATE_LIMIT_DEFAULT.default
     l1_max_entries: int = L1_MAX_ENTRIES.default
     l1_max_age_ms: int = L1_MAX_AGE_MS.default
     cursor_secret: str = CURSOR_SECRET.default
+    miss_ttl_seconds: float = MISS_TTL_SECONDS.default
+    auth_failures_per_minute: int = AUTH_FAILURES_PER_MINUTE.default
+    keepalive_timeout_seconds: float = KEEPALIVE_TIMEOUT_SECONDS.default
+    header_timeout_seconds: float = HEADER_TIMEOUT_SECONDS.default
     # Not from the environment: knobs for tests and the benchmark.
     key_cache_entries: int = 10_000
     # How long a key record seen in Redis still authenticates while Redis is unreachable.
@@ -121,3 +142,32 @@ class ApiSettings:
         """The settings from ``env`` (default: the process environment); ``SettingsError``
         names the first variable holding a value the read API cannot use."""
         return cls(**config.read_all(SETTINGS, os.environ if env is None else env))
+
+    @property
+    def on_local_stack(self) -> bool:
+        """Whether Redis and Elasticsearch are both on this machine (loopback addresses):
+        how a start on the local stack is told from a deployment."""
+        return _loopback(self.redis_url) and _loopback(self.es_url)
+
+    def warnings(self) -> list[str]:
+        """What ``readapi serve`` logs as warnings at start: settings that work, but not as
+        a deployment should have them."""
+        found = []
+        secrets = self.cursor_secret.split(",")
+        if DEFAULT_CURSOR_SECRET in secrets and not self.on_local_stack:
+            found.append(
+                "LOYALTY_CURSOR_SECRET holds the fixed default secret, known to anyone who "
+                "has this code: list cursors can be forged; set a secret of this deployment, "
+                "shared by all its hosts"
+            )
+        return found
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: resolved elsewhere, so not known to be this machine

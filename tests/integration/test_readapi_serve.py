@@ -1,7 +1,7 @@
 """``readapi serve --workers 2`` as a user runs it: both workers answer on one port, /metrics
 counts every worker's requests whichever worker answers the scrape, SIGTERM lets a
-request in flight finish before the processes exit, and a worker that dies is replaced while
-the other one keeps answering."""
+request in flight finish before the processes exit, a worker that dies is replaced while
+the other one keeps answering, and slow request heads and idle connections are cut."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 from asyncio.subprocess import Process
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -49,10 +49,11 @@ async def serve_two_workers(
     *,
     capture_logs: bool = False,
     rate_limit: int | None = None,
+    env_overrides: Mapping[str, str] | None = None,
 ) -> AsyncIterator[tuple[Process, str]]:
     """``readapi serve --workers 2`` over a seeded tenant with voucher C-1 (key A limited to
     ``rate_limit`` requests a minute); its stderr piped when ``capture_logs`` (the caller
-    reads it)."""
+    reads it); ``env_overrides``: more variables of its environment."""
     await seed_tenants(harness, limit_a=rate_limit)
     await harness.execute(
         "INSERT INTO vouchers (id, project_id, code, type) "
@@ -66,6 +67,7 @@ async def serve_two_workers(
         "LOYALTY_ES_URL": harness.settings.es_url,
         "LOYALTY_ES_INDEX_PREFIX": harness.settings.es_index_prefix,
         "LOYALTY_REDIS_KEY_PREFIX": harness.settings.redis_key_prefix,
+        **(env_overrides or {}),
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "readapi.cli", "serve", "--workers", "2", "--port", str(port),
@@ -316,6 +318,78 @@ async def test_a_dead_worker_is_restarted_while_the_other_answers(
             assert len(logs.matching("worker died")) == 1
         finally:
             await logs.close()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One answer with a ``Content-Length`` from a kept-alive connection: status, body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(
+        int(line.partition(":")[2]) for line in lines if line.lower().startswith("content-length:")
+    )
+    return int(lines[0].split()[1]), await reader.readexactly(length)
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Whether the server closes the connection within ``seconds`` (sending nothing more)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await reader.read() == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_a_slow_request_head_is_cut_and_idle_connections_close(
+    harness: IndexerHarness,
+) -> None:
+    """A client sending its headers a byte at a time is cut once the header deadline
+    passes; a kept-alive connection is closed once idle for the keep-alive timeout, and
+    idling between requests for less does not count against the header deadline."""
+    overrides = {"LOYALTY_HEADER_TIMEOUT_SECONDS": "1", "LOYALTY_KEEPALIVE_TIMEOUT_SECONDS": "4"}
+    async with serve_two_workers(harness, env_overrides=overrides) as (_process, base):
+        port = int(base.rsplit(":", 1)[1])
+        async with fresh_session() as session:
+            await both_workers_ready(session, base)
+
+        # Slowloris: the request line, then one header byte every 0.1 s.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            started = asyncio.get_running_loop().time()
+            cut = False
+            async with asyncio.timeout(BOUND_SECONDS):
+                while not cut:
+                    try:
+                        writer.write(b"a")
+                        await writer.drain()
+                    except ConnectionError:
+                        cut = True
+                        break
+                    cut = await closed_within(reader, 0.1)
+            elapsed = asyncio.get_running_loop().time() - started
+            # Cut by the header deadline, well before the keep-alive timeout would.
+            assert 0.9 <= elapsed <= 3.0, elapsed
+        finally:
+            writer.close()
+
+        # Keep-alive: two requests 1.5 s apart (more than the header deadline) on one
+        # connection, then the connection closes after 4 s of idling.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            writer.write(request)
+            assert await read_answer(reader) == (200, b'{"status":"ok"}')
+            assert not await closed_within(reader, 1.5)
+            writer.write(request)
+            assert await read_answer(reader) == (200, b'{"status":"ok"}')
+            idle_from = asyncio.get_running_loop().time()
+            assert await closed_within(reader, BOUND_SECONDS)
+            idle = asyncio.get_running_loop().time() - idle_from
+            assert 3.5 <= idle <= 8.0, idle
+        finally:
+            writer.close()
 
 
 def test_restart_delays_double_up_to_a_bound_with_jitter() -> None:

@@ -198,3 +198,39 @@ def test_arbitrary_base64_text_only_ever_raises_invalid_cursor(text: str) -> Non
 def test_arbitrary_bytes_only_ever_raise_invalid_cursor(raw: bytes) -> None:
     with pytest.raises(InvalidCursor):
         decode_cursor(_text(raw), SECRET, scope=SCOPE)
+
+
+# -- several secrets (LOYALTY_CURSOR_SECRET="newest,older,..."): the first signs, all verify ---
+
+
+def test_the_first_of_several_secrets_signs() -> None:
+    key = SortKey(11, "v_11")
+    text = encode_cursor(key, "new-secret,old-secret", scope=SCOPE)
+    assert decode_cursor(text, "new-secret", scope=SCOPE) == key
+    with pytest.raises(InvalidCursor, match="signature"):
+        decode_cursor(text, "old-secret", scope=SCOPE)
+
+
+def test_every_one_of_several_secrets_verifies() -> None:
+    key = SortKey(12, "v_12")
+    issued_before_rotation = encode_cursor(key, "old-secret", scope=SCOPE)
+    assert decode_cursor(issued_before_rotation, "new-secret,old-secret", scope=SCOPE) == key
+    assert decode_cursor(issued_before_rotation, b"new-secret,old-secret", scope=SCOPE) == key
+    # Once the old secret is dropped from the list, its cursors are refused.
+    with pytest.raises(InvalidCursor, match="signature"):
+        decode_cursor(issued_before_rotation, "newer-secret,new-secret", scope=SCOPE)
+
+
+def test_a_cursor_of_another_list_is_refused_under_any_secret() -> None:
+    text = encode_cursor(SortKey(7, "v"), "old-secret", scope=SCOPE)
+    with pytest.raises(InvalidCursor, match="another list"):
+        decode_cursor(text, "new-secret,old-secret", scope=SCOPE + " ")
+
+
+@pytest.mark.parametrize("secrets", [",", "a,", ",a", "a,,b", b"a,,b"])
+def test_an_empty_secret_in_the_list_is_a_configuration_error(secrets: str | bytes) -> None:
+    with pytest.raises(ValueError) as info:
+        decode_cursor("abc", secrets, scope=SCOPE)
+    assert not isinstance(info.value, InvalidCursor)
+    with pytest.raises(ValueError):
+        encode_cursor(SortKey(1, "v"), secrets, scope=SCOPE)

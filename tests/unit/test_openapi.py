@@ -11,6 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict
 
 from indexer.documents import (
     campaign_document,
@@ -19,8 +22,19 @@ from indexer.documents import (
     voucher_document,
 )
 from readapi.docs_page import ASSET_NAMES, PAGE_CSP, load_assets, page
-from readapi.openapi import build_openapi
-from readapi.search_query import ALLOWED_PARAMETERS, ListKind
+from readapi.errors import ApiError
+from readapi.freshness import parse_min_watermark, parse_wait_ms
+from readapi.openapi import LSN_PATTERN, build_openapi
+from readapi.params import path_id
+from readapi.search_query import (
+    ALLOWED_PARAMETERS,
+    CREATED_AFTER,
+    CREATED_BEFORE,
+    InvalidParameter,
+    ListKind,
+    parse_customer_list,
+    parse_voucher_list,
+)
 
 CONTRACT_PATHS = {
     "/v1/vouchers/{code}",
@@ -216,8 +230,9 @@ def test_voucher_filters_are_typed(spec: dict[str, Any]) -> None:
         "GIFT_VOUCHER",
         "LOYALTY_CARD",
     ]
-    assert parameters["active"]["schema"] == {"type": "boolean"}
-    assert parameters["q"]["schema"]["maxLength"] == 200
+    assert parameters["active"]["schema"] == {"type": "string", "enum": ["true", "false"]}
+    # q is bounded by its pattern: 1 to 200 characters once trimmed, whatever surrounds them.
+    assert "{0,198}" in parameters["q"]["schema"]["pattern"]
     assert parameters["campaign_id"]["schema"]["maxLength"] == 200
 
 
@@ -443,3 +458,186 @@ def test_docs_files_are_described(spec: dict[str, Any]) -> None:
     (parameter,) = spec["paths"]["/docs/static/{file}"]["get"]["parameters"]
     assert parameter["in"] == "path"
     assert parameter["schema"]["enum"] == list(ASSET_NAMES)
+
+
+# ---------------------------------------------------------------------------------------
+# The published formats are the validation's: every value a parameter's schema admits is
+# accepted, every value it refuses is answered 400 (a client may generate requests from the
+# document, as the fuzzing suite does).
+
+_STRING_KEYWORDS = {"type", "minLength", "maxLength", "pattern", "enum", "examples", "default"}
+
+
+def _parameters_of(spec: dict[str, Any], path: str) -> dict[str, dict[str, Any]]:
+    return {
+        (p := _resolve(spec, raw))["name"]: p for raw in spec["paths"][path]["get"]["parameters"]
+    }
+
+
+def _admits(schema: dict[str, Any], value: str) -> bool:
+    """JSON Schema's verdict on a string (ECMA-262: ``$`` is the end of the text only)."""
+    assert set(schema) <= _STRING_KEYWORDS, schema
+    assert schema["type"] == "string"
+    if "enum" in schema:
+        return value in schema["enum"]
+    if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", len(value)):
+        return False
+    pattern = schema.get("pattern")
+    if pattern is None:
+        return True
+    assert pattern.startswith("^") and pattern.endswith("$")
+    return re.search(pattern[:-1] + r"\Z", value) is not None
+
+
+def _accepted(check: Any, value: str) -> bool:
+    try:
+        check(value)
+    except (InvalidParameter, ApiError) as error:
+        if isinstance(error, ApiError):
+            assert error.status == 400, error
+        return False
+    return True
+
+
+def _list_check(parse: Any, name: str) -> Any:
+    return lambda value: parse({name: value})
+
+
+# Characters next to every boundary of the formats: controls, the whitespace q trims, digits
+# and the letters of ISO 8601, separators, non-ASCII letters and spaces.
+_EDGE_ALPHABET = st.sampled_from(
+    list("\x00\x08\t\n\x0b\x0c\r\x1f \x7f\x80\x9f\xa0\u3000\u2028é漢")
+    + list("0123456789-:.,+TZWtz/%aA_")
+)
+_EDGE_TEXT = st.text(_EDGE_ALPHABET, max_size=24) | st.text(max_size=12)
+
+
+def _near(pattern: str) -> st.SearchStrategy[str]:
+    """Values of ``pattern``, and the same with one character inserted, dropped or replaced."""
+    valid = st.from_regex(pattern[:-1] + r"\Z", fullmatch=True)
+
+    @st.composite
+    def mutated(draw: st.DrawFn) -> str:
+        value = draw(valid)
+        where = draw(st.integers(0, len(value)))
+        what = draw(_EDGE_ALPHABET)
+        how = draw(st.sampled_from(["insert", "drop", "replace"]))
+        if how == "insert":
+            return value[:where] + what + value[where:]
+        if how == "drop":
+            return value[:where] + value[where + 1 :]
+        return value[:where] + what + value[where + 1 :]
+
+    return valid | mutated() | _EDGE_TEXT
+
+
+def _long_text(length: int) -> st.SearchStrategy[str]:
+    return st.builds(
+        lambda pad, head, tail: pad + head + "x" * (length - len(pad) - len(head)) + tail,
+        st.sampled_from(["", " ", "\t\n", " " * 3]),
+        st.text(_EDGE_ALPHABET, max_size=3),
+        st.sampled_from(["", "x", "xx", " ", "\r\n", "\x01"]),
+    )
+
+
+_LIST_STRINGS = [
+    ("/v1/vouchers", "campaign_id", parse_voucher_list, 200),
+    ("/v1/vouchers", "holder_id", parse_voucher_list, 200),
+    ("/v1/vouchers", "q", parse_voucher_list, 200),
+    ("/v1/vouchers", CREATED_AFTER, parse_voucher_list, 64),
+    ("/v1/vouchers", CREATED_BEFORE, parse_voucher_list, 64),
+    ("/v1/customers", "email", parse_customer_list, 320),
+    ("/v1/customers", "segment_id", parse_customer_list, 200),
+    ("/v1/customers", "q", parse_customer_list, 200),
+    ("/v1/customers", CREATED_AFTER, parse_customer_list, 64),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "parse", "bound"),
+    _LIST_STRINGS,
+    ids=[f"{path} {name}" for path, name, _, _ in _LIST_STRINGS],
+)
+def test_list_parameter_schemas_admit_exactly_what_is_accepted(
+    spec: dict[str, Any], path: str, name: str, parse: Any, bound: int
+) -> None:
+    schema = _parameters_of(spec, path)[name]["schema"]
+    check = _list_check(parse, name)
+
+    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(_near(schema["pattern"]) | _long_text(bound) | _long_text(bound + 1))
+    def agree(value: str) -> None:
+        assert _admits(schema, value) == _accepted(check, value), repr(value)
+
+    agree()
+
+
+def test_enum_parameter_schemas_admit_exactly_what_is_accepted(spec: dict[str, Any]) -> None:
+    parameters = _parameters_of(spec, "/v1/vouchers")
+    for name in ("type", "active"):
+        schema = parameters[name]["schema"]
+        for value in [*schema["enum"], "", "TRUE", "True", "1", "yes", "gift_voucher", " true"]:
+            check = _list_check(parse_voucher_list, name)
+            assert _admits(schema, value) == _accepted(check, value), (name, value)
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/vouchers/{code}", "/v1/customers/{id}", "/v1/customers/{id}/vouchers"]
+)
+def test_path_id_schemas_admit_exactly_what_is_accepted(spec: dict[str, Any], path: str) -> None:
+    (parameter,) = [
+        p for p in _parameters_of(spec, path).values() if p["in"] == "path"
+    ]
+    schema = parameter["schema"]
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(_near(schema["pattern"]) | _long_text(200) | _long_text(201))
+    def agree(value: str) -> None:
+        accepted = _accepted(lambda text: path_id(text, parameter["name"]), value)
+        assert _admits(schema, value) == accepted, repr(value)
+
+    agree()
+
+
+def test_freshness_header_schemas_admit_exactly_what_is_accepted(spec: dict[str, Any]) -> None:
+    parameters = _parameters_of(spec, "/v1/vouchers")
+    lsn = parameters["X-Min-Watermark"]["schema"]
+
+    def watermark(value: str) -> None:
+        parse_min_watermark(CIMultiDict({"X-Min-Watermark": value}))
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(_near(lsn["pattern"]))
+    def agree(value: str) -> None:
+        # HTTP strips the spaces and tabs around a header value before anyone reads it.
+        value = value.strip(" \t")
+        assert _admits(lsn, value) == _accepted(watermark, value), repr(value)
+
+    agree()
+    wait = parameters["X-Wait-Timeout-Ms"]["schema"]
+    assert (wait["type"], wait["minimum"], wait["maximum"]) == ("integer", 0, 5000)
+    for number in (0, 1, 999, 5000, 5001, 999999, -1):
+        admitted = wait["minimum"] <= number <= wait["maximum"]
+        assert _accepted(lambda v: parse_wait_ms({"X-Wait-Timeout-Ms": v}), str(number)) == (
+            admitted
+        ), number
+    for text in ("", "1.5", "1e3", "+5", "0x10", "\u0663"):
+        assert not _accepted(lambda v: parse_wait_ms({"X-Wait-Timeout-Ms": v}), text), text
+
+
+def test_limit_schema_admits_exactly_what_is_accepted(spec: dict[str, Any]) -> None:
+    limit = _parameters_of(spec, "/v1/vouchers")["limit"]["schema"]
+    for number in range(-3, 130):
+        admitted = limit["minimum"] <= number <= limit["maximum"]
+        assert _accepted(_list_check(parse_voucher_list, "limit"), str(number)) == admitted
+    for text in ("", "1.0", "+5", " 5", "5e1", "\u0665"):
+        assert not _accepted(_list_check(parse_voucher_list, "limit"), text), text
+
+
+def test_response_headers_carry_their_formats(spec: dict[str, Any]) -> None:
+    headers = spec["components"]["headers"]
+    assert headers["X-Request-Id"]["schema"]["pattern"] == "^[A-Za-z0-9._:+=/-]{1,128}$"
+    assert headers["X-Read-Watermark"]["schema"]["pattern"] == LSN_PATTERN
+    assert headers["X-Rate-Limit-Limit"]["schema"]["minimum"] == 0
+    assert headers["X-Rate-Limit-Remaining"]["schema"]["minimum"] == 0
+    assert headers["Retry-After"]["schema"]["minimum"] == 1

@@ -3,6 +3,7 @@ metrics rendering, the rate limiter's local logic and the CLI's help."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -152,3 +153,148 @@ def test_worker_metrics_add_up_counters_and_label_gauges(tmp_path: Path) -> None
     # A file being replaced or broken costs its figures, not the scrape.
     (tmp_path / "broken.json").write_bytes(b"{not json")
     assert b"readapi_fills_total" in WorkerMetrics(tmp_path, mine.registry).render()
+
+
+# -- bounded abuse: settings, failed authentications, index refreshes ---------------------------
+
+
+def test_abuse_settings_defaults_and_bounds() -> None:
+    settings = ApiSettings.from_env({})
+    assert settings.miss_ttl_seconds == 60
+    assert settings.auth_failures_per_minute == 30
+    assert settings.keepalive_timeout_seconds == 75
+    assert settings.header_timeout_seconds == 10
+    settings = ApiSettings.from_env({
+        "LOYALTY_MISS_TTL_SECONDS": "5", "LOYALTY_AUTH_FAILURES_PER_MINUTE": "3",
+        "LOYALTY_KEEPALIVE_TIMEOUT_SECONDS": "2", "LOYALTY_HEADER_TIMEOUT_SECONDS": "1",
+    })
+    assert (settings.miss_ttl_seconds, settings.auth_failures_per_minute) == (5, 3)
+    assert (settings.keepalive_timeout_seconds, settings.header_timeout_seconds) == (2, 1)
+    for name in ("LOYALTY_MISS_TTL_SECONDS", "LOYALTY_AUTH_FAILURES_PER_MINUTE",
+                 "LOYALTY_KEEPALIVE_TIMEOUT_SECONDS", "LOYALTY_HEADER_TIMEOUT_SECONDS"):
+        for bad in ("0", "-1", "1.5", "many"):
+            with pytest.raises(SettingsError, match=name):
+                ApiSettings.from_env({name: bad})
+
+
+def test_cursor_secret_list_is_validated_and_never_echoed() -> None:
+    settings = ApiSettings.from_env({"LOYALTY_CURSOR_SECRET": "new-one,old-one"})
+    assert settings.cursor_secret == "new-one,old-one"
+    for bad in (",", "s3cr3t,", ",s3cr3t", "s3cr3t,,older"):
+        with pytest.raises(SettingsError, match="LOYALTY_CURSOR_SECRET") as info:
+            ApiSettings.from_env({"LOYALTY_CURSOR_SECRET": bad})
+        assert "s3cr3t" not in str(info.value)
+
+
+def test_the_default_cursor_secret_is_warned_about_off_the_local_stack() -> None:
+    assert ApiSettings().warnings() == []  # the local stack: loopback URLs
+    local = ApiSettings(redis_url="redis://localhost:6380/0", es_url="http://[::1]:9200")
+    assert local.warnings() == []
+    deployed = ApiSettings(redis_url="redis://cache.internal:6379/0")
+    (warning,) = deployed.warnings()
+    assert "LOYALTY_CURSOR_SECRET" in warning
+    assert ApiSettings(es_url="https://10.0.0.7:9200").warnings() != []
+    # A secret of the deployment's own: nothing to warn about.
+    assert ApiSettings(redis_url="redis://cache.internal:6379/0",
+                       cursor_secret="deployment-secret").warnings() == []
+
+
+def test_failed_authentications_are_limited_per_address_in_a_bounded_table() -> None:
+    from readapi.auth import FailedAuthLimiter
+
+    now = [1000.0]
+    limiter = FailedAuthLimiter(3, capacity=2, clock=lambda: now[0])
+    # The first ``limit`` failures of a window are let through, then a wait is asked for.
+    assert [limiter.failed("10.0.0.1") for _ in range(5)] == [0, 0, 0, 60, 60]
+    now[0] += 20.5
+    assert limiter.failed("10.0.0.1") == 40  # what is left of the window, rounded up
+    assert limiter.failed("10.0.0.2") == 0  # another address has its own count
+    now[0] += 40
+    assert limiter.failed("10.0.0.1") == 0  # a new window
+    for n in range(100):
+        limiter.failed(f"10.1.0.{n}")
+    assert len(limiter) == 2  # bounded whatever the number of addresses
+    assert (limiter.failures, limiter.throttled) == (108, 3)
+
+
+class _FakeIndices:
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.release.set()
+        self.started = 0
+
+    async def refresh(self, index: str) -> dict[str, object]:
+        self.started += 1
+        await self.release.wait()
+        return {}
+
+
+class _FakeElastic:
+    def __init__(self) -> None:
+        self.indices = _FakeIndices()
+
+
+async def test_a_watermark_already_refreshed_never_refreshes_again() -> None:
+    from cache.watermark import WatermarkHolder
+    from readapi.elastic import SearchReader
+
+    holder = WatermarkHolder(100)
+    client = _FakeElastic()
+    reader = SearchReader(
+        client, "t_", DependencyGate("elasticsearch", 1.0), watermark=holder  # type: ignore[arg-type]
+    )
+    await reader.refresh("voucher", 50)
+    assert reader.requests["refresh"] == 1
+    # The refresh began at watermark 100: every write up to 100 is searchable.
+    for wanted in (1, 50, 99, 100):
+        await reader.refresh("voucher", wanted)
+    assert reader.requests["refresh"] == 1
+    # Per kind: the customers' index was never refreshed.
+    await reader.refresh("customer", 1)
+    assert reader.requests["refresh"] == 2
+    # A watermark beyond the last refresh's start needs a new one.
+    holder.advance(200)
+    await reader.refresh("voucher", 150)
+    assert reader.requests["refresh"] == 3
+    await reader.refresh("voucher", 200)
+    assert reader.requests["refresh"] == 3
+
+    # Concurrent requests share the refresh in flight...
+    client.indices.release.clear()
+    holder.advance(300)
+    waiting = [asyncio.create_task(reader.refresh("voucher", w)) for w in (250, 280, 300)]
+    await asyncio.sleep(0.01)
+    assert reader.requests["refresh"] == 4
+    # ...but one asking past the watermark the refresh in flight began at starts its own.
+    holder.advance(400)
+    later = asyncio.create_task(reader.refresh("voucher", 350))
+    await asyncio.sleep(0.01)
+    assert reader.requests["refresh"] == 5
+    client.indices.release.set()
+    await asyncio.gather(*waiting, later)
+    await reader.refresh("voucher", 400)
+    assert reader.requests["refresh"] == 5
+
+
+async def test_a_failed_refresh_proves_nothing() -> None:
+    from cache.errors import SearchUnavailable
+    from cache.watermark import WatermarkHolder
+    from readapi.elastic import SearchReader
+
+    class Failing(_FakeIndices):
+        async def refresh(self, index: str) -> dict[str, object]:
+            self.started += 1
+            if self.started == 1:
+                raise SearchUnavailable("down")
+            return {}
+
+    client = _FakeElastic()
+    client.indices = Failing()
+    reader = SearchReader(
+        client, "t_", DependencyGate("elasticsearch", 0.0),  # type: ignore[arg-type]
+        watermark=WatermarkHolder(10),
+    )
+    with pytest.raises(SearchUnavailable):
+        await reader.refresh("voucher", 5)
+    await reader.refresh("voucher", 5)
+    assert client.indices.started == 2

@@ -394,6 +394,24 @@ def test_voucher_text_search_with_spaces_matches_the_whole_code() -> None:
     assert filters[1]["bool"]["should"][1] == {"term": {"code_lower": {"value": "black friday"}}}
 
 
+@pytest.mark.parametrize("q", ["a", "Z", " 7 ", "é"])
+def test_a_one_character_q_matches_the_whole_code_not_a_prefix(q: str) -> None:
+    """A prefix of one character would walk most of the index's codes."""
+    filters = build_search(ListKind.VOUCHERS, _vouchers(q=q), PROJECT, after=None)[
+        "query"
+    ]["bool"]["filter"]
+    code = q.strip().lower()
+    assert filters[1]["bool"]["should"][1] == {"term": {"code_lower": {"value": code}}}
+    assert "prefix" not in {node for node in _walk(filters) if isinstance(node, str)}
+
+
+def test_a_two_character_q_matches_a_code_prefix() -> None:
+    filters = build_search(ListKind.VOUCHERS, _vouchers(q="Ab"), PROJECT, after=None)[
+        "query"
+    ]["bool"]["filter"]
+    assert filters[1]["bool"]["should"][1] == {"prefix": {"code_lower": {"value": "ab"}}}
+
+
 def test_customer_text_search() -> None:
     filters = build_search(ListKind.CUSTOMERS, _customers(q="Ann@X.io"), PROJECT, after=None)[
         "query"
