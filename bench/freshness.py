@@ -58,7 +58,7 @@ from cache.types import Lsn, ObjectKind
 from indexer.migrate import apply_migrations
 from indexer.seed import seed_database
 from indexer.seed_rows import SeedPlan
-from indexer.settings import DEFAULT_ES_URL, DEFAULT_PG_DSN, DEFAULT_REDIS_URL
+from indexer.settings import DEFAULT_ES_URL, DEFAULT_PG_ADMIN_DSN, DEFAULT_REDIS_URL
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The initial load of the small seed takes seconds; this only bounds a hung start.
@@ -631,14 +631,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=60, help="duration of the load")
     parser.add_argument("--connections", type=int, default=6,
                         help="writer connections the paced load is spread over")
-    parser.add_argument("--dsn", default=os.environ.get("LOYALTY_PG_DSN", DEFAULT_PG_DSN),
-                        help="any database of the Postgres server to use")
+    # Creates and drops the scratch database, and the indexer runs as its owner there.
+    parser.add_argument("--dsn",
+                        default=os.environ.get("LOYALTY_PG_ADMIN_DSN") or DEFAULT_PG_ADMIN_DSN,
+                        help="any database of the Postgres server to use, as the admin")
     parser.add_argument("--database", default="loyalty_bench_freshness",
                         help="scratch database (dropped and created)")
     parser.add_argument("--redis-url", help="Redis the indexer writes and the bench watches",
-                        default=os.environ.get("LOYALTY_REDIS_URL", DEFAULT_REDIS_URL))
+                        default=os.environ.get("LOYALTY_REDIS_URL") or DEFAULT_REDIS_URL)
     parser.add_argument("--es-url", help="Elasticsearch the indexer writes and the bench reads",
-                        default=os.environ.get("LOYALTY_ES_URL", DEFAULT_ES_URL))
+                        default=os.environ.get("LOYALTY_ES_URL") or DEFAULT_ES_URL)
     parser.add_argument("--projects", type=int, default=2, help="seed: projects")
     parser.add_argument("--customers", type=int, default=5_000, help="seed: customers")
     parser.add_argument("--vouchers", type=int, default=20_000, help="seed: vouchers")

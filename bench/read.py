@@ -50,10 +50,14 @@ import psycopg
 import redis
 from elasticsearch import Elasticsearch
 
+from cache.config import DEFAULT_ES_URL, DEFAULT_REDIS_URL
+from indexer.settings import DEFAULT_PG_ADMIN_DSN
+
 REPO = Path(__file__).resolve().parent.parent
-PG_DSN = os.environ.get("LOYALTY_PG_DSN", "postgresql://postgres@127.0.0.1:5433/loyalty")
-REDIS_URL = os.environ.get("LOYALTY_REDIS_URL", "redis://127.0.0.1:6380/0")
-ES_URL = os.environ.get("LOYALTY_ES_URL", "http://127.0.0.1:9200")
+# Creates and drops its scratch database, and the indexer runs as its owner there: the admin.
+PG_DSN = os.environ.get("LOYALTY_PG_ADMIN_DSN") or DEFAULT_PG_ADMIN_DSN
+REDIS_URL = os.environ.get("LOYALTY_REDIS_URL") or DEFAULT_REDIS_URL
+ES_URL = os.environ.get("LOYALTY_ES_URL") or DEFAULT_ES_URL
 BENCH_APP_ID = "bench_app"
 BENCH_TOKEN = "bench-token-not-secret"
 # api_keys.rate_limit_per_minute is an int: the largest, so the benchmark is never throttled.

@@ -22,7 +22,7 @@ from psycopg import sql
 from indexer.migrate import apply_migrations
 from indexer.seed import DEFAULT_CHUNK_ROWS, format_report, seed_database
 from indexer.seed_rows import SeedPlan
-from indexer.settings import DEFAULT_PG_DSN
+from indexer.settings import DEFAULT_PG_ADMIN_DSN
 
 
 def parse_args() -> argparse.Namespace:
@@ -31,8 +31,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--dsn",
-        default=os.environ.get("LOYALTY_PG_DSN", DEFAULT_PG_DSN),
-        help="any database of the server to use (default: %(default)s)",
+        # Creates and drops a database: the admin's.
+        default=os.environ.get("LOYALTY_PG_ADMIN_DSN") or DEFAULT_PG_ADMIN_DSN,
+        help="any database of the server to use, as the admin (default: %(default)s)",
     )
     parser.add_argument(
         "--database",

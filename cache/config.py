@@ -3,8 +3,9 @@
 
 Here: the spec of one setting (``Setting``), the value formats with what they allow
 (``Format``), and the connection defaults both processes share (the local stack's addresses).
-Nothing here reads the environment or names a variable: each process's settings module
-declares its variables with these specs and reads the mapping it is given, once, at start.
+Also the settings both processes read (the stores' addresses, prefixes and the tombstone
+TTL), declared once here so the two cannot drift. Nothing here reads the environment: each
+process's settings module lists its settings and reads the mapping it is given, once, at start.
 Defaults owned by a part of ``cache`` stay with it (the key prefix in ``cache.readmodel.keys``,
 the tombstone TTL in ``cache.store``, the L1 bounds in ``cache.l1``).
 """
@@ -17,9 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
+from cache.readmodel.keys import DEFAULT_PREFIX
+from cache.store import DEFAULT_TOMBSTONE_TTL_SECONDS
+
 T = TypeVar("T")
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6380/0"
+# The local stack's Redis, with its fixed local password (``stack/config.py``); a URL may
+# also name an ACL user: ``redis://user:password@host:port/db`` (docs/internals.md).
+DEFAULT_REDIS_URL = "redis://:loyalty-local@127.0.0.1:6380/0"
 DEFAULT_ES_URL = "http://127.0.0.1:9200"
 DEFAULT_ES_INDEX_PREFIX = "loyalty_"
 
@@ -149,27 +155,40 @@ def pattern(regex: str, allowed: str) -> Format[str]:
     return Format(allowed, parse)
 
 
-def _any_text(raw: str) -> str:
-    return raw
+# -- the settings both processes read, declared once ------------------------------------------
 
-
-SECRET = Format("any non-empty text", _any_text, echo=False)
-
-
-# -- formats of the values both processes read ---------------------------------------------
-
-REDIS_URL = url("redis", "rediss")
-ES_URL = url("http", "https")
 # An index name is lower case and may not start with '_', '-', '+' (or '.', hidden indices).
-ES_INDEX_PREFIX = pattern(
+_ES_INDEX_PREFIX = pattern(
     r"[a-z0-9][a-z0-9_.-]{0,99}",
     "1 to 100 of [a-z0-9_.-], starting with a letter or digit",
 )
 # A brace would become the Redis Cluster hash tag of every key; glob characters and
 # whitespace would break the SCAN patterns that find a prefix's keys.
-REDIS_KEY_PREFIX = pattern(
+_REDIS_KEY_PREFIX = pattern(
     r"[^{}*?\[\]\\\s]{1,100}",
     "1 to 100 characters without braces, whitespace or any of *?[]\\",
 )
+
+REDIS_URL = Setting(
+    "redis_url", "LOYALTY_REDIS_URL", url("redis", "rediss"), DEFAULT_REDIS_URL, "Redis",
+)
+ES_URL = Setting(
+    "es_url", "LOYALTY_ES_URL", url("http", "https"), DEFAULT_ES_URL, "Elasticsearch",
+)
+ES_INDEX_PREFIX = Setting(
+    "es_index_prefix", "LOYALTY_ES_INDEX_PREFIX", _ES_INDEX_PREFIX, DEFAULT_ES_INDEX_PREFIX,
+    "index and alias prefix",
+)
+REDIS_KEY_PREFIX = Setting(
+    "redis_key_prefix", "LOYALTY_REDIS_KEY_PREFIX", _REDIS_KEY_PREFIX, DEFAULT_PREFIX,
+    "Redis key prefix",
+)
 # Longer than any replay window: the indexer's writes and the read API's fills both obey it.
-TOMBSTONE_TTL_SECONDS = integer(1, 31_536_000)
+TOMBSTONE_TTL_SECONDS = Setting(
+    "tombstone_ttl_seconds", "LOYALTY_TOMBSTONE_TTL_SECONDS", integer(1, 31_536_000),
+    DEFAULT_TOMBSTONE_TTL_SECONDS, "seconds a delete's tombstone blocks older writes",
+)
+# The stores' addresses and names, in the order both processes list them.
+STORE_SETTINGS: tuple[Setting[Any], ...] = (
+    REDIS_URL, ES_URL, ES_INDEX_PREFIX, REDIS_KEY_PREFIX, TOMBSTONE_TTL_SECONDS,
+)

@@ -2,7 +2,9 @@
 
 Each pending file runs in its own transaction together with its row in ``schema_migrations``,
 so a failed file leaves nothing behind and the next run starts again from it. A session
-advisory lock serializes concurrent runners. Owns no other schema than that table.
+advisory lock serializes concurrent runners. Owns no other schema than that table. Runs as
+the tables' owner (``LOYALTY_PG_ADMIN_DSN``), never as the indexer's role; ``indexer setup``
+runs these migrations too, then grants the indexer's role what it needs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import psycopg
 
 from indexer.queries import query
-from indexer.settings import PG_DSN, IndexerSettings
+from indexer.settings import PG_ADMIN_DSN, IndexerSettings
 
 # Without a bound, connecting to a host that drops packets waits for the kernel's timeout.
 CONNECT_TIMEOUT_SECONDS = 10
@@ -110,16 +112,17 @@ def add_command(subparsers: Any) -> None:
 
 
 def add_dsn_argument(parser: argparse.ArgumentParser) -> None:
-    """``--dsn``, which overrides the setting ``LOYALTY_PG_DSN``."""
+    """``--dsn``, which overrides the setting ``LOYALTY_PG_ADMIN_DSN`` (the tables' owner)."""
     parser.add_argument(
         "--dsn",
-        help=f"Postgres connection string (default: ${PG_DSN.variable} or {PG_DSN.default_text})",
+        help="Postgres connection string of the tables' owner "
+        f"(default: ${PG_ADMIN_DSN.variable} or {PG_ADMIN_DSN.default_text})",
     )
 
 
 def run_migrate(args: argparse.Namespace, settings: IndexerSettings) -> int:
     try:
-        applied = apply_migrations(args.dsn or settings.pg_dsn)
+        applied = apply_migrations(args.dsn or settings.pg_admin_dsn)
     except MigrationError as error:
         print(f"indexer migrate: {error}", file=sys.stderr)
         return 1

@@ -228,7 +228,7 @@ def run_seed(args: argparse.Namespace, settings: IndexerSettings) -> int:
         return 2
     try:
         report = seed_database(
-            args.dsn or settings.pg_dsn,
+            args.dsn or settings.pg_admin_dsn,
             plan,
             progress=sys.stderr.isatty(),
             truncate=args.truncate,

@@ -21,6 +21,7 @@ from cache.config import (
     DEFAULT_ES_URL,
     DEFAULT_REDIS_URL,
     DURATION,
+    STORE_SETTINGS,
     Format,
     Setting,
     SettingsError,
@@ -28,11 +29,10 @@ from cache.config import (
     integer,
     pattern,
 )
-from cache.readmodel.keys import DEFAULT_PREFIX
-from cache.store import DEFAULT_TOMBSTONE_TTL_SECONDS
 
 __all__ = [
     "DEFAULT_ES_URL",
+    "DEFAULT_PG_ADMIN_DSN",
     "DEFAULT_PG_DSN",
     "DEFAULT_REDIS_URL",
     "ENVIRONMENT_HELP",
@@ -41,7 +41,10 @@ __all__ = [
     "SettingsError",
 ]
 
-DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5433/loyalty"
+# The local stack's roles (``stack/config.py``): the indexer runs as ``loyalty_indexer``, which
+# is not a superuser; migrations, the seed and ``indexer setup`` run as the tables' owner.
+DEFAULT_PG_DSN = "postgresql://loyalty_indexer:loyalty-indexer-local@127.0.0.1:5433/loyalty"
+DEFAULT_PG_ADMIN_DSN = "postgresql://postgres:loyalty-admin-local@127.0.0.1:5433/loyalty"
 
 # Replication slot and publication names, as ``indexer.slot`` accepts them.
 _PG_NAME = pattern(r"[a-z0-9_]{1,63}", "1 to 63 of [a-z0-9_]")
@@ -55,35 +58,21 @@ def _conninfo(raw: str) -> str:
     return raw
 
 
+_PG_DSN = Format(
+    "a libpq connection string (a postgresql:// URL or key=value pairs)", _conninfo, echo=False
+)
 PG_DSN = Setting(
-    "pg_dsn", "LOYALTY_PG_DSN",
-    Format("a libpq connection string (a postgresql:// URL or key=value pairs)", _conninfo,
-           echo=False),
-    DEFAULT_PG_DSN, "source database",
+    "pg_dsn", "LOYALTY_PG_DSN", _PG_DSN, DEFAULT_PG_DSN, "source database, as the indexer's role",
 )
-REDIS_URL = Setting(
-    "redis_url", "LOYALTY_REDIS_URL", config.REDIS_URL, DEFAULT_REDIS_URL, "Redis",
-)
-ES_URL = Setting(
-    "es_url", "LOYALTY_ES_URL", config.ES_URL, DEFAULT_ES_URL, "Elasticsearch",
-)
-ES_INDEX_PREFIX = Setting(
-    "es_index_prefix", "LOYALTY_ES_INDEX_PREFIX", config.ES_INDEX_PREFIX,
-    config.DEFAULT_ES_INDEX_PREFIX, "index and alias prefix",
-)
-REDIS_KEY_PREFIX = Setting(
-    "redis_key_prefix", "LOYALTY_REDIS_KEY_PREFIX", config.REDIS_KEY_PREFIX, DEFAULT_PREFIX,
-    "Redis key prefix",
+PG_ADMIN_DSN = Setting(
+    "pg_admin_dsn", "LOYALTY_PG_ADMIN_DSN", _PG_DSN, DEFAULT_PG_ADMIN_DSN,
+    "source database, as the tables' owner (setup, migrate, seed)",
 )
 SLOT_NAME = Setting(
     "slot_name", "LOYALTY_SLOT_NAME", _PG_NAME, "loyalty_indexer", "logical replication slot",
 )
 PUBLICATION = Setting(
     "publication", "LOYALTY_PUBLICATION", _PG_NAME, "loyalty_pub", "publication",
-)
-TOMBSTONE_TTL_SECONDS = Setting(
-    "tombstone_ttl_seconds", "LOYALTY_TOMBSTONE_TTL_SECONDS", config.TOMBSTONE_TTL_SECONDS,
-    DEFAULT_TOMBSTONE_TTL_SECONDS, "seconds a delete's tombstone blocks older writes",
 )
 BATCH_CHANGES = Setting(
     "batch_changes", "LOYALTY_BATCH_CHANGES", integer(1, 1_000_000), 5000,
@@ -104,13 +93,10 @@ METRICS_PORT = Setting(
 
 SETTINGS: tuple[Setting[Any], ...] = (
     PG_DSN,
-    REDIS_URL,
-    ES_URL,
-    ES_INDEX_PREFIX,
-    REDIS_KEY_PREFIX,
+    PG_ADMIN_DSN,
+    *STORE_SETTINGS,
     SLOT_NAME,
     PUBLICATION,
-    TOMBSTONE_TTL_SECONDS,
     BATCH_CHANGES,
     IDLE_SLEEP_MS,
     ES_REFRESH,
@@ -123,13 +109,14 @@ ENVIRONMENT_HELP = environment_help(SETTINGS)
 @dataclass(frozen=True)
 class IndexerSettings:
     pg_dsn: str = PG_DSN.default
-    redis_url: str = REDIS_URL.default
-    es_url: str = ES_URL.default
-    es_index_prefix: str = ES_INDEX_PREFIX.default
-    redis_key_prefix: str = REDIS_KEY_PREFIX.default
+    pg_admin_dsn: str = PG_ADMIN_DSN.default
+    redis_url: str = config.REDIS_URL.default
+    es_url: str = config.ES_URL.default
+    es_index_prefix: str = config.ES_INDEX_PREFIX.default
+    redis_key_prefix: str = config.REDIS_KEY_PREFIX.default
     slot_name: str = SLOT_NAME.default
     publication: str = PUBLICATION.default
-    tombstone_ttl_seconds: float = TOMBSTONE_TTL_SECONDS.default
+    tombstone_ttl_seconds: float = config.TOMBSTONE_TTL_SECONDS.default
     batch_changes: int = BATCH_CHANGES.default
     idle_sleep_ms: int = IDLE_SLEEP_MS.default
     es_refresh_interval: str = ES_REFRESH.default

@@ -108,10 +108,27 @@ async def ensure_publication(
     """Create the publication if absent, add the tables it lacks; returns those added.
 
     Table names are ``table`` (schema ``public``) or ``schema.table``. Tables already in
-    the publication and not listed are left alone.
+    the publication and not listed are left alone. A complete publication is only read, so
+    a role that does not own the tables (the indexer's) may call this once ``indexer setup``,
+    run as their owner, made it; otherwise the ``SlotError`` says to run that.
     """
     publication = sql.Identifier(_checked(name, "publication"))
     wanted = list(dict.fromkeys(_qualified(table) for table in tables))
+    try:
+        return await _ensure_publication(conn, name, publication, wanted)
+    except SlotError as error:
+        if not isinstance(error.__cause__, psycopg.errors.InsufficientPrivilege):
+            raise
+        raise SlotError(
+            f"publication {name!r} is missing or lacks tables and this role may not change it: "
+            f"run `indexer setup` as the tables' owner ({error.__cause__})"
+        ) from error.__cause__
+
+
+async def _ensure_publication(
+    conn: psycopg.AsyncConnection[Any], name: str, publication: sql.Identifier,
+    wanted: list[tuple[str, str]],
+) -> list[str]:
     with _Wrapped(f"ensure publication {name!r}"):
         async with conn.transaction():
             row = await _fetch_one(conn, query("publication_exists"), {"publication": name})

@@ -23,6 +23,11 @@ from stack.config import (
     ENV_REDIS_PORT,
     ENV_STACK_DIR,
     HOST,
+    PG_ADMIN_PASSWORD,
+    PG_ADMIN_USER,
+    PG_INDEXER_PASSWORD,
+    PG_INDEXER_ROLE,
+    REDIS_PASSWORD,
     StackConfig,
 )
 from stack.elasticsearch import Elasticsearch
@@ -46,10 +51,11 @@ configuration (environment variables, defaults in brackets):
   {ENV_REDIS_PORT:<20} Redis 7 port [{DEFAULT_REDIS_PORT}]
   {ENV_ES_PORT:<20} Elasticsearch 8.19.9 HTTP port [{DEFAULT_ES_PORT}]
 
-every service listens on {HOST} only. With the defaults:
-  postgresql://postgres@{HOST}:{DEFAULT_PG_PORT}/{DATABASE}
-  redis://{HOST}:{DEFAULT_REDIS_PORT}/0
-  http://{HOST}:{DEFAULT_ES_PORT}
+every service listens on {HOST} only, with fixed local credentials. With the defaults:
+  admin    postgresql://{PG_ADMIN_USER}:{PG_ADMIN_PASSWORD}@{HOST}:{DEFAULT_PG_PORT}/{DATABASE}
+  indexer  postgresql://{PG_INDEXER_ROLE}:{PG_INDEXER_PASSWORD}@{HOST}:{DEFAULT_PG_PORT}/{DATABASE}
+  redis    redis://:{REDIS_PASSWORD}@{HOST}:{DEFAULT_REDIS_PORT}/0
+  search   http://{HOST}:{DEFAULT_ES_PORT}
 """
 
 
@@ -177,7 +183,8 @@ def _status(config: StackConfig) -> int:
     for service in _services(config, ()):
         pid = service.running_pid()
         if pid is not None:
-            state = f"running (pid {pid})"
+            notice = service.notice()
+            state = f"running (pid {pid})" + (f", {notice}" if notice else "")
         elif not port_is_free(HOST, service.port):
             state = "stopped (port taken by another process)"
         else:

@@ -22,6 +22,21 @@ DEFAULT_PG_PORT = 5433
 DEFAULT_REDIS_PORT = 6380
 DEFAULT_ES_PORT = 9200
 
+# Credentials of the local stack: fixed, public and for this machine's loopback only (a
+# shared deployment sets its own through the URLs, docs/internals.md "Credentials"). The
+# defaults of ``cache/config.py`` and ``indexer/settings.py`` spell the same values.
+REDIS_PASSWORD = "loyalty-local"
+PG_ADMIN_USER = "postgres"
+PG_ADMIN_PASSWORD = "loyalty-admin-local"
+# The indexer's role: LOGIN REPLICATION, no superuser; ``indexer setup`` grants it the rest.
+PG_INDEXER_ROLE = "loyalty_indexer"
+PG_INDEXER_PASSWORD = "loyalty-indexer-local"
+
+# Redis holds documents without a TTL, which must never be evicted silently: when full it
+# refuses writes (an OOM reply) rather than dropping keys (docs/internals.md, "Redis").
+REDIS_MAXMEMORY = "1gb"
+REDIS_MAXMEMORY_POLICY = "noeviction"
+
 
 @dataclass(frozen=True)
 class StackConfig:
@@ -29,6 +44,9 @@ class StackConfig:
     pg_port: int
     redis_port: int
     es_port: int
+    # Extra Elasticsearch node settings (``name=value``), over the defaults: for a private
+    # node of a test (a tiny ``http.max_content_length``); the environment never sets them.
+    es_node_settings: tuple[tuple[str, str], ...] = ()
 
     @property
     def logs_dir(self) -> Path:

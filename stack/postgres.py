@@ -1,8 +1,15 @@
 """PostgreSQL 15 for the local stack: a project-owned cluster run with Debian's binaries.
 
-The cluster lives in ``<stack dir>/postgres``, listens on loopback TCP only, trusts loopback
-connections and is tuned for tests (logical decoding on, durability off). When the stack runs
-as root, initdb and pg_ctl run as the ``postgres`` user, who owns the data folder.
+The cluster lives in ``<stack dir>/postgres``, listens on loopback TCP only and is tuned for
+tests (logical decoding on, durability off). Every connection authenticates with a password
+(``scram-sha-256``). On every start, so that a cluster of any age is brought up to this
+version (values from ``stack/config.py``): ``pg_hba.conf`` is rewritten, the admin's password
+is set in single-user mode before the server starts (no socket, no trust, not even for a
+moment), and once it runs the database and the indexer's role (``LOGIN REPLICATION``, not a
+superuser) are created if missing and the role's attributes and password set. What the role
+may read and write in a database is granted by ``indexer setup``, run as the admin. When the
+stack runs as root, initdb, pg_ctl and postgres run as the ``postgres`` user, who owns the
+data folder.
 """
 
 from __future__ import annotations
@@ -13,12 +20,20 @@ import pwd
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
 
 from stack.apt import apt_install
-from stack.config import ENV_STACK_DIR, HOST
+from stack.config import (
+    ENV_STACK_DIR,
+    HOST,
+    PG_ADMIN_PASSWORD,
+    PG_ADMIN_USER,
+    PG_INDEXER_PASSWORD,
+    PG_INDEXER_ROLE,
+)
 from stack.errors import StackError
 from stack.processes import error_line, run_logged, running_pid
 from stack.service import Service
@@ -27,10 +42,22 @@ PG_MAJOR = "15"
 PG_BIN = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
 APT_PACKAGE = f"postgresql-{PG_MAJOR}"
 OS_USER = "postgres"
-SUPERUSER = "postgres"
+SUPERUSER = PG_ADMIN_USER
 DATABASE = "loyalty"
 CONFIG_FILE = "stack.conf"
+HBA_FILE = "pg_hba.conf"
+HBA_HEADER = "# Written by `stack up` on every start; edits are overwritten."
+# Passwords on every connection; the server listens on loopback TCP only (no socket).
+HBA_RULES = (
+    "# TYPE  DATABASE  USER  ADDRESS       METHOD\n"
+    f"host    all       all   {HOST}/32  scram-sha-256\n"
+)
+# The indexer's role: may log in and use replication slots, and nothing else on its own.
+INDEXER_ROLE_ATTRIBUTES = (
+    "LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS"
+)
 START_TIMEOUT_SECONDS = 60
+SINGLE_USER_TIMEOUT_SECONDS = 120
 
 # Durability is off on purpose: this cluster only ever holds test and development data.
 SETTINGS: dict[str, str] = {
@@ -63,7 +90,12 @@ class Postgres(Service):
         return self.config.stack_dir / "postgres"
 
     def dsn(self, database: str = DATABASE) -> str:
-        return f"postgresql://{SUPERUSER}@{HOST}:{self.port}/{database}"
+        """The admin's (the cluster's superuser) connection string."""
+        return _url(SUPERUSER, PG_ADMIN_PASSWORD, self.port, database)
+
+    def indexer_dsn(self, database: str = DATABASE) -> str:
+        """The connection string of the indexer's role."""
+        return _url(PG_INDEXER_ROLE, PG_INDEXER_PASSWORD, self.port, database)
 
     def version(self) -> str:
         binary = PG_BIN / "postgres"
@@ -79,12 +111,24 @@ class Postgres(Service):
         # The postmaster's command line carries its data folder, which proves it is ours.
         return running_pid(self.data_dir / "postmaster.pid", str(self.data_dir))
 
+    def notice(self) -> str | None:
+        # The rules are written right before a start: older ones were in force at this one.
+        try:
+            current = (self.data_dir / HBA_FILE).read_text().startswith(HBA_HEADER)
+        except OSError:
+            current = False
+        if current:
+            return None
+        return "runs without passwords: restart it (stack down postgres && stack up postgres)"
+
     def prepare(self) -> None:
         if not (PG_BIN / "pg_ctl").exists():
             self.step(f"apt-get install {APT_PACKAGE}", self._install)
         if not (self.data_dir / "PG_VERSION").exists():
             self.step("initdb", self._initdb)
         self._write_settings()
+        self._write_hba()
+        self._set_admin_password()
 
     def launch(self) -> None:
         self._prepare_log()
@@ -96,7 +140,7 @@ class Postgres(Service):
             reason = error_line(self.log_path, log_offset) or exc.reason
             raise StackError(self.name, f"did not start: {reason}") from None
         try:
-            self._ensure_database()
+            self._ensure_database_and_role()
         except StackError:
             self._stop_quietly()
             raise
@@ -143,13 +187,47 @@ class Postgres(Service):
             with main_conf.open("a") as handle:
                 handle.write("\n" + include)
 
+    def _write_hba(self) -> None:
+        target = self.data_dir / HBA_FILE
+        target.write_text(f"{HBA_HEADER}\n{HBA_RULES}")
+        target.chmod(0o600)
+        self._give_to_owner(target)
+
+    def _set_admin_password(self) -> None:
+        """The admin's password, set in single-user mode while the server is stopped: a
+        cluster made before the stack had passwords has none, and every connection needs one.
+        Cheap (a tenth of a second), so done on every start rather than remembered."""
+        statement = (
+            f"ALTER ROLE {_identifier(SUPERUSER)} WITH PASSWORD {_literal(PG_ADMIN_PASSWORD)};\n"
+        )
+        argv = [str(PG_BIN / "postgres"), "--single", "-D", str(self.data_dir), "postgres"]
+        log_path = self.config.logs_dir / "postgres-ctl.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            result = subprocess.run(
+                self._as_owner(argv), input=statement.encode(), capture_output=True, cwd="/",
+                timeout=SINGLE_USER_TIMEOUT_SECONDS, check=False)
+        except subprocess.TimeoutExpired:
+            raise StackError(self.name, "setting the admin password timed out") from None
+        # The backend echoes nothing of its input: the password does not reach the log.
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        with log_path.open("a") as log:
+            log.write(f"$ {' '.join(argv)}  (ALTER ROLE {SUPERUSER} WITH PASSWORD ...)\n")
+            log.write(output)
+        failed = [line for line in output.splitlines() if "ERROR:" in line or "FATAL:" in line]
+        if result.returncode != 0 or failed:
+            detail = failed[0].strip() if failed else f"exit {result.returncode}"
+            raise StackError(
+                self.name, f"cannot set the admin password: {detail} (see {log_path})")
+
     def _prepare_log(self) -> None:
         # pg_ctl opens the log as the postgres user: the file must exist and be theirs.
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path.touch(exist_ok=True)
         self._give_to_owner(self.log_path)
 
-    def _ensure_database(self) -> None:
+    def _ensure_database_and_role(self) -> None:
+        step = f"create database {DATABASE}"
         try:
             with psycopg.connect(self.dsn("postgres"), autocommit=True, connect_timeout=10) as conn:
                 exists = conn.execute(
@@ -158,9 +236,23 @@ class Postgres(Service):
                 if exists is None:
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
                     self.say(f"created database {DATABASE}")
+                step = f"create role {PG_INDEXER_ROLE}"
+                role = conn.execute(
+                    "SELECT 1 FROM pg_roles WHERE rolname = %s", (PG_INDEXER_ROLE,)
+                ).fetchone()
+                # Attributes and password from this version on every start, new role or old.
+                statement = sql.SQL("{verb} ROLE {role} WITH " + INDEXER_ROLE_ATTRIBUTES
+                                    + " PASSWORD {password}").format(
+                    verb=sql.SQL("ALTER" if role else "CREATE"),
+                    role=sql.Identifier(PG_INDEXER_ROLE),
+                    password=sql.Literal(PG_INDEXER_PASSWORD),
+                )
+                conn.execute(statement)
+                if role is None:
+                    self.say(f"created role {PG_INDEXER_ROLE}")
         except psycopg.Error as exc:
             detail = " ".join(str(exc).split())
-            raise StackError(self.name, f"cannot create database {DATABASE}: {detail}") from None
+            raise StackError(self.name, f"cannot {step}: {detail}") from None
 
     def _pg_ctl(self, *args: str) -> None:
         argv = [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), *args]
@@ -202,3 +294,16 @@ class Postgres(Service):
         except KeyError:
             raise StackError(self.name, f"user {OS_USER!r} does not exist") from None
         os.chown(path, owner.pw_uid, owner.pw_gid)
+
+
+def _url(user: str, password: str, port: int, database: str) -> str:
+    credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    return f"postgresql://{credentials}@{HOST}:{port}/{database}"
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

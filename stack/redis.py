@@ -1,18 +1,24 @@
-"""Redis 7 for the local stack: one server on loopback, no persistence.
+"""Redis 7 for the local stack: one server on loopback, password required, bounded memory,
+no persistence.
 
-Pidfile and log live under the stack dir; the working folder ``<stack dir>/redis`` stays
-empty because saving is off.
+Every start writes the server's settings to ``<stack dir>/redis/redis.conf`` (mode 600, so
+the password stays off the command line and out of other users' reach) from
+``stack/config.py``: a data folder of any age gets this version's password, ``maxmemory`` and
+eviction policy. Pidfile and log live under the stack dir; the working folder holds nothing
+else because saving is off.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from stack.apt import apt_install
-from stack.config import HOST
+from stack.config import HOST, REDIS_MAXMEMORY, REDIS_MAXMEMORY_POLICY, REDIS_PASSWORD
 from stack.errors import StackError
 from stack.processes import (
     error_line,
@@ -31,6 +37,8 @@ APT_PACKAGE = "redis-server"
 REQUIRED_MAJOR = "7"
 READY_TIMEOUT_SECONDS = 20.0
 STOP_TIMEOUT_SECONDS = 10.0
+PROBE_TIMEOUT_SECONDS = 1.0
+CONFIG_FILE = "redis.conf"
 
 
 class Redis(Service):
@@ -56,8 +64,18 @@ class Redis(Service):
                 return part[2:]
         return "unknown"
 
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / CONFIG_FILE
+
     def running_pid(self) -> int | None:
         return running_pid(self.pidfile, BINARY)
+
+    def notice(self) -> str | None:
+        # A server that answers without the password was started before the stack set one.
+        if _ping(self.port, None):
+            return "runs without a password: restart it (stack down redis && stack up redis)"
+        return None
 
     def prepare(self) -> None:
         if shutil.which(BINARY) is None:
@@ -75,23 +93,12 @@ class Redis(Service):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path.touch(exist_ok=True)
         log_offset = self.log_path.stat().st_size
-        argv = [
-            binary,
-            "--bind", HOST,
-            "--port", str(self.port),
-            "--protected-mode", "yes",
-            "--save", "",
-            "--appendonly", "no",
-            "--daemonize", "no",
-            "--pidfile", str(self.pidfile),
-            "--logfile", str(self.log_path),
-            "--dir", str(self.data_dir),
-        ]
-        process = spawn(argv, self.log_path, cwd=self.data_dir)
+        self._write_config()
+        process = spawn([binary, str(self.config_file)], self.log_path, cwd=self.data_dir)
         write_pidfile(self.pidfile, process.pid)
 
         def settled() -> bool:
-            return process.poll() is not None or _ping(self.port)
+            return process.poll() is not None or _ping(self.port, REDIS_PASSWORD)
 
         ready = wait_for(settled, READY_TIMEOUT_SECONDS) and process.poll() is None
         if not ready:
@@ -100,6 +107,31 @@ class Redis(Service):
             detail = error_line(self.log_path, log_offset)
             detail = detail or f"not ready after {READY_TIMEOUT_SECONDS:.0f}s"
             raise StackError(self.name, f"did not start: {detail}")
+
+    def _write_config(self) -> None:
+        """The server's settings, rewritten on every start: the password, memory bound and
+        policy of this version apply to a data folder made by any earlier one."""
+        settings: list[tuple[str, str]] = [
+            ("bind", HOST),
+            ("port", str(self.port)),
+            ("protected-mode", "yes"),
+            ("requirepass", REDIS_PASSWORD),
+            ("maxmemory", REDIS_MAXMEMORY),
+            ("maxmemory-policy", REDIS_MAXMEMORY_POLICY),
+            ("save", ""),
+            ("appendonly", "no"),
+            ("daemonize", "no"),
+            ("pidfile", str(self.pidfile)),
+            ("logfile", str(self.log_path)),
+            ("dir", str(self.data_dir)),
+        ]
+        body = "".join(f"{name} {_quoted(value)}\n" for name, value in settings)
+        target = self.config_file
+        # Created private before the password is written into it.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("# Written by `stack up` on every start; edits are overwritten.\n" + body)
+        target.chmod(0o600)
 
     def _install(self) -> None:
         apt_install(self.name, [APT_PACKAGE], self.config.logs_dir / "install.log",
@@ -118,10 +150,39 @@ class Redis(Service):
         return True
 
 
-def _ping(port: int) -> bool:
+def _quoted(value: str) -> str:
+    """A value of redis.conf in double quotes (paths may hold spaces)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _command(*args: str) -> bytes:
+    """One command in RESP, so a password with spaces or quotes needs no escaping."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _replies(port: int, commands: Sequence[bytes]) -> list[bytes]:
+    """The first line of each reply to ``commands``, sent at once (empty when unreachable)."""
     try:
-        with socket.create_connection((HOST, port), timeout=1.0) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(64).startswith(b"+PONG")
+        with socket.create_connection((HOST, port), timeout=PROBE_TIMEOUT_SECONDS) as conn:
+            conn.sendall(b"".join(commands))
+            data = b""
+            while data.count(b"\r\n") < len(commands):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
     except OSError:
-        return False
+        return []
+    return data.split(b"\r\n")[: len(commands)]
+
+
+def _ping(port: int, password: str | None) -> bool:
+    """Whether the server on ``port`` answers PING, after AUTH with ``password`` if given."""
+    commands = [_command("PING")] if password is None else [
+        _command("AUTH", password), _command("PING")]
+    expected = [b"+PONG"] if password is None else [b"+OK", b"+PONG"]
+    return _replies(port, commands) == expected

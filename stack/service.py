@@ -66,6 +66,11 @@ class Service(ABC):
     def running_pid(self) -> int | None:
         """Pid of this stack's instance of the service, or None when it is not running."""
 
+    def notice(self) -> str | None:
+        """For a running instance: what it lacks that a start by this version would set
+        (say, a password), with the way to fix it; None when nothing."""
+        return None
+
     @abstractmethod
     def prepare(self) -> None:
         """Install, build or initialise what is missing; each such step goes through ``step``."""
@@ -83,7 +88,9 @@ class Service(ABC):
         self._report = StartReport()
         pid = self.running_pid()
         if pid is not None:
-            self.say(f"already running on {HOST}:{self.port} (pid {pid})")
+            notice = self.notice()
+            suffix = f"; {notice}" if notice else ""
+            self.say(f"already running on {HOST}:{self.port} (pid {pid}){suffix}")
             return StartReport(already_running=True)
         # Checked first so a taken port fails fast, before any install or build.
         require_free_port(self.name, HOST, self.port)

@@ -4,6 +4,10 @@ Integration and fault tests talk to the real services of the local stack (``stac
 each test gets a fresh database cloned from a migrated template, its own Elasticsearch
 index prefix and its own Redis key prefix, and everything is removed afterwards.
 Unit tests under ``tests/unit`` use none of these fixtures and need no service.
+
+Databases are made and dropped as the admin (``LOYALTY_PG_ADMIN_DSN``), and ``pg_dsn`` is the
+admin's too: tests run the indexer as the tables' owner, so each needs no setup of its own.
+``tests/integration/test_credentials.py`` runs it as its own role, as deployed.
 """
 
 from __future__ import annotations
@@ -18,9 +22,14 @@ import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 from psycopg import sql
 
-PG_DSN = os.environ.get("LOYALTY_PG_DSN", "postgresql://postgres@127.0.0.1:5433/loyalty")
-REDIS_URL = os.environ.get("LOYALTY_REDIS_URL", "redis://127.0.0.1:6380/0")
-ES_URL = os.environ.get("LOYALTY_ES_URL", "http://127.0.0.1:9200")
+from cache.config import DEFAULT_ES_URL, DEFAULT_REDIS_URL
+from indexer.settings import DEFAULT_PG_ADMIN_DSN
+
+# The defaults are the product's own (the local stack's, with its passwords); an empty
+# variable counts as unset, as for the product.
+PG_ADMIN_DSN = os.environ.get("LOYALTY_PG_ADMIN_DSN") or DEFAULT_PG_ADMIN_DSN
+REDIS_URL = os.environ.get("LOYALTY_REDIS_URL") or DEFAULT_REDIS_URL
+ES_URL = os.environ.get("LOYALTY_ES_URL") or DEFAULT_ES_URL
 # One template per test session: concurrent sessions must not drop each other's.
 TEMPLATE_DB = f"loyalty_test_template_{uuid.uuid4().hex[:8]}"
 
@@ -49,7 +58,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def _dsn_for(database: str) -> str:
-    return psycopg.conninfo.make_conninfo(PG_DSN, dbname=database)
+    return psycopg.conninfo.make_conninfo(PG_ADMIN_DSN, dbname=database)
 
 
 def _admin() -> psycopg.Connection[tuple[object, ...]]:
@@ -101,7 +110,7 @@ def pg_database(pg_template: str) -> Iterator[str]:
 
 @pytest.fixture
 def pg_dsn(pg_database: str) -> str:
-    """DSN of this test's own database."""
+    """DSN of this test's own database, as the admin."""
     return _dsn_for(pg_database)
 
 

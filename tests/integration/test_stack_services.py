@@ -1,8 +1,9 @@
 """The services started by ``stack up`` behave as the read path relies on.
 
 Elasticsearch: the banner clients check, realtime GET, search and external versions.
-Postgres: logical decoding with an exported snapshot and pgoutput by SQL.
-Redis: version 7 and Lua scripting.
+Postgres: logical decoding with an exported snapshot and pgoutput by SQL; a password on every
+connection and the indexer's role, which is not a superuser.
+Redis: version 7 and Lua scripting; its password, memory bound and eviction policy.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+import redis
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch, ConflictError
 from psycopg import sql
+
+from stack import config as stack_config
 
 pytestmark = pytest.mark.services
 
@@ -87,6 +91,19 @@ def probe_table(pg_dsn: str) -> Iterator[tuple[str, str]]:
     yield table, publication
 
 
+def test_postgres_asks_for_a_password_and_has_the_indexer_role(pg_dsn: str) -> None:
+    options = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    options.pop("password", None)
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(psycopg.conninfo.make_conninfo("", **options), connect_timeout=10).close()
+    with psycopg.connect(pg_dsn) as conn:
+        role = conn.execute(
+            "SELECT rolsuper, rolreplication, rolcanlogin FROM pg_roles WHERE rolname = %s",
+            (stack_config.PG_INDEXER_ROLE,),
+        ).fetchone()
+    assert role == (False, True, True)
+
+
 def test_postgres_wal_level_is_logical(pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn) as conn:
         row = conn.execute("SHOW wal_level").fetchone()
@@ -151,3 +168,16 @@ async def test_redis_version_and_lua(redis_client: aioredis.Redis, redis_prefix:
     script = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])"
     result = await redis_client.eval(script, 1, key, "from-lua")
     assert result == b"from-lua"
+
+
+async def test_redis_requires_its_password(redis_client: aioredis.Redis) -> None:
+    where = redis_client.connection_pool.connection_kwargs
+    anonymous = aioredis.Redis(host=where["host"], port=where["port"])
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            await anonymous.ping()
+    finally:
+        await anonymous.aclose()
+    memory = await redis_client.config_get("maxmemory*")
+    assert int(memory["maxmemory"]) > 0
+    assert memory["maxmemory-policy"] == stack_config.REDIS_MAXMEMORY_POLICY

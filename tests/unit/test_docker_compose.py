@@ -9,10 +9,15 @@ import json
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+import psycopg
 import pytest
 import yaml
+
+from cache.config import DEFAULT_REDIS_URL
+from indexer.settings import DEFAULT_PG_ADMIN_DSN, DEFAULT_PG_DSN
+from stack import config as stack_config
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -22,7 +27,11 @@ INTERNALS = REPO / "docs" / "internals.md"
 # Host ports must equal the stack's defaults so the same LOYALTY_* defaults work with either.
 PUBLISHED = {"postgres": 5433, "redis": 6380, "elasticsearch": 9200}
 APPS = ("indexer", "readapi")
+# Read by the indexer's admin commands only (`indexer setup`): the `setup` service gets it, the
+# long-running indexer never holds the admin's password.
+ADMIN_ONLY = frozenset({"LOYALTY_PG_ADMIN_DSN"})
 _CONTRACT_ROW = re.compile(r"^\|\s*`(LOYALTY_[A-Z_]+)`\s*\|[^|]*\|([^|]*)\|\s*$")
+_DEFAULTED = re.compile(r"\$\{([A-Z_]+):-([^}]*)\}")
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +60,13 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
     return {str(key): str(value) for key, value in env.items()}
+
+
+def _defaults(value: str) -> str:
+    """``value`` as compose reads it when no variable is set: ``${NAME:-default}`` is the
+    default (every variable of the file has one)."""
+    assert "${" not in _DEFAULTED.sub("", value), f"a variable without a default in {value!r}"
+    return _DEFAULTED.sub(lambda match: match.group(2), value)
 
 
 def _host_ports(service: dict[str, Any]) -> set[int]:
@@ -109,7 +125,7 @@ def test_apps_are_built_here(services: dict[str, Any], name: str, command: str) 
 
 @pytest.mark.parametrize("name", APPS)
 def test_apps_get_every_variable_they_use(services: dict[str, Any], name: str) -> None:
-    needed = _variables_used_by(name)
+    needed = _variables_used_by(name) - ADMIN_ONLY
     assert needed, f"docs/internals.md lists no variable for {name}"
     missing = needed - set(_environment(services[name]))
     assert not missing
@@ -186,3 +202,66 @@ def test_dockerfile_serves_on_every_interface_with_a_healthcheck_as_a_user() -> 
     user = _index(instructions, "USER", "")
     assert instructions[user][1] not in ("", "root", "0")
     assert user > _index(instructions, "RUN", "pip install --no-deps .")
+
+
+# -- credentials (docs/internals.md, "Credentials") ---------------------------------------------
+
+
+def _option(command: list[str], name: str) -> str:
+    return _defaults(str(command[command.index(name) + 1]))
+
+
+def test_postgres_asks_for_passwords(services: dict[str, Any]) -> None:
+    env = _environment(services["postgres"])
+    assert env["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    assert _defaults(env["POSTGRES_PASSWORD"])
+
+
+def test_redis_requires_its_password_and_never_evicts(services: dict[str, Any]) -> None:
+    command = [str(part) for part in services["redis"]["command"]]
+    password = _option(command, "--requirepass")
+    assert password
+    assert _option(command, "--maxmemory") == stack_config.REDIS_MAXMEMORY
+    assert _option(command, "--maxmemory-policy") == stack_config.REDIS_MAXMEMORY_POLICY
+    assert _defaults(_environment(services["redis"])["REDISCLI_AUTH"]) == password
+    for name in APPS:
+        url = urlsplit(_defaults(_environment(services[name])["LOYALTY_REDIS_URL"]))
+        assert unquote(url.password or "") == password
+
+
+def test_the_indexer_runs_as_its_own_role(services: dict[str, Any]) -> None:
+    admin_password = _defaults(_environment(services["postgres"])["POSTGRES_PASSWORD"])
+    indexer_env = _environment(services["indexer"])
+    role = psycopg.conninfo.conninfo_to_dict(_defaults(indexer_env["LOYALTY_PG_DSN"]))
+    assert role["user"] == stack_config.PG_INDEXER_ROLE != "postgres"
+    assert role.get("password")
+    for name in APPS:
+        assert not ADMIN_ONLY & set(_environment(services[name]))
+    setup = services["setup"]
+    assert " ".join(setup["command"]) == "indexer setup"
+    setup_env = _environment(setup)
+    admin = psycopg.conninfo.conninfo_to_dict(_defaults(setup_env["LOYALTY_PG_ADMIN_DSN"]))
+    assert (admin["user"], admin["password"], admin["host"]) == (
+        "postgres", admin_password, "postgres")
+    # The role it grants (and creates) is the one the indexer logs in as, with that password.
+    assert setup_env["LOYALTY_PG_DSN"] == indexer_env["LOYALTY_PG_DSN"]
+    assert setup_env["LOYALTY_PUBLICATION"] == indexer_env["LOYALTY_PUBLICATION"]
+    depends = services["indexer"]["depends_on"]["setup"]
+    assert depends["condition"] == "service_completed_successfully"
+
+
+def test_credentials_default_to_the_stack_ones(services: dict[str, Any]) -> None:
+    """The host's defaults (docs/internals.md) work against compose's services too."""
+    indexer_env = _environment(services["indexer"])
+    setup_env = _environment(services["setup"])
+    pairs = (
+        (setup_env["LOYALTY_PG_ADMIN_DSN"], DEFAULT_PG_ADMIN_DSN),
+        (indexer_env["LOYALTY_PG_DSN"], DEFAULT_PG_DSN),
+    )
+    for composed, default in pairs:
+        got = psycopg.conninfo.conninfo_to_dict(_defaults(composed))
+        want = psycopg.conninfo.conninfo_to_dict(default)
+        assert (got["user"], got["password"]) == (want["user"], want["password"])
+    got_url = urlsplit(_defaults(indexer_env["LOYALTY_REDIS_URL"]))
+    want_url = urlsplit(DEFAULT_REDIS_URL)
+    assert (got_url.username, got_url.password) == (want_url.username, want_url.password)
