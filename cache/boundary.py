@@ -37,7 +37,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 BOUNDARY_ATTRIBUTE: Final = "__store_boundary__"
 
 # Redis answers these while it cannot serve for now (a replica syncing, a cluster failing
-# over, memory full): an outage, not a mistake of ours.
+# over, memory full under noeviction): an outage, not a mistake of ours. redis-py turns some
+# into their own classes with the prefix removed (OutOfMemoryError, BusyLoadingError).
 _REDIS_TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM")
 
 
@@ -48,8 +49,9 @@ def classify_redis(error: BaseException) -> StoreError | None:
         error, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError | TimeoutError
     ):
         return CacheUnavailable(f"redis: {error}")
-    if isinstance(error, redis_errors.ResponseError) and str(error).startswith(
-        _REDIS_TRANSIENT_REPLIES
+    if isinstance(error, redis_errors.OutOfMemoryError | redis_errors.BusyLoadingError) or (
+        isinstance(error, redis_errors.ResponseError)
+        and str(error).startswith(_REDIS_TRANSIENT_REPLIES)
     ):
         return CacheUnavailable(f"redis: {error}")
     if isinstance(error, redis_errors.RedisError):

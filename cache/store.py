@@ -164,12 +164,17 @@ class CacheStore:
         return await self.get(self.layout.alias_key(project_id, kind, value))
 
     @redis_boundary
-    async def fill(self, key: str, envelope: Envelope) -> bool:
+    async def fill(
+        self, key: str, envelope: Envelope, *, ttl_seconds: float | None = None
+    ) -> bool:
         """Write what was read from the source of truth (an Elasticsearch realtime GET) back
         to Redis through the same versioned set: a fill racing a newer CDC write never takes
         the key backwards. Returns whether it wrote. Publishes nothing: the fill writes the
-        version that the indexer's own write, when it comes, announces."""
-        ttl_ms = self.tombstone_ttl_ms if envelope.is_tombstone else 0
+        version that the indexer's own write, when it comes, announces.
+
+        ``ttl_seconds`` overrides the expiry as ``VersionedWrite.ttl_seconds`` does (the read
+        API gives the tombstones of its misses a short one)."""
+        ttl_ms = self._ttl_ms(VersionedWrite(key, envelope, ttl_seconds))
         flags = await scripts.VERSIONED_SET.run(
             self.redis, (key,), (ttl_ms, encode_envelope(envelope))
         )
@@ -254,19 +259,6 @@ class CacheStore:
                 raise CacheDecodeError(f"{key}: {error}") from error
             if not envelope.is_tombstone:
                 yield key, envelope
-
-    @redis_boundary
-    async def any_api_key(self) -> bool:
-        """Whether any API key record exists: SCAN until the first one."""
-        cursor = 0
-        while True:
-            cursor, keys = await self.redis.scan(
-                cursor, match=self.layout.app_key_prefix + "*", count=1000
-            )
-            if keys:
-                return True
-            if cursor == 0:
-                return False
 
     # -- both -------------------------------------------------------------------------------
 

@@ -25,8 +25,9 @@ from cache.readmodel.keys import KeyLayout
 from cache.store import CacheStore
 from cache.types import Lsn
 from indexer.changes import WATCHED_TABLES
-from indexer.errors import IndexerError
+from indexer.errors import IndexerError, SourceBug
 from indexer.pgoutput import ChangeDecoder
+from indexer.quarantine import QuarantineStore
 from indexer.runner import Indexer
 from indexer.settings import ENVIRONMENT_HELP, IndexerSettings
 from indexer.sinks.elastic import ElasticSink
@@ -113,6 +114,12 @@ async def gather_status(settings: IndexerSettings) -> dict[str, Any]:
         for table in WATCHED_TABLES:
             rows[table] = await source.row_count(table)
         out["rows"] = rows
+        quarantine = QuarantineStore(conn)
+        try:
+            await quarantine.ensure_ready()
+            out["quarantined_rows"] = await quarantine.count()
+        except SourceBug:
+            out["quarantined_rows"] = None  # not migrated yet, or not readable by this role
         if out.get("lag_bytes"):
             out["lag_seconds"] = await _oldest_pending_age(conn, settings)
     async with open_clients(settings) as clients:
@@ -165,6 +172,8 @@ async def drop_everything(settings: IndexerSettings) -> list[str]:
     async with await connect(settings.pg_dsn, autocommit=True) as conn:
         if await drop_slot(conn, settings.slot_name):
             dropped.append(f"slot {settings.slot_name}")
+    # The publication belongs to the tables' owner (``indexer setup`` made it as the admin).
+    async with await connect(settings.pg_admin_dsn, autocommit=True) as conn:
         await drop_publication(conn, settings.publication)
         dropped.append(f"publication {settings.publication}")
     async with open_clients(settings) as clients:

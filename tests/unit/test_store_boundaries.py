@@ -30,6 +30,7 @@ from cache.errors import (
 )
 from cache.store import CacheStore
 from indexer.errors import SourceBug, SourceUnavailable, classify_postgres
+from indexer.quarantine import QuarantineStore
 from indexer.sinks.elastic import ElasticSink
 from indexer.source import DocumentSource
 from readapi.dependency import DependencyGate
@@ -41,6 +42,7 @@ STORE_INTERFACES: list[tuple[type, str]] = [
     (ElasticSink, "elasticsearch"),
     (SearchReader, "elasticsearch"),
     (DocumentSource, "postgres"),
+    (QuarantineStore, "postgres"),
 ]
 
 
@@ -109,6 +111,7 @@ def test_elasticsearch_errors_are_classified(error: Exception, expected: type) -
         (redis_errors.TimeoutError("slow"), CacheUnavailable),
         (redis_errors.BusyLoadingError("LOADING Redis is loading"), CacheUnavailable),
         (redis_errors.ResponseError("OOM command not allowed"), CacheUnavailable),
+        (redis_errors.OutOfMemoryError("command not allowed when used memory"), CacheUnavailable),
         (redis_errors.ResponseError("WRONGTYPE Operation against a key"), CacheBug),
         (redis_errors.DataError("bad argument"), CacheBug),
         (ConnectionResetError(), CacheUnavailable),
