@@ -34,7 +34,7 @@ PG_INDEXER_PASSWORD = "loyalty-indexer-local"
 
 # Redis holds documents without a TTL, which must never be evicted silently: when full it
 # refuses writes (an OOM reply) rather than dropping keys (docs/internals.md, "Redis").
-REDIS_MAXMEMORY = "1gb"
+REDIS_MAXMEMORY = "4gb"
 REDIS_MAXMEMORY_POLICY = "noeviction"
 
 

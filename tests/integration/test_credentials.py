@@ -89,7 +89,7 @@ def test_redis_refuses_a_client_without_its_password(own_stack: PrivateStack) ->
     with redis.Redis.from_url(own_stack.redis_url) as client:
         assert client.ping()
         memory = client.config_get("maxmemory*")
-    assert memory["maxmemory"] == str(1024**3)
+    assert memory["maxmemory"] == str(4 * 1024**3)
     assert memory["maxmemory-policy"] == stack_config.REDIS_MAXMEMORY_POLICY == "noeviction"
 
 
