@@ -90,7 +90,7 @@ def test_redis_config_holds_password_and_memory_policy(tmp_path: Path) -> None:
             name, _, value = line.partition(" ")
             settings[name] = value.strip('"')
     assert settings["requirepass"] == stack_config.REDIS_PASSWORD
-    assert settings["maxmemory"] == stack_config.REDIS_MAXMEMORY == "1gb"
+    assert settings["maxmemory"] == stack_config.REDIS_MAXMEMORY == "4gb"
     assert settings["maxmemory-policy"] == stack_config.REDIS_MAXMEMORY_POLICY == "noeviction"
     assert settings["bind"] == stack_config.HOST
 
