@@ -192,3 +192,14 @@ TOMBSTONE_TTL_SECONDS = Setting(
 STORE_SETTINGS: tuple[Setting[Any], ...] = (
     REDIS_URL, ES_URL, ES_INDEX_PREFIX, REDIS_KEY_PREFIX, TOMBSTONE_TTL_SECONDS,
 )
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """The fields of ``STORE_SETTINGS``: the base of both processes' settings objects."""
+
+    redis_url: str = REDIS_URL.default
+    es_url: str = ES_URL.default
+    es_index_prefix: str = ES_INDEX_PREFIX.default
+    redis_key_prefix: str = REDIS_KEY_PREFIX.default
+    tombstone_ttl_seconds: float = TOMBSTONE_TTL_SECONDS.default

@@ -232,7 +232,10 @@ class Quarantine:
                 metrics.QUARANTINED_ROWS.labels(row.table).inc()
             keys.update(bad)
             changed = True
-        written = [item for item in _written(chunk, bad) if (item[0], item[1]) in keys]
+        # Nothing quarantined (the usual case): no list of the chunk's writes is built.
+        written = (
+            [item for item in _written(chunk, bad) if (item[0], item[1]) in keys] if keys else []
+        )
         if written:
             keys.difference_update(await store.resolve(written))
             changed = True

@@ -25,6 +25,7 @@ from cache.config import (
     Format,
     Setting,
     SettingsError,
+    StoreSettings,
     environment_help,
     integer,
     pattern,
@@ -107,16 +108,11 @@ ENVIRONMENT_HELP = environment_help(SETTINGS)
 
 
 @dataclass(frozen=True)
-class IndexerSettings:
+class IndexerSettings(StoreSettings):
     pg_dsn: str = PG_DSN.default
     pg_admin_dsn: str = PG_ADMIN_DSN.default
-    redis_url: str = config.REDIS_URL.default
-    es_url: str = config.ES_URL.default
-    es_index_prefix: str = config.ES_INDEX_PREFIX.default
-    redis_key_prefix: str = config.REDIS_KEY_PREFIX.default
     slot_name: str = SLOT_NAME.default
     publication: str = PUBLICATION.default
-    tombstone_ttl_seconds: float = config.TOMBSTONE_TTL_SECONDS.default
     batch_changes: int = BATCH_CHANGES.default
     idle_sleep_ms: int = IDLE_SLEEP_MS.default
     es_refresh_interval: str = ES_REFRESH.default

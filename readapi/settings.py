@@ -28,6 +28,7 @@ from cache.config import (
     Format,
     Setting,
     SettingsError,
+    StoreSettings,
     environment_help,
     integer,
 )
@@ -108,12 +109,7 @@ ENVIRONMENT_HELP = environment_help(SETTINGS)
 
 
 @dataclass(frozen=True)
-class ApiSettings:
-    redis_url: str = config.REDIS_URL.default
-    es_url: str = config.ES_URL.default
-    es_index_prefix: str = config.ES_INDEX_PREFIX.default
-    redis_key_prefix: str = config.REDIS_KEY_PREFIX.default
-    tombstone_ttl_seconds: float = config.TOMBSTONE_TTL_SECONDS.default
+class ApiSettings(StoreSettings):
     port: int = API_PORT.default
     rate_limit_default: int = RATE_LIMIT_DEFAULT.default
     l1_max_entries: int = L1_MAX_ENTRIES.default

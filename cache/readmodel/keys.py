@@ -103,11 +103,7 @@ class KeyLayout:
 
     def object_key(self, project_id: str, kind: str, object_id: str) -> str:
         """Key of the envelope of one object (``kind``: an ``ObjectKind``)."""
-        try:
-            code = _OBJECT_CODES[kind]
-        except KeyError:
-            raise ValueError(f"unknown object kind: {kind!r}") from None
-        return f"{self._project_head(project_id)}{code}:{object_id}"
+        return self._coded_key(project_id, _OBJECT_CODES, "object", kind, object_id)
 
     def _project_head(self, project_id: str) -> str:
         """What every key of the project's objects and aliases starts with."""
@@ -126,11 +122,16 @@ class KeyLayout:
 
     def alias_key(self, project_id: str, kind: str, value: str) -> str:
         """Key of an alias envelope whose data is the target object id (``kind``: ``AliasKind``)."""
+        return self._coded_key(project_id, _ALIAS_CODES, "alias", kind, value)
+
+    def _coded_key(
+        self, project_id: str, codes: dict[str, str], what: str, kind: str, tail: str
+    ) -> str:
         try:
-            code = _ALIAS_CODES[kind]
+            code = codes[kind]
         except KeyError:
-            raise ValueError(f"unknown alias kind: {kind!r}") from None
-        return f"{self._project_head(project_id)}{code}:{value}"
+            raise ValueError(f"unknown {what} kind: {kind!r}") from None
+        return f"{self._project_head(project_id)}{code}:{tail}"
 
     def is_object_key(self, key: str) -> bool:
         """Whether ``key`` is the key of an object's envelope (not an alias, not global)."""
