@@ -2,12 +2,13 @@
 
 Frozen and slotted: they are created per write and per read, and never mutated. How they
 become bytes is ``cache/readmodel/codec.py``'s business; how they reach Redis is
-``cache/store.py``'s.
+``cache/store.py``'s (envelopes) and ``cache/membership.py``'s (segment membership).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 MAX_VERSION = (1 << 64) - 1
@@ -79,3 +80,77 @@ class TokenLease:
     granted: int
     remaining: int
     reset_seconds: int
+
+
+class MembershipMode(StrEnum):
+    """How a ``MembershipUpdate`` names the customer's segments."""
+
+    REPLACE = "replace"  # the whole membership, as evaluated at ``version``
+    SET_ONE = "set_one"  # one segment in or out, the others untouched
+
+
+class EventCause(StrEnum):
+    """What made a membership move: a committed change, or time passing (a filter on dates)."""
+
+    CHANGE = "change"
+    CLOCK = "clock"
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipUpdate:
+    """One customer's segment membership in one project, as of ``version``.
+
+    ``version`` is the commit LSN of the change (or the current watermark for a clock tick).
+    ``REPLACE`` gives the whole membership (``segment_ids``; ``()``: member of nothing, as
+    for a deleted customer or one moved to another project) and becomes the record's base
+    version; ``SET_ONE`` puts one segment in (``member``) or out and keeps the base. Either is
+    refused below the stored base. ``emit=False`` is a silent rebuild (an initial load, a
+    cache reload): state and counters move, no event is written.
+    """
+
+    project_id: str
+    customer_id: str
+    version: int
+    mode: MembershipMode
+    segment_ids: tuple[str, ...] = ()
+    segment_id: str = ""
+    member: bool = False
+    cause: EventCause = EventCause.CHANGE
+    cause_lsn: int = 0
+    occurred_at_us: int = 0
+    emit: bool = True
+
+
+class SegmentEventType(StrEnum):
+    ENTERED = "customer.segment.entered"
+    LEFT = "customer.segment.left"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentEvent:
+    """One entry of a project's segment event stream.
+
+    ``cursor`` is the stream entry id (``<ms>-<seq>``), where a reader resumes. ``id`` is
+    derived from the cause, not from the entry, so the same transition has the same id
+    wherever it is read (``cache.readmodel.codec.segment_event_id``).
+    """
+
+    cursor: str
+    id: str
+    type: SegmentEventType
+    customer_id: str
+    segment_id: str
+    cause: EventCause
+    cause_lsn: int
+    occurred_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentJob:
+    """A pending recompute of one segment's members after the segment changed at
+    ``version`` (its commit LSN)."""
+
+    project_id: str
+    segment_id: str
+    version: int
+    occurred_at_us: int

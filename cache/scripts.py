@@ -50,7 +50,9 @@ class ScriptCall:
 VERSIONED_SET = LuaScript.from_package("versioned_set")
 ADVANCE_WATERMARK = LuaScript.from_package("advance_watermark")
 LEASE_TOKENS = LuaScript.from_package("lease_tokens")
-ALL_SCRIPTS = (VERSIONED_SET, ADVANCE_WATERMARK, LEASE_TOKENS)
+MEMBERSHIP = LuaScript.from_package("membership")
+SEGMENT_JOB = LuaScript.from_package("segment_job")
+ALL_SCRIPTS = (VERSIONED_SET, ADVANCE_WATERMARK, LEASE_TOKENS, MEMBERSHIP, SEGMENT_JOB)
 
 
 async def load_all(redis: Redis) -> None:

@@ -223,11 +223,15 @@ class CacheStore:
     async def keys_older_than(self, version: int, *, page: int = 1000) -> AsyncIterator[str]:
         """Every object, alias and API key whose envelope is older than ``version``, a SCAN
         page at a time. Versions are read from the envelopes' fixed headers (one pipeline per
-        page), so a pass costs no decode; a tombstone counts like a live value."""
+        page), so a pass costs no decode; a tombstone counts like a live value. A project's
+        other keys (segment membership, counts, events) are skipped: a GETRANGE of a hash or a
+        stream is refused."""
         for pattern in (f"{self.layout.project_keys_prefix}*", f"{self.layout.app_key_prefix}*"):
             cursor = 0
             while True:
-                cursor, keys = await self.redis.scan(cursor, match=pattern, count=page)
+                cursor, found = await self.redis.scan(cursor, match=pattern, count=page)
+                names = (key.decode() if isinstance(key, bytes) else str(key) for key in found)
+                keys = [name for name in names if self.layout.is_envelope_key(name)]
                 if keys:
                     async with self.redis.pipeline(transaction=False) as pipe:
                         for key in keys:
@@ -236,7 +240,7 @@ class CacheStore:
                     for key, head in zip(keys, heads, strict=True):
                         stored = envelope_version(head)
                         if stored is not None and stored < version:
-                            yield key.decode() if isinstance(key, bytes) else str(key)
+                            yield key
                 if cursor == 0:
                     break
 

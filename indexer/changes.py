@@ -17,6 +17,7 @@ from indexer.tables import CONTRACT_TABLES
 
 LOYALTY_CARD = "LOYALTY_CARD"
 AUTO_UPDATE = "auto-update"
+STATIC = "static"
 
 
 class RowChangeLike(Protocol):
@@ -52,11 +53,20 @@ class TouchedObjects:
     # alias keys get a versioned tombstone unless the rebuilt documents claim them again.
     removed_codes: dict[tuple[str, str], int] = field(default_factory=dict)
     removed_source_ids: dict[tuple[str, str], int] = field(default_factory=dict)
-    # Fan-out that needs the source to resolve: campaigns whose name every voucher shows,
-    # projects whose auto-update segments must be evaluated again for every customer.
+    # Fan-out that needs the source to resolve: campaigns whose name every voucher shows.
     renamed_campaigns: dict[str, int] = field(default_factory=dict)
-    resegmented_projects: dict[str, int] = field(default_factory=dict)
+    # Segments whose membership must be recomputed (created, deleted, filter or type or
+    # project changed), by (project id, segment id): the newest change's version. The
+    # recompute reads the customer documents in the index, not the source
+    # (``indexer.recompute``).
+    resegmented: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Segments that became static: their segment_members rows must be rebuilt (they were
+    # ignored while the segment was auto-update).
+    now_static_segments: dict[str, int] = field(default_factory=dict)
     truncated_tables: dict[str, int] = field(default_factory=dict)
+    # Commit time (epoch microseconds) of each commit LSN the batch holds: when the
+    # membership transitions a change causes occurred.
+    commit_times: dict[int, int] = field(default_factory=dict)
 
     def mark(
         self, kind: ObjectKind, object_id: Any, project_id: Any, version: int, *, own: bool = False
@@ -91,7 +101,8 @@ class TouchedObjects:
             or self.removed_codes
             or self.removed_source_ids
             or self.renamed_campaigns
-            or self.resegmented_projects
+            or self.resegmented
+            or self.now_static_segments
             or self.truncated_tables
         )
 
@@ -194,16 +205,29 @@ def _on_segment(touched: TouchedObjects, change: RowChangeLike, version: int) ->
     rows = _rows(change)
     for row in rows:
         touched.mark(ObjectKind.SEGMENT, row.get("id"), row.get("project_id"), version, own=True)
-    membership_may_change = any(row.get("type") == AUTO_UPDATE for row in rows) and (
-        change.op != "update" or _changed(change, "filter") or _changed(change, "type")
+    membership_may_change = change.op != "update" or any(
+        _changed(change, column) for column in ("filter", "type", "project_id")
     )
-    if membership_may_change or (change.old is None and change.op == "update"):
-        for row in rows:
-            project_id = row.get("project_id")
-            if project_id is not None:
-                touched.resegmented_projects[str(project_id)] = max(
-                    version, touched.resegmented_projects.get(str(project_id), 0)
-                )
+    if not membership_may_change:
+        return  # a rename: members are unchanged
+    for row in rows:
+        segment_id, project_id = row.get("id"), row.get("project_id")
+        if segment_id is None or project_id is None:
+            continue
+        key = (str(project_id), str(segment_id))
+        touched.resegmented[key] = max(version, touched.resegmented.get(key, 0))
+    new = change.new
+    became_static = (
+        new is not None
+        and new.get("type") == STATIC
+        and change.op == "update"
+        and _changed(change, "type")
+    )
+    if became_static and new is not None:
+        segment_id = str(new["id"])
+        touched.now_static_segments[segment_id] = max(
+            version, touched.now_static_segments.get(segment_id, 0)
+        )
 
 
 def _on_segment_member(touched: TouchedObjects, change: RowChangeLike, version: int) -> None:

@@ -20,6 +20,7 @@ from elasticsearch import AsyncElasticsearch
 from prometheus_client import start_http_server
 
 from cache.logs import configure_logging
+from cache.membership import MembershipStore
 from cache.readmodel.documents import INDEXED_KINDS
 from cache.readmodel.keys import KeyLayout
 from cache.store import CacheStore
@@ -50,17 +51,20 @@ class Clients:
 async def open_clients(settings: IndexerSettings) -> AsyncIterator[Clients]:
     elastic = AsyncElasticsearch(settings.es_url, request_timeout=30, retry_on_timeout=False)
     client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-    store = CacheStore(
+    layout = KeyLayout(settings.redis_key_prefix)
+    store = CacheStore(client, layout, tombstone_ttl_seconds=settings.tombstone_ttl_seconds)
+    membership = MembershipStore(
         client,
-        KeyLayout(settings.redis_key_prefix),
+        layout,
         tombstone_ttl_seconds=settings.tombstone_ttl_seconds,
+        events_max_per_project=settings.segment_events_max,
     )
     try:
         yield Clients(
             ElasticSink(
                 elastic, settings.es_index_prefix, refresh_interval=settings.es_refresh_interval
             ),
-            RedisSink(store),
+            RedisSink(store, membership),
             client,
             elastic,
         )

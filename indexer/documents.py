@@ -7,6 +7,7 @@ bounded set of values Elasticsearch indexes for lists, filters and search.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +17,8 @@ from cache.readmodel.indices import Field, MetadataPair
 from cache.types import ObjectKind
 from indexer.errors import IndexerError
 from indexer.jsonvalues import TooDeepJson
+from indexer.segment_filter import SegmentFilter
+from indexer.segment_view import filter_view, view_nested
 from indexer.timestamps import OutOfRangeTimestamp
 
 Row = Mapping[str, Any]
@@ -161,11 +164,19 @@ def customer_body(row: Row) -> dict[str, Any]:
     }
 
 
-def customer_document(row: Row, auto_segments: Iterable[tuple[str, SegmentMatcher]]) -> Document:
-    """``auto_segments`` holds the compiled filters of the project's auto-update segments."""
+def customer_document(
+    row: Row, auto_segments: Iterable[tuple[str, SegmentMatcher]], now_us: int | None = None
+) -> Document:
+    """``auto_segments`` holds the compiled filters of the project's auto-update segments,
+    evaluated at ``now_us`` (epoch microseconds; the current time when None)."""
     body = customer_body(row)
+    # Computed once: every filter of the project reads it, and so does the index.
+    view = filter_view(body)
+    at = time.time_ns() // 1000 if now_us is None else now_us
     segment_ids = set(row["static_segment_ids"] or ())
-    segment_ids.update(seg_id for seg_id, matches in auto_segments if matches(body))
+    for segment_id, matcher in auto_segments:
+        if matcher.matches(view, at) if isinstance(matcher, SegmentFilter) else matcher(body):
+            segment_ids.add(segment_id)
     metadata = body["metadata"] or {}
     fields = {
         Field.SOURCE_ID: row["source_id"],
@@ -177,6 +188,7 @@ def customer_document(row: Row, auto_segments: Iterable[tuple[str, SegmentMatche
         Field.SEARCH_TEXT: " ".join(
             part for part in (row["name"], row["email"], row["source_id"]) if part
         ),
+        Field.FILTER_VIEW: view_nested(view),
     }
     return Document(ObjectKind.CUSTOMER, row["project_id"], row["id"], body, fields)
 

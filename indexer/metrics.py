@@ -43,3 +43,18 @@ QUARANTINED_ROWS = Counter(
 QUARANTINE_ROWS = Gauge(
     "indexer_quarantine_rows", "Rows in the quarantine, as this process last counted them"
 )
+SEGMENT_JOBS_PENDING = Gauge(
+    "indexer_segment_jobs_pending", "Segment recompute jobs waiting or in progress"
+)
+SEGMENT_RECOMPUTE_CUSTOMERS = Counter(
+    "indexer_segment_recompute_customers_total",
+    "Customers a segment recompute looked at (candidates found by its searches)",
+)
+SEGMENT_TRANSITIONS = Counter(
+    "indexer_segment_transitions_total",
+    "Customers entering or leaving a segment (each one event unless written silently)",
+)
+SEGMENT_TICK_CUSTOMERS = Counter(
+    "indexer_segment_tick_customers_total",
+    "Customers the relative-date clock tick looked at (their date crossed a bound)",
+)

@@ -1,8 +1,13 @@
 """Turn the objects a batch touched into the writes both sinks apply, in bounded chunks.
 
-Fan-out is resolved against the source (a renamed campaign's vouchers, every customer of a
-project whose auto-update segments changed), then each touched object is rebuilt from the
-source; an object the source no longer has becomes a versioned removal.
+Fan-out is resolved against the source (a renamed campaign's vouchers, the member rows of a
+segment that became static), then each touched object is rebuilt from the source; an object
+the source no longer has becomes a versioned removal. A rebuilt customer's segment
+membership (static rows and the auto-update filters of its project, evaluated on its new
+document) also goes to Redis as a versioned membership record, which emits the customer's
+segment entered/left events (``cache.membership``). A segment whose filter, type or project
+changed is not fanned out here: it becomes a recompute job, run against the customer
+documents already indexed (``indexer.recompute``).
 
 A row no document can carry never stops the rebuild: a read the source refuses is retried on
 halves of the chunk down to the one row that fails, a row the builders refuse (a JSON column
@@ -20,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,12 +35,13 @@ import orjson
 
 from cache.errors import StoreError
 from cache.readmodel.documents import ALIAS_OF_KIND
+from cache.readmodel.indices import Field
+from cache.records import MembershipMode, MembershipUpdate, SegmentJob
 from cache.types import ObjectKind
 from indexer import metrics
 from indexer.changes import Mark, TouchedObjects
 from indexer.documents import (
     Document,
-    SegmentMatcher,
     UnindexableRow,
     campaign_document,
     customer_document,
@@ -43,7 +50,7 @@ from indexer.documents import (
 )
 from indexer.errors import SourceBug
 from indexer.jsonvalues import TooDeepJson
-from indexer.segment_filter import InvalidSegmentFilter, compile_filter
+from indexer.segment_filter import InvalidSegmentFilter, SegmentFilter, compile_filter
 from indexer.source import DocumentSource, Row
 
 log = logging.getLogger(__name__)
@@ -144,6 +151,11 @@ class SinkWrites:
     moved: list[RemovedObject] = field(default_factory=list)
     # Rows no document could be built for: recorded in the quarantine, written nowhere.
     quarantined: list[PoisonRow] = field(default_factory=list)
+    # Customers' segment membership (Redis records, counters and events).
+    memberships: list[MembershipUpdate] = field(default_factory=list)
+    # Segments whose membership the recompute must bring up to date (Redis, durable with
+    # the batch: written before the slot moves past the segment's change).
+    segment_jobs: list[SegmentJob] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (
@@ -155,6 +167,8 @@ class SinkWrites:
             + len(self.removed_api_keys)
             + len(self.moved)
             + len(self.quarantined)
+            + len(self.memberships)
+            + len(self.segment_jobs)
         )
 
     def remove_alias(self, kind: ObjectKind, project_id: str, value: str, version: int) -> None:
@@ -171,7 +185,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _compiled(segment_id: str, filter_json: bytes) -> SegmentMatcher | str:
+def compiled_filter(segment_id: str, filter_json: bytes) -> SegmentFilter | str:
     """A segment's compiled filter, or the reason it is invalid.
 
     Cached across batches by the filter's text: every batch that rebuilds a customer needs
@@ -201,7 +215,7 @@ class SegmentFilters:
 
     def __init__(self, source: DocumentSource) -> None:
         self._source = source
-        self._by_project: dict[str, list[tuple[str, SegmentMatcher]]] = {}
+        self._by_project: dict[str, list[tuple[str, SegmentFilter]]] = {}
 
     async def load(self, project_ids: Iterable[str]) -> None:
         missing = sorted({p for p in project_ids if p not in self._by_project})
@@ -212,16 +226,18 @@ class SegmentFilters:
         for row in await self._source.auto_segments(missing):
             value = row["filter"]
             if isinstance(value, TooDeepJson):
-                compiled: SegmentMatcher | str = _too_deep(
+                compiled: SegmentFilter | str = _too_deep(
                     row["id"], hashlib.blake2b(value.text).digest(), value.reason("filter")
                 )
             else:
-                compiled = _compiled(row["id"], orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+                compiled = compiled_filter(
+                    row["id"], orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+                )
             if isinstance(compiled, str):
                 continue  # a malformed filter leaves its segment empty; reported once
             self._by_project[row["project_id"]].append((row["id"], compiled))
 
-    def of(self, project_id: str) -> list[tuple[str, SegmentMatcher]]:
+    def of(self, project_id: str) -> list[tuple[str, SegmentFilter]]:
         return self._by_project.get(project_id, [])
 
 
@@ -234,12 +250,19 @@ class Rebuilder:
         *,
         chunk_ids: int = 2000,
         indexed_owners: IndexedOwners | None = None,
+        emit_events: bool = True,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         """``indexed_owners`` reads the project the index holds for documents (a live
-        indexer's moves); without it, moves are seen from the changes' old rows only."""
+        indexer's moves); without it, moves are seen from the changes' old rows only.
+        ``emit_events`` False: membership records and counters are written without events
+        (a load or a cache reload rebuilds state; no customer entered anything then)."""
         self._source = source
         self._chunk_ids = chunk_ids
         self._indexed_owners = indexed_owners
+        self._emit_events = emit_events
+        # Epoch microseconds now: relative-date filters are evaluated at it.
+        self._clock = clock if clock is not None else _wall_clock_us
 
     async def expand(self, touched: TouchedObjects, existing_ids: ExistingIds | None) -> None:
         """Resolve fan-out that needs the source, marking the objects it reaches."""
@@ -251,12 +274,15 @@ class Rebuilder:
                 # left the campaign was touched by its own change.
                 version = touched.renamed_campaigns[row["campaign_id"]]
                 touched.mark(ObjectKind.VOUCHER, row["id"], row["project_id"], version)
-        if touched.resegmented_projects:
-            for row in await self._source.customer_ids_of_projects(
-                sorted(touched.resegmented_projects)
+        if touched.now_static_segments:
+            # Rows a client left in segment_members while the segment was auto-update count
+            # from now on: those customers are rebuilt; the recompute job takes the segment
+            # away from every other customer.
+            for row in await self._source.customer_ids_of_segments(
+                sorted(touched.now_static_segments)
             ):
-                version = touched.resegmented_projects[row["project_id"]]
-                touched.mark(ObjectKind.CUSTOMER, row["id"], row["project_id"], version)
+                version = touched.now_static_segments[row["segment_id"]]
+                touched.mark(ObjectKind.CUSTOMER, row["customer_id"], None, version)
         if touched.truncated_tables:
             version = max(touched.truncated_tables.values())
             await self._mark_everything(touched, version, existing_ids)
@@ -282,9 +308,14 @@ class Rebuilder:
 
     async def writes(self, touched: TouchedObjects) -> AsyncIterator[SinkWrites]:
         """Chunks of writes covering every touched object, aliases and API key."""
+        now_us = self._clock()
         first = SinkWrites(
             removed_codes=[(p, c, v) for (p, c), v in touched.removed_codes.items()],
             removed_source_ids=[(p, s, v) for (p, s), v in touched.removed_source_ids.items()],
+            segment_jobs=[
+                SegmentJob(project_id, segment_id, version, _occurred(touched, version, now_us))
+                for (project_id, segment_id), version in sorted(touched.resegmented.items())
+            ],
         )
         if touched.api_keys:
             await self._api_keys(touched.api_keys, first)
@@ -303,14 +334,27 @@ class Rebuilder:
         ):
             marks = by_kind.get(kind, [])
             for chunk in _chunks(marks, self._chunk_ids):
-                await self._rebuild_chunk(kind, dict(chunk), out, filters)
+                await self._rebuild_chunk(kind, dict(chunk), out, filters, touched, now_us)
                 if len(out) >= self._chunk_ids:
                     await self._leave_old_projects(out)
+                    self._leave_segments(out, touched, now_us)
                     yield out
                     out = SinkWrites()
         if len(out):
             await self._leave_old_projects(out)
+            self._leave_segments(out, touched, now_us)
             yield out
+
+    def _leave_segments(self, out: SinkWrites, touched: TouchedObjects, now_us: int) -> None:
+        """A customer gone from a project (deleted, moved away, quarantined there) is a
+        member of nothing in it any more."""
+        for removed in (*out.removed, *out.moved):
+            if removed.kind is ObjectKind.CUSTOMER:
+                out.memberships.append(
+                    self._membership(
+                        removed.project_id, removed.object_id, removed.version, (), touched, now_us
+                    )
+                )
 
     async def _rebuild_chunk(
         self,
@@ -318,6 +362,8 @@ class Rebuilder:
         marks: dict[str, Mark],
         out: SinkWrites,
         filters: SegmentFilters,
+        touched: TouchedObjects,
+        now_us: int,
     ) -> None:
         failed: set[str] = set()
         rows = await self._rows(kind, sorted(marks), marks, out, failed)
@@ -331,7 +377,7 @@ class Rebuilder:
             project_id = row["project_id"]
             try:
                 if kind is ObjectKind.CUSTOMER:
-                    document = customer_document(row, filters.of(project_id))
+                    document = customer_document(row, filters.of(project_id), now_us)
                 else:
                     document = _BUILDERS[kind](row)
             except StoreError:
@@ -350,6 +396,13 @@ class Rebuilder:
                     out.removed.append(RemovedObject(kind, old, object_id, mark.version))
                 continue
             out.documents.append((document, mark.version))
+            if kind is ObjectKind.CUSTOMER:
+                segment_ids = tuple(document.fields[Field.SEGMENT_IDS])
+                out.memberships.append(
+                    self._membership(
+                        project_id, object_id, mark.version, segment_ids, touched, now_us
+                    )
+                )
             for old in sorted(mark.projects - {project_id}):
                 out.moved.append(RemovedObject(kind, old, object_id, mark.version))
         for object_id, mark in marks.items():
@@ -360,6 +413,26 @@ class Rebuilder:
                 projects.add(mark.project_id)
             for project_id in sorted(projects):
                 out.removed.append(RemovedObject(kind, project_id, object_id, mark.version))
+
+    def _membership(
+        self,
+        project_id: str,
+        customer_id: str,
+        version: int,
+        segment_ids: tuple[str, ...],
+        touched: TouchedObjects,
+        now_us: int,
+    ) -> MembershipUpdate:
+        return MembershipUpdate(
+            project_id=project_id,
+            customer_id=customer_id,
+            version=version,
+            mode=MembershipMode.REPLACE,
+            segment_ids=segment_ids,
+            cause_lsn=version,
+            occurred_at_us=_occurred(touched, version, now_us),
+            emit=self._emit_events,
+        )
 
     async def _rows(
         self,
@@ -441,6 +514,15 @@ class Rebuilder:
         for app_id, mark in marks.items():
             if app_id not in found:
                 out.removed_api_keys.append((app_id, mark.project_id or "", mark.version))
+
+
+def _wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _occurred(touched: TouchedObjects, version: int, now_us: int) -> int:
+    """When a change at ``version`` happened: its commit time, or now for a load."""
+    return touched.commit_times.get(version, now_us)
 
 
 def _alias_value(document: Document) -> str | None:

@@ -26,12 +26,14 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from cache.boundary import translating
 from cache.errors import StoreUnavailable
+from cache.records import SegmentJob
 from cache.types import Lsn
 from indexer import metrics
 from indexer.changes import WATCHED_TABLES, TouchedObjects, collect_touched
@@ -40,7 +42,9 @@ from indexer.pgoutput import ChangeDecoder, Transaction
 from indexer.quarantine import Quarantine
 from indexer.queries import query
 from indexer.rebuild import Rebuilder, SinkWrites
+from indexer.recompute import Clock, SegmentClock, SegmentRecompute, wall_clock_us
 from indexer.retry import Backoff
+from indexer.segment_index import SegmentIndex
 from indexer.settings import IndexerSettings
 from indexer.sinks.elastic import ElasticSink, RefusedDocument, VersionedDelete
 from indexer.sinks.redis import RedisSink
@@ -81,9 +85,22 @@ class Indexer:
         self._cache = cache
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._quarantine = Quarantine()
+        # Epoch microseconds now, for relative-date segment filters (tests set their own).
+        self.clock: Clock = wall_clock_us
+        self.segment_index = SegmentIndex(search.client, settings.es_index_prefix)
+        self.recompute = SegmentRecompute(
+            search, self.segment_index, cache.membership, clock=self._now_us
+        )
+        self.segment_clock = SegmentClock(
+            search, self.segment_index, cache.membership, self.recompute, clock=self._now_us
+        )
+        self._next_tick = 0.0
         self.watermark: Lsn | None = None
         # Test hook: awaited after the sinks applied a batch and before the slot advances.
         self.before_advance: BatchHook | None = None
+
+    def _now_us(self) -> int:
+        return self.clock()
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
@@ -141,6 +158,10 @@ class Indexer:
         changes = sum(len(t.changes) for t in transactions)
         if transactions:
             await self.apply(transactions)
+        if self.recompute.pending:
+            # Before the watermark moves: a recompute that fits in one slice is seen by a
+            # reader waiting for this batch; a longer one goes on between later batches.
+            await self.recompute.run_slice(self._settings.recompute_slice_ms / 1000)
         if self.before_advance is not None:
             await self.before_advance(transactions)
         # A batch that did not fill up holds every transaction committed before ``upto``:
@@ -175,6 +196,14 @@ class Indexer:
         version = status.confirmed_flush_lsn
         log.warning("cache lost its data, reloading it", extra={"version": str(version)})
         keys = await reload_cache(conn, self._cache, version, self._settings.rebuild_chunk_ids)
+        # Recompute jobs in progress were lost with the rest: every auto-update segment is
+        # checked again against the index.
+        now = self.clock()
+        async for segment in self.segment_index.auto_segments():
+            await self._cache.membership.put_job(
+                SegmentJob(segment.project_id, segment.segment_id, int(version), now)
+            )
+        self.recompute.pending = True
         await self._cache.set_watermark(version)
         log.info("cache reloaded", extra={"keys": keys, "version": str(version)})
 
@@ -197,6 +226,7 @@ class Indexer:
         conn = await self._connection()
         touched = TouchedObjects()
         for transaction in transactions:
+            touched.commit_times[int(transaction.commit_lsn)] = _micros(transaction.commit_time)
             for change in transaction.changes:
                 metrics.CHANGES.labels(change.table).inc()
             collect_touched(
@@ -209,10 +239,13 @@ class Indexer:
             DocumentSource(conn),
             chunk_ids=self._settings.rebuild_chunk_ids,
             indexed_owners=self._search.indexed_owners,
+            clock=self._now_us,
         )
         await rebuilder.expand(touched, self._search.ids_of_kind)
         async for chunk in rebuilder.writes(touched):
             await self._write_both(conn, chunk)
+            if chunk.segment_jobs:
+                self.recompute.pending = True
 
     async def _write_both(self, conn: psycopg.AsyncConnection[Any], chunk: SinkWrites) -> None:
         refused, _ = await asyncio.gather(self._write_search(chunk), self._cache.apply(chunk))
@@ -241,6 +274,7 @@ class Indexer:
                     await self.prepare()
                     prepared = True
                 result = await self.step()
+                await self._tick_when_due()
             except RETRYABLE as error:
                 cause = type(error).__name__
                 metrics.RETRIES.labels(cause).inc()
@@ -254,10 +288,17 @@ class Indexer:
                 log.info("indexer running", extra={"watermark": str(self.watermark)})
                 state = "running"
             backoff.reset()
-            if not result.full and result.transactions == 0:
+            if not result.full and result.transactions == 0 and not self.recompute.pending:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self._settings.idle_sleep_ms / 1000)
         await self.close()
+
+    async def _tick_when_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_tick or self.watermark is None:
+            return
+        self._next_tick = now + self._settings.segment_tick_seconds
+        await self.segment_clock.tick(int(self.watermark))
 
     async def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -266,6 +307,10 @@ class Indexer:
             except Exception:
                 log.debug("closing a broken connection failed", exc_info=True)
             self._conn = None
+
+
+def _micros(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000)
 
 
 def _count_written(chunk: SinkWrites) -> None:

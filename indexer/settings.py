@@ -92,6 +92,19 @@ METRICS_PORT = Setting(
     "Prometheus metrics port, 0 to disable",
 )
 
+SEGMENT_EVENTS_MAX = Setting(
+    "segment_events_max", "LOYALTY_SEGMENT_EVENTS_MAX", integer(1, 100_000_000), 1_000_000,
+    "segment events kept per project (older ones are trimmed)",
+)
+SEGMENT_TICK_SECONDS = Setting(
+    "segment_tick_seconds", "LOYALTY_SEGMENT_TICK_SECONDS", integer(1, 86_400), 60,
+    "period of the clock tick that keeps relative-date segments current, s",
+)
+RECOMPUTE_SLICE_MS = Setting(
+    "recompute_slice_ms", "LOYALTY_SEGMENT_RECOMPUTE_SLICE_MS", integer(10, 60_000), 200,
+    "segment recompute work between two batches of changes, ms",
+)
+
 SETTINGS: tuple[Setting[Any], ...] = (
     PG_DSN,
     PG_ADMIN_DSN,
@@ -102,6 +115,9 @@ SETTINGS: tuple[Setting[Any], ...] = (
     IDLE_SLEEP_MS,
     ES_REFRESH,
     METRICS_PORT,
+    SEGMENT_EVENTS_MAX,
+    SEGMENT_TICK_SECONDS,
+    RECOMPUTE_SLICE_MS,
 )
 
 ENVIRONMENT_HELP = environment_help(SETTINGS)
@@ -117,6 +133,9 @@ class IndexerSettings(StoreSettings):
     idle_sleep_ms: int = IDLE_SLEEP_MS.default
     es_refresh_interval: str = ES_REFRESH.default
     metrics_port: int = METRICS_PORT.default
+    segment_events_max: int = SEGMENT_EVENTS_MAX.default
+    segment_tick_seconds: int = SEGMENT_TICK_SECONDS.default
+    recompute_slice_ms: int = RECOMPUTE_SLICE_MS.default
     # Not from the environment: knobs for tests.
     snapshot_chunk_rows: int = 2000
     rebuild_chunk_ids: int = 2000

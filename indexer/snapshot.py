@@ -61,6 +61,9 @@ async def initial_load(
         await drop_slot(conn, settings.slot_name)
     generation = int(time.time())
     await search.create_indices(generation, {"slot": settings.slot_name, "state": "loading"})
+    # Membership records and counters are rebuilt by the load, silently (no customer entered
+    # anything by being loaded); records of customers gone since would otherwise stay.
+    await cache.membership.reset_all()
     show = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
     loaded = 0
@@ -72,7 +75,9 @@ async def initial_load(
         async with reader:
             await open_snapshot_reader(reader, snapshot_name)
             source = DocumentSource(reader)
-            rebuilder = Rebuilder(source, chunk_ids=settings.snapshot_chunk_rows)
+            rebuilder = Rebuilder(
+                source, chunk_ids=settings.snapshot_chunk_rows, emit_events=False
+            )
             # Reading and building the next chunk overlaps with writing the previous one;
             # the bounded queue keeps memory at a few chunks whatever the table size.
             queue: asyncio.Queue[SinkWrites | None] = asyncio.Queue(maxsize=2)
@@ -187,7 +192,7 @@ async def reload_cache(
     """Write every object, alias and API key the source holds now into Redis at ``version``
     (Redis only: Elasticsearch keeps what it has). Returns the number of keys written."""
     source = DocumentSource(conn)
-    rebuilder = Rebuilder(source, chunk_ids=chunk_ids)
+    rebuilder = Rebuilder(source, chunk_ids=chunk_ids, emit_events=False)
     written = 0
     for table, kind in _TABLES:
         async for ids in source.primary_key_chunks(f"primary_keys_{table}", chunk_ids):

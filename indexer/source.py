@@ -120,8 +120,8 @@ class DocumentSource:
         return await self._fetch("voucher_ids_of_campaigns", {"ids": list(campaign_ids)})
 
     @postgres_boundary
-    async def customer_ids_of_projects(self, project_ids: Sequence[str]) -> list[Row]:
-        return await self._fetch("customer_ids_of_projects", {"project_ids": list(project_ids)})
+    async def customer_ids_of_segments(self, segment_ids: Sequence[str]) -> list[Row]:
+        return await self._fetch("customer_ids_of_segments", {"ids": list(segment_ids)})
 
     @postgres_boundary
     async def auto_segments(self, project_ids: Sequence[str]) -> list[Row]:

@@ -1,5 +1,5 @@
-"""Lists from Elasticsearch: vouchers, customers, a customer's vouchers and segments, and
-the member count of a segment.
+"""Lists from Elasticsearch: vouchers, customers, a customer's vouchers and segments. (A
+segment's member count is a counter in Redis: ``readapi.events.MembershipReader.count``.)
 
 Parameters, queries, sort and cursors come from ``readapi.search_query`` and
 ``readapi.cursor`` (``cursor_secret``: the ``LOYALTY_CURSOR_SECRET`` text, one secret or
@@ -83,18 +83,4 @@ class ListReader:
         ]
         return orjson.dumps(
             {"object": "list", "data_ref": "data", "data": data, "total": len(data)}
-        )
-
-    async def segment_count(
-        self, project_id: str, segment_id: str, *, fresh_at: int | None
-    ) -> int:
-        """Members of a segment: the customers of the project listing it in ``segment_ids``."""
-        if fresh_at is not None:
-            await self._search.refresh(ObjectKind.CUSTOMER, fresh_at)
-        return await self._search.count(
-            ObjectKind.CUSTOMER,
-            {"bool": {"filter": [
-                {"term": {Field.PROJECT_ID: project_id}},
-                {"term": {Field.SEGMENT_IDS: segment_id}},
-            ]}},
         )

@@ -15,10 +15,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from cache.records import EventCause
 from cache.store import RATE_LIMIT_WINDOW_SECONDS
 from cache.types import CampaignType, SegmentType, VoucherType
 from readapi.cursor import MAX_CURSOR_LENGTH
 from readapi.docs_page import ASSET_NAMES
+from readapi.events import (
+    EVENT_CURSOR_PATTERN,
+    EVENT_TYPES,
+    MAX_EVENT_CURSOR_LENGTH,
+    MAX_EVENTS_WAIT_MS,
+    SCAN_ENTRIES,
+)
 from readapi.freshness import DEFAULT_WAIT_MS, MAX_WAIT_MS
 from readapi.search_query import (
     CREATED_AFTER,
@@ -320,6 +328,55 @@ def _list_schema(name: str, item: str) -> dict[str, Any]:
     )
 
 
+def _event_schemas() -> dict[str, Any]:
+    cursor = {"type": "string", "pattern": EVENT_CURSOR_PATTERN}
+    event = _object(
+        {
+            "id": _string(
+                "Identity of the transition, derived from its cause (the change or the clock "
+                "tick): a repeat of the same transition has the same id."
+            ),
+            "object": {"type": "string", "const": "event"},
+            "type": {"type": "string", "enum": list(EVENT_TYPES)},
+            "customer_id": _string("The customer that entered or left the segment."),
+            "segment_id": _string("The segment."),
+            "cause": {
+                "type": "string",
+                "enum": [cause.value for cause in EventCause],
+                "description": "`change`: a committed write; `clock`: time passing (a filter "
+                "on dates).",
+            },
+            "lsn": _string(
+                "WAL position (`X/Y`) of the change, or the watermark of the clock tick.",
+                pattern=LSN_PATTERN,
+            ),
+            "occurred_at": _timestamp("Commit time of the change, or time of the tick."),
+            "cursor": {**cursor, "description": "Pass as `after` to read what follows."},
+        },
+        "A customer entering or leaving a segment.",
+    )
+    events = _object(
+        {
+            "object": {"type": "string", "const": "list"},
+            "data_ref": {"type": "string", "const": "data"},
+            "data": {"type": "array", "items": _schema("Event")},
+            "has_more": {
+                "type": "boolean",
+                "description": "Whether entries followed `next_cursor` when the stream was read.",
+            },
+            "next_cursor": {
+                "type": ["string", "null"],
+                "pattern": EVENT_CURSOR_PATTERN,
+                "description": "The last entry examined (matching or not), else `after`; pass "
+                "it as `after` next. Null only when the stream was empty and no `after` was "
+                "given.",
+            },
+        },
+        "Events, oldest first.",
+    )
+    return {"Event": event, "EventList": events}
+
+
 def _schemas() -> dict[str, Any]:
     customer_segments = _object(
         {
@@ -347,6 +404,7 @@ def _schemas() -> dict[str, Any]:
         "VoucherList": _list_schema("vouchers", "Voucher"),
         "CustomerList": _list_schema("customers", "Customer"),
         "CustomerSegmentList": customer_segments,
+        **_event_schemas(),
         "Error": error,
     }
 
@@ -797,6 +855,47 @@ def _paths() -> dict[str, Any]:
             "Campaign",
             "The campaign.",
         ),
+        "/v1/events": _v1_operation(
+            "listEvents",
+            "Events",
+            "List segment events",
+            "Customers entering and leaving the project's segments, oldest first (an addition "
+            "to the contract). Filters are applied while the stream is read, and at most "
+            f"{SCAN_ENTRIES} entries are examined per request: a page may hold fewer than "
+            "`limit` events (even none) while `has_more` is true; go on from `next_cursor`. "
+            "With `wait_ms`, a request that found nothing waits up to that long for a new "
+            "entry, then reads once more.",
+            [
+                _query(
+                    "type",
+                    "Only events of this type.",
+                    {"type": "string", "enum": list(EVENT_TYPES)},
+                ),
+                _query("segment_id", "Only events of this segment.", _id_schema()),
+                _query(
+                    "after",
+                    "Events after this cursor (a `next_cursor` or an event's `cursor`): "
+                    "`<digits>-<digits>`, at most 20 digits each. Without it, from the oldest "
+                    "event kept.",
+                    {
+                        "type": "string",
+                        "minLength": 3,
+                        "maxLength": MAX_EVENT_CURSOR_LENGTH,
+                        "pattern": EVENT_CURSOR_PATTERN,
+                    },
+                ),
+                _ref("parameters", "Limit"),
+                _query(
+                    "wait_ms",
+                    f"Long poll: when nothing matched, wait up to this long (0 to "
+                    f"{MAX_EVENTS_WAIT_MS} ms, 1 to 5 digits) for a new entry. Default 0.",
+                    {"type": "integer", "minimum": 0, "maximum": MAX_EVENTS_WAIT_MS, "default": 0},
+                ),
+            ],
+            "EventList",
+            "A page of events.",
+            statuses=_V1_LIST_STATUSES,
+        ),
         "/healthz": _service_operation(
             "getHealth",
             "Liveness",
@@ -880,6 +979,7 @@ def build_openapi() -> dict[str, Any]:
             {"name": "Customers"},
             {"name": "Segments"},
             {"name": "Campaigns"},
+            {"name": "Events", "description": "Segment membership changes (an addition)."},
             {"name": "Service", "description": "Health, metrics and documentation."},
         ],
         "paths": _paths(),

@@ -15,6 +15,12 @@ MAX_ID_LENGTH = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
+def has_control_characters(value: str) -> bool:
+    """Control characters (U+0000-U+001F, U+007F-U+009F) or lone surrogates: refused in
+    every id and parameter value."""
+    return _CONTROL.search(value) is not None
+
+
 def plainly_valid_id(value: str) -> bool:
     """True for the common valid id at the cost of two C calls (1 to 200 characters, all
     printable: ``isprintable()`` is false for every character ``_CONTROL`` matches). False is
@@ -31,7 +37,7 @@ def path_id(value: str, name: str) -> str:
             f"Path parameter {name} must be 1 to {MAX_ID_LENGTH} characters.",
             f"Got {len(value)} characters.",
         )
-    if _CONTROL.search(value) is not None:
+    if has_control_characters(value):
         raise invalid_request(
             f"Path parameter {name} must not contain control characters.", ""
         )

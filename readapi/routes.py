@@ -1,4 +1,5 @@
-"""The endpoints of docs/api.md §3 and the /v1 pipeline in front of them.
+"""The endpoints of docs/api.md §3 (and the events extension) and the /v1 pipeline in front
+of them.
 
 Every /v1 request goes: credentials (401) → rate limit (429) → ``X-Min-Watermark`` wait
 (400/503) → the handler, which returns the JSON body; the answer carries
@@ -28,6 +29,7 @@ from readapi.endpoint import (
     sane_request_id,
 )
 from readapi.errors import ApiError, invalid_request, not_found, unavailable
+from readapi.events import parse_events_query
 from readapi.freshness import (
     MIN_WATERMARK_HEADER,
     parse_min_watermark,
@@ -219,7 +221,9 @@ async def get_campaign(request: web.Request, caller: Caller, fresh_at: int | Non
 
 async def get_segment(request: web.Request, caller: Caller, fresh_at: int | None) -> bytes:
     segment_id, body = await _by_id(request, caller, fresh_at, ObjectKind.SEGMENT, "Segment")
-    count = await _lists(request).segment_count(caller.project_id, segment_id, fresh_at=fresh_at)
+    # The indexer's counter: it moves with the membership before the watermark does, so the
+    # X-Min-Watermark wait of the pipeline is all a fresh count needs.
+    count = await _services(request).membership.count(caller.project_id, segment_id)
     # The cached body is a JSON object without ``count``: add it before the closing brace.
     return b"%s,\"count\":%d}" % (body[:-1], count)
 
@@ -266,6 +270,11 @@ async def list_customer_segments(
     return body
 
 
+async def list_events(request: web.Request, caller: Caller, fresh_at: int | None) -> bytes:
+    query = parse_events_query(request.query)
+    return await _services(request).membership.events(caller.project_id, query)
+
+
 _V1_ROUTES: tuple[tuple[str, V1Handler, FastPath | None], ...] = (
     # The voucher lookup first: aiohttp tries the routes of one path prefix in this order.
     ("/v1/vouchers/{code}", get_voucher, voucher_from_l1),
@@ -276,6 +285,7 @@ _V1_ROUTES: tuple[tuple[str, V1Handler, FastPath | None], ...] = (
     ("/v1/customers/{id}/segments", list_customer_segments, None),
     ("/v1/campaigns/{id}", get_campaign, None),
     ("/v1/segments/{id}", get_segment, None),
+    ("/v1/events", list_events, None),
 )
 
 
@@ -284,3 +294,9 @@ def add_v1_routes(app: web.Application) -> None:
     services = app[SERVICES]
     for path, handler, fast in _V1_ROUTES:
         app.router.add_get(path, v1(path, handler, services, fast), allow_head=False)
+
+    async def end_long_polls(app: web.Application) -> None:
+        # Shutdown waits for requests in flight: a long poll must not hold it up to 30 s.
+        services.membership.stop_waiting()
+
+    app.on_shutdown.append(end_long_polls)

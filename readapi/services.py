@@ -1,5 +1,6 @@
 """The parts of one read API process, built from settings without I/O and started with the
-app: clients, caches, the invalidation listener, the watermark, auth, limits, lookups."""
+app: clients, caches, the invalidation listener, the watermark, auth, limits, lookups, segment
+membership (counts and events)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ from redis.backoff import NoBackoff
 from cache.errors import CacheError
 from cache.invalidation import InvalidationListener
 from cache.l1 import L1Cache
+from cache.membership import MembershipStore
 from cache.readmodel.keys import KeyLayout
 from cache.store import CacheStore
 from cache.watermark import WatermarkHolder
 from readapi.auth import Authenticator, FailedAuthLimiter, KeyEntry
 from readapi.dependency import DependencyGate
 from readapi.elastic import SearchReader
+from readapi.events import MAX_EVENTS_WAIT_MS, MembershipReader
 from readapi.freshness import WatermarkPoller
 from readapi.lookups import ObjectLookups
 from readapi.metrics import ApiMetrics
@@ -39,6 +42,9 @@ KEY_L1_MAX_AGE_SECONDS = 1.0
 # App ids found unknown, kept apart from the key records (they are the client's choice).
 KEY_MISSES_MAX_ENTRIES = 1024
 REDIS_CONNECTIONS = 64
+# The read API never appends events (only ``MembershipStore.apply`` uses this bound, which
+# is the indexer's ``LOYALTY_SEGMENT_EVENTS_MAX``).
+READ_ONLY_EVENTS_MAX = 1
 
 
 @dataclass
@@ -60,6 +66,9 @@ class Services:
     auth: Authenticator
     limiter: RateLimiter
     lookups: ObjectLookups
+    membership: MembershipReader
+    # Long polls of /v1/events only: a blocking read holds its connection for the whole wait.
+    waiting_redis: aioredis.Redis
     static: dict[str, bytes] = field(default_factory=dict)
     worker_metrics: WorkerMetrics | None = None
 
@@ -79,6 +88,17 @@ class Services:
             retry=Retry(NoBackoff(), 0),
         )
         redis = aioredis.Redis.from_pool(pool)  # owns the pool: closed with the client
+        # One connection per allowed waiter, and a socket timeout above the longest wait.
+        waiting_pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=max(1, settings.events_max_waiters),
+            timeout=settings.redis_timeout_seconds * 4,
+            protocol=2,
+            socket_timeout=MAX_EVENTS_WAIT_MS / 1000 + settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+            retry=Retry(NoBackoff(), 0),
+        )
+        waiting_redis = aioredis.Redis.from_pool(waiting_pool)
         elastic = AsyncElasticsearch(
             settings.es_url,
             request_timeout=settings.es_timeout_seconds,
@@ -88,6 +108,14 @@ class Services:
         )
         layout = KeyLayout(settings.redis_key_prefix)
         store = CacheStore(redis, layout, tombstone_ttl_seconds=settings.tombstone_ttl_seconds)
+
+        def membership_on(client: aioredis.Redis) -> MembershipStore:
+            return MembershipStore(
+                client, layout,
+                tombstone_ttl_seconds=settings.tombstone_ttl_seconds,
+                events_max_per_project=READ_ONLY_EVENTS_MAX,
+            )
+
         redis_gate = DependencyGate("redis", settings.dependency_retry_seconds)
         es_gate = DependencyGate("elasticsearch", settings.dependency_retry_seconds)
         watermark = WatermarkHolder()
@@ -130,6 +158,12 @@ class Services:
                 store, search, l1, watermark, redis_gate, metrics, use_l1=settings.l1_enabled,
                 miss_ttl_seconds=settings.miss_ttl_seconds,
             ),
+            membership=MembershipReader(
+                membership_on(redis), membership_on(waiting_redis), redis_gate, metrics,
+                max_waiters=settings.events_max_waiters,
+                wait_grace_seconds=settings.redis_timeout_seconds,
+            ),
+            waiting_redis=waiting_redis,
         )
         services._register_metrics()
         if settings.metrics_dir is not None:
@@ -199,8 +233,10 @@ class Services:
         await self.limiter.close()
         await self.poller.stop()
         await self.listener.stop()
-        with contextlib.suppress(Exception):
-            await self.redis.aclose()
+        self.membership.stop_waiting()
+        for client in (self.waiting_redis, self.redis):
+            with contextlib.suppress(Exception):
+                await client.aclose()
         with contextlib.suppress(Exception):
             await self.elastic.close()
 

@@ -91,6 +91,11 @@ HEADER_TIMEOUT_SECONDS = Setting(
     "header_timeout_seconds", "LOYALTY_HEADER_TIMEOUT_SECONDS", integer(1, 3600), 10,
     "seconds a client has to send a request's line and headers once it began",
 )
+# Each waiter holds a connection of a pool of its own for up to ``wait_ms`` (readapi.events).
+EVENTS_MAX_WAITERS = Setting(
+    "events_max_waiters", "LOYALTY_EVENTS_MAX_WAITERS", integer(0, 10_000), 64,
+    "concurrent long polls of GET /v1/events per process; beyond, answers come at once",
+)
 
 SETTINGS: tuple[Setting[Any], ...] = (
     *STORE_SETTINGS,
@@ -103,6 +108,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     AUTH_FAILURES_PER_MINUTE,
     KEEPALIVE_TIMEOUT_SECONDS,
     HEADER_TIMEOUT_SECONDS,
+    EVENTS_MAX_WAITERS,
 )
 
 ENVIRONMENT_HELP = environment_help(SETTINGS)
@@ -119,6 +125,7 @@ class ApiSettings(StoreSettings):
     auth_failures_per_minute: int = AUTH_FAILURES_PER_MINUTE.default
     keepalive_timeout_seconds: float = KEEPALIVE_TIMEOUT_SECONDS.default
     header_timeout_seconds: float = HEADER_TIMEOUT_SECONDS.default
+    events_max_waiters: int = EVENTS_MAX_WAITERS.default
     # Not from the environment: knobs for tests and the benchmark.
     key_cache_entries: int = 10_000
     # How long a key record seen in Redis still authenticates while Redis is unreachable.

@@ -75,6 +75,10 @@ SETTINGS: dict[str, str] = {
     "synchronous_commit": "on",
     "full_page_writes": "off",
     "wal_writer_delay": "'10ms'",
+    # Per-statement counters: how tests prove that a segment recompute reads nothing from
+    # the source, and what an operator reads to see the indexer's queries.
+    "shared_preload_libraries": "'pg_stat_statements'",
+    "pg_stat_statements.track": "all",
 }
 
 

@@ -3,9 +3,11 @@
 One index per kind behind an alias that readers use: ``<prefix><kind>s`` (``loyalty_vouchers``),
 concrete generations ``<prefix><kind>s_v<N>``. A document's ``_source`` is
 ``{"id", "project_id", "doc": <the API object exactly as served>, <indexed fields>}``; ``doc``
-is stored, not indexed. Everything that lists, filters or search need is a flat field with a
+is stored, not indexed. Everything that lists, filters or search need is a field with a
 fixed type named in ``Field``; ``dynamic: false`` keeps the mapping closed, so tenant metadata
-only ever reaches the index as ``metadata_kv`` pairs.
+only ever reaches the index as nested entries (``metadata_kv`` pairs and, for customers,
+the ``filter_view`` leaves segment filters query). ``filter_view`` is indexed but left out of
+the stored ``_source``: readers of a customer's ``_source`` never see it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class Field:
     SEGMENT_IDS: Final = "segment_ids"
     METADATA_KV: Final = "metadata_kv"
     SEARCH_TEXT: Final = "search_text"
+    # Customers: the leaves segment filters compare (``indexer.segment_view``), indexed and
+    # left out of the stored ``_source``.
+    FILTER_VIEW: Final = "filter_view"
 
 
 class MetadataPair:
@@ -48,6 +53,17 @@ class MetadataPair:
     NUMBER: Final = "n"
     DATE: Final = "d"
     BOOLEAN: Final = "b"
+
+
+class ViewLeaf:
+    """Sub-fields of one ``filter_view`` entry: the dotted path and its typed values."""
+
+    P: Final = "p"  # the path (keyword)
+    S: Final = "s"  # a string of at most 512 characters (keyword)
+    N: Final = "n"  # a number, for equality (double)
+    O: Final = "o"  # noqa: E741  # a number or numeric string, for ordering (double)
+    T: Final = "t"  # an instant in epoch microseconds (long)
+    B: Final = "b"  # a boolean
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +112,21 @@ METADATA_KV = {
     },
 }
 
+# One entry per leaf of a customer's filter view, so segment filters run as queries while the
+# mapping stays fixed. ``s`` has no ignore_above: the view keeps no string over 512
+# characters, far below the longest term a keyword may index.
+FILTER_VIEW = {
+    "type": "nested",
+    "properties": {
+        ViewLeaf.P: KEYWORD,
+        ViewLeaf.S: KEYWORD,
+        ViewLeaf.N: {"type": "double"},
+        ViewLeaf.O: {"type": "double"},
+        ViewLeaf.T: LONG,
+        ViewLeaf.B: {"type": "boolean"},
+    },
+}
+
 _COMMON = {
     Field.ID: KEYWORD,
     Field.PROJECT_ID: KEYWORD,
@@ -122,14 +153,24 @@ _FIELDS: dict[ObjectKind, dict[str, Any]] = {
         Field.SEGMENT_IDS: KEYWORD,
         Field.METADATA_KV: METADATA_KV,
         Field.SEARCH_TEXT: {"type": "text", "analyzer": "standard"},
+        Field.FILTER_VIEW: FILTER_VIEW,
     },
     ObjectKind.CAMPAIGN: {Field.TYPE: KEYWORD},
     ObjectKind.SEGMENT: {Field.TYPE: KEYWORD, Field.NAME: KEYWORD},
 }
 
 
+# Indexed, not stored: the view is a pure function of ``doc`` (recomputed by every writer of
+# a customer), and storing it would about double the customers' ``_source``.
+_SOURCE_EXCLUDES: dict[ObjectKind, list[str]] = {ObjectKind.CUSTOMER: [Field.FILTER_VIEW]}
+
+
 def index_mappings(kind: ObjectKind) -> dict[str, Any]:
-    return {"dynamic": False, "properties": {**_COMMON, **_FIELDS[kind]}}
+    mappings: dict[str, Any] = {"dynamic": False, "properties": {**_COMMON, **_FIELDS[kind]}}
+    excludes = _SOURCE_EXCLUDES.get(kind)
+    if excludes:
+        mappings["_source"] = {"excludes": excludes}
+    return mappings
 
 
 def index_settings(refresh_interval: str) -> dict[str, Any]:

@@ -8,14 +8,21 @@ With the default prefix ``loyalty:`` (each process passes its configured prefix)
     loyalty:{p_1}:s:S1          segment                               (envelope)
     loyalty:{p_1}:vc:SUMMER10   voucher code -> voucher id            (envelope, data = id)
     loyalty:{p_1}:cs:crm-42     customer source_id -> customer id     (envelope, data = id)
+    loyalty:{p_1}:sm:C1         segment membership of customer C1    (msgpack, see codec.py)
+    loyalty:{p_1}:sc            segment id -> member count           (hash)
+    loyalty:{p_1}:ev            segment events of the project        (stream)
     loyalty:ak:app_1            API key record of app id app_1        (envelope)
     loyalty:rl:app_1            rate-limit bucket of app_1, current window (integer)
     loyalty:wm                  applied watermark                     (16 hex digits)
+    loyalty:sj                  pending segment recompute jobs        (hash, see codec.py)
     loyalty:inv                 invalidation channel                  (pub/sub)
 
 Every key about a project's object carries the project id as a Redis Cluster hash tag, so all
-keys of one project live in one slot and one script call may write several of them. Codes are
-one or two letters because these strings are built and hashed on every read.
+keys of one project live in one slot and one script call may write several of them (the
+membership script writes records, counts and events of one project at once). Codes are
+one or two letters because these strings are built and hashed on every read. Only object and
+alias keys (and API keys) hold envelopes: ``is_envelope_key`` tells scans of envelopes which
+keys to read.
 """
 
 from __future__ import annotations
@@ -40,6 +47,19 @@ _ALIAS_CODES: dict[str, str] = {
     AliasKind.VOUCHER_CODE: "vc",
     AliasKind.CUSTOMER_SOURCE_ID: "cs",
 }
+_ENVELOPE_CODE_SET = _OBJECT_CODE_SET | frozenset(_ALIAS_CODES.values())
+_MEMBERSHIP_CODE = "sm"
+_SEGMENT_COUNTS_CODE = "sc"
+_SEGMENT_EVENTS_CODE = "ev"
+# Matches both codes above that follow it ("sm:<id>", "sc") and not "ev": one SCAN pass finds
+# every piece of membership state and leaves the event streams alone.
+_MEMBERSHIP_STATE_GLOB = "s[mc]*"
+_GLOB_SPECIAL = frozenset("*?[]\\")
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a SCAN ``MATCH`` pattern (ids may hold ``*`` or ``[``)."""
+    return "".join("\\" + char if char in _GLOB_SPECIAL else char for char in text)
 
 
 def project_hash_tag(project_id: str) -> str:
@@ -89,6 +109,7 @@ class KeyLayout:
     app_key_prefix: str = field(init=False, repr=False, compare=False)
     rate_limit_prefix: str = field(init=False, repr=False, compare=False)
     project_keys_prefix: str = field(init=False, repr=False, compare=False)
+    segment_jobs_key: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if "{" in self.prefix or "}" in self.prefix:
@@ -100,6 +121,7 @@ class KeyLayout:
         object.__setattr__(self, "app_key_prefix", f"{p}ak:")
         object.__setattr__(self, "rate_limit_prefix", f"{p}rl:")
         object.__setattr__(self, "project_keys_prefix", f"{p}{{")
+        object.__setattr__(self, "segment_jobs_key", f"{p}sj")
 
     def object_key(self, project_id: str, kind: str, object_id: str) -> str:
         """Key of the envelope of one object (``kind``: an ``ObjectKind``)."""
@@ -139,6 +161,59 @@ class KeyLayout:
             return False
         code = key.split("}:", 1)[1].split(":", 1)[0]
         return code in _OBJECT_CODE_SET
+
+    def _project_code(self, key: str) -> tuple[str, bool] | None:
+        """The code of a project key and whether an id follows it (``None``: not a project
+        key). The tag holds no ``}`` (``project_hash_tag``), so the first one closes it."""
+        if not key.startswith(self.project_keys_prefix):
+            return None
+        end = key.find("}", len(self.project_keys_prefix))
+        if end < 0 or key[end + 1 : end + 2] != ":":
+            return None
+        code, colon, _ = key[end + 2 :].partition(":")
+        return code, bool(colon)
+
+    def is_envelope_key(self, key: str) -> bool:
+        """Whether ``key`` holds an envelope: an object, an alias or an API key record. Scans
+        that read envelope headers skip the rest (membership records, hashes, streams)."""
+        if key.startswith(self.app_key_prefix):
+            return True
+        coded = self._project_code(key)
+        return coded is not None and coded[1] and coded[0] in _ENVELOPE_CODE_SET
+
+    # -- segment membership (cache/membership.py) -------------------------------------------
+
+    def membership_key(self, project_id: str, customer_id: str) -> str:
+        """Key of one customer's segment membership record in one project."""
+        return f"{self._project_head(project_id)}{_MEMBERSHIP_CODE}:{customer_id}"
+
+    def segment_counts_key(self, project_id: str) -> str:
+        """Key of the hash of the project's member counts (segment id -> count)."""
+        return f"{self._project_head(project_id)}{_SEGMENT_COUNTS_CODE}"
+
+    def segment_events_key(self, project_id: str) -> str:
+        """Key of the stream of the project's segment events."""
+        return f"{self._project_head(project_id)}{_SEGMENT_EVENTS_CODE}"
+
+    def membership_state_pattern(self, project_id: str | None = None) -> str:
+        """A SCAN pattern covering every membership record and counts hash (of one project,
+        or of all); it may match other keys too, which ``is_membership_state_key`` tells
+        apart. Event streams are not membership state and stay out."""
+        if project_id is None:
+            head = f"{_glob_escape(self.project_keys_prefix)}*}}:"
+        else:
+            head = _glob_escape(self._project_head(project_id))
+        return head + _MEMBERSHIP_STATE_GLOB
+
+    def is_membership_state_key(self, key: str) -> bool:
+        """Whether ``key`` is a membership record or a counts hash."""
+        coded = self._project_code(key)
+        if coded is None:
+            return False
+        code, has_id = coded
+        return (code == _MEMBERSHIP_CODE and has_id) or (
+            code == _SEGMENT_COUNTS_CODE and not has_id
+        )
 
     def app_key(self, app_id: str) -> str:
         """Key of the API key record of one app id (global: an app id names its project)."""

@@ -8,6 +8,7 @@ schema and the alias fields come from ``cache.readmodel``; errors are the store'
 
 from __future__ import annotations
 
+from cache.membership import MembershipStore
 from cache.readmodel.documents import ALIAS_OF_KIND, DOCUMENT_SCHEMA, AliasKind
 from cache.records import ApiKeyRecord, Envelope, VersionedWrite
 from cache.store import CacheStore
@@ -60,11 +61,20 @@ def cache_writes(store: CacheStore, chunk: SinkWrites) -> list[VersionedWrite]:
 
 
 class RedisSink:
-    def __init__(self, store: CacheStore) -> None:
+    def __init__(self, store: CacheStore, membership: MembershipStore) -> None:
         self.store = store
+        self.membership = membership
 
     async def apply(self, chunk: SinkWrites) -> int:
-        return await self.store.apply_writes(cache_writes(self.store, chunk))
+        """Objects first, then the membership records (which emit the segment events), then
+        the recompute jobs: all before the slot moves, so a crash replays them, and each is
+        versioned, so the replay changes nothing."""
+        written = await self.store.apply_writes(cache_writes(self.store, chunk))
+        if chunk.memberships:
+            await self.membership.apply(chunk.memberships)
+        for job in chunk.segment_jobs:
+            await self.membership.put_job(job)
+        return written
 
     async def get_watermark(self) -> int | None:
         return await self.store.get_watermark()

@@ -67,8 +67,8 @@ WHERE k.id = ANY(%(ids)s)
 -- name: voucher_ids_of_campaigns
 SELECT v.id, v.project_id, v.campaign_id FROM vouchers v WHERE v.campaign_id = ANY(%(ids)s)
 
--- name: customer_ids_of_projects
-SELECT c.id, c.project_id FROM customers c WHERE c.project_id = ANY(%(project_ids)s)
+-- name: customer_ids_of_segments
+SELECT sm.segment_id, sm.customer_id FROM segment_members sm WHERE sm.segment_id = ANY(%(ids)s)
 
 
 -- name: primary_keys_vouchers

@@ -9,7 +9,8 @@ the document (status, content type, headers, body), every schema-valid request i
 Two things the fuzzer cannot know are supplied here. A ``starting_after`` is a signed cursor:
 in a schema-valid request it is replaced by a real cursor for the same list and filters. And
 a waited-for watermark is waited for: ``X-Wait-Timeout-Ms`` is kept at most 20 ms so that the
-run stays short (a schema-valid value either way).
+run stays short (a schema-valid value either way), and so is the long poll of
+``/v1/events`` (``wait_ms``).
 
 Bounded and reproducible: ``MAX_EXAMPLES`` generated cases per operation and generation mode
 (plus the examples and coverage phases), derandomized under a fixed seed. Each run prints how
@@ -152,6 +153,9 @@ def prepare(case: AnyCase) -> None:
         # what answers.
         headers.pop("X-Min-Watermark", None)
         case.headers = CaseInsensitiveDict(headers)
+    wait_ms = str(query.get("wait_ms", ""))
+    if positive and wait_ms.isascii() and wait_ms.isdigit():
+        case.query = {**(case.query or {}), "wait_ms": min(int(wait_ms), MAX_WAIT_MS)}
     if "X-Min-Watermark" in headers:
         wait = str(headers.get("X-Wait-Timeout-Ms", MAX_WAIT_MS))
         if wait.isascii() and wait.isdigit() and int(wait) <= 5000:
@@ -273,7 +277,7 @@ def test_valid_credentials(served: tuple[str, Path]) -> None:
     )
     _report("valid credentials", counts)
     assert not failures, "\n\n".join(failures)
-    assert len(counts) >= 2 * 8  # every /v1 operation ran in both modes
+    assert len(counts) >= 2 * 9  # every /v1 operation ran in both modes
 
 
 def test_invalid_credentials(served: tuple[str, Path]) -> None:
@@ -308,6 +312,8 @@ def test_indexed_objects_conform(served: tuple[str, Path]) -> None:
         ("/v1/vouchers", {}, {"q": "S", "active": "true"}),
         ("/v1/customers", {}, {"created_at[after]": "2024-01-01T10:00:00 01:00"}),
         ("/v1/customers", {}, {"q": "ann@example.com", "created_at[before]": "20240201"}),
+        ("/v1/events", {}, {"limit": 1}),
+        ("/v1/events", {}, {"type": "customer.segment.entered", "after": "0-0", "wait_ms": 1}),
         ("/openapi.json", {}, {}),
         ("/healthz", {}, {}),
     ]
@@ -322,11 +328,12 @@ def test_indexed_objects_conform(served: tuple[str, Path]) -> None:
         body = response.json()
         if body.get("has_more"):
             # The next page, through the cursor the answer gave.
+            follow = "after" if path == "/v1/events" else "starting_after"
             case = loaded[path]["GET"].Case(
                 path_parameters=path_parameters,
-                query={**query, "starting_after": body["next_cursor"]},
+                query={**query, follow: body["next_cursor"]},
             )
             response = case.call_and_validate(base_url=base, headers=VALID_CREDENTIALS)
             assert response.status_code == 200, response.text
-            assert response.json()["vouchers"], response.text
+            assert response.json()[body["data_ref"]], response.text
     assert requests.get(f"{base}/readyz", timeout=10).status_code == 200

@@ -260,10 +260,13 @@ async def test_elasticsearch_unreachable(api: ApiHarness, es_proxy: TcpProxy) ->
         await read_load(cut, 100, failures)  # the indexer filled Redis: served from L2/L1
         assert failures == []
         for path in ("/v1/vouchers", "/v1/customers", "/v1/customers/x/vouchers",
-                     "/v1/segments/s1", "/v1/campaigns/not-in-redis"):
+                     "/v1/campaigns/not-in-redis"):
             response = await cut.get(path)
             await assert_error(response, 503, "unavailable")
             assert response.headers["X-Read-Watermark"]
+        # A segment and its member count are Redis's: served without the index.
+        segment = await cut.get("/v1/segments/s1")
+        assert segment.status == 200 and (await segment.json())["count"] == 0
         await assert_error(await cut.get("/readyz", key=None), 503, "unavailable")
         await es_proxy.open()
         async with asyncio.timeout(WAIT):

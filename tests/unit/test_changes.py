@@ -84,14 +84,36 @@ def test_redemption_marks_old_and_new_customer() -> None:
     }
 
 
-def test_auto_segment_filter_change_resegments_the_project() -> None:
+def test_auto_segment_filter_change_schedules_a_recompute_of_that_segment_only() -> None:
     old = {"id": "s", "project_id": "p", "type": "auto-update", "filter": {"a": 1}}
     touched = touched_by(
         (8, Change("update", "segments", new={**old, "filter": {"a": 2}}, old=old))
     )
-    assert touched.resegmented_projects == {"p": 8}
+    assert touched.resegmented == {("p", "s"): 8}
+    # No customer is marked: the recompute reads the index, not the source.
+    assert set(touched.objects) == {(ObjectKind.SEGMENT, "s")}
     renamed = touched_by((8, Change("update", "segments", new={**old, "name": "x"}, old=old)))
-    assert renamed.resegmented_projects == {}
+    assert renamed.resegmented == {}
+
+
+def test_segment_created_deleted_or_moved_is_recomputed_in_each_project() -> None:
+    row = {"id": "s", "project_id": "p", "type": "static", "filter": None}
+    assert touched_by((3, Change("insert", "segments", new=row))).resegmented == {("p", "s"): 3}
+    assert touched_by((4, Change("delete", "segments", old=row))).resegmented == {("p", "s"): 4}
+    moved = touched_by(
+        (5, Change("update", "segments", new={**row, "project_id": "q"}, old=row))
+    )
+    assert moved.resegmented == {("p", "s"): 5, ("q", "s"): 5}
+    assert moved.now_static_segments == {}
+
+
+def test_segment_that_becomes_static_rebuilds_its_member_rows() -> None:
+    old = {"id": "s", "project_id": "p", "type": "auto-update", "filter": {}}
+    touched = touched_by(
+        (6, Change("update", "segments", new={**old, "type": "static"}, old=old))
+    )
+    assert touched.now_static_segments == {"s": 6}
+    assert touched.resegmented == {("p", "s"): 6}
 
 
 def test_newest_version_wins_and_project_is_kept() -> None:

@@ -114,6 +114,60 @@ def test_customer_summary_and_segments() -> None:
     assert document.fields["email_lower"] == "ann@example.com"
 
 
+def customer_row(**overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": "c1",
+        "project_id": "p",
+        "source_id": "crm",
+        "name": "Ann",
+        "email": "Ann@Example.com",
+        "phone": None,
+        "address": {"country": "PL"},
+        "metadata": {"tier": "gold", "seen": "2024-05-01T10:00:00Z"},
+        "created_at": T0,
+        "updated_at": T0,
+        "total_redeemed": 3,
+        "total_succeeded": 2,
+        "total_failed": 1,
+        "redeemed_amount": 150,
+        "redeemed_points": 0,
+        "loyalty_points": 40,
+        "static_segment_ids": [],
+    }
+    row.update(overrides)
+    return row
+
+
+def test_customer_documents_carry_their_filter_view() -> None:
+    from cache.readmodel.indices import Field
+    from indexer.segment_view import filter_view, view_nested
+
+    document = customer_document(customer_row(), [])
+    assert document.fields[Field.FILTER_VIEW] == view_nested(filter_view(document.body))
+    paths = [entry["p"] for entry in document.fields[Field.FILTER_VIEW]]
+    assert {"metadata.tier", "address.country", "loyalty.points", "created_at"} <= set(paths)
+    assert "phone" not in paths  # null: unknown
+
+
+def test_auto_segments_are_evaluated_at_the_given_instant() -> None:
+    from indexer.segment_filter import compile_filter
+
+    recent = compile_filter({"metadata.seen": {"conditions": {"$after": ["-P7D"]}}})
+    may_3 = epoch_micros(datetime(2024, 5, 3, tzinfo=UTC))
+    june = epoch_micros(datetime(2024, 6, 1, tzinfo=UTC))
+    row = customer_row()
+    assert customer_document(row, [("s_recent", recent)], may_3).fields["segment_ids"] == [
+        "s_recent"
+    ]
+    assert customer_document(row, [("s_recent", recent)], june).fields["segment_ids"] == []
+    # Without an instant: now, long after May 2024.
+    assert customer_document(row, [("s_recent", recent)]).fields["segment_ids"] == []
+    # A filter and a plain predicate on the body mix.
+    gold = compile_filter({"metadata.tier": {"conditions": {"$is": ["gold"]}}})
+    segments = [("s_gold", gold), ("s_plain", lambda body: body["name"] == "Ann")]
+    assert customer_document(row, segments, june).fields["segment_ids"] == ["s_gold", "s_plain"]
+
+
 def test_metadata_pairs_are_typed_and_bounded() -> None:
     pairs = metadata_pairs({"a": 1, "b": True, "c": "2024-01-01", "d": {"e": "x"}})
     assert {"k": "a", "n": 1} in pairs

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from cache.records import EventCause, SegmentEvent, SegmentEventType
 from indexer.documents import (
     campaign_document,
     customer_document,
@@ -23,6 +24,7 @@ from indexer.documents import (
 )
 from readapi.docs_page import ASSET_NAMES, PAGE_CSP, load_assets, page
 from readapi.errors import ApiError
+from readapi.events import ALLOWED_EVENT_PARAMETERS, event_body, parse_events_query
 from readapi.freshness import parse_min_watermark, parse_wait_ms
 from readapi.openapi import LSN_PATTERN, build_openapi
 from readapi.params import path_id
@@ -45,6 +47,7 @@ CONTRACT_PATHS = {
     "/v1/customers/{id}/segments",
     "/v1/segments/{id}",
     "/v1/campaigns/{id}",
+    "/v1/events",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -641,3 +644,81 @@ def test_response_headers_carry_their_formats(spec: dict[str, Any]) -> None:
     assert headers["X-Rate-Limit-Limit"]["schema"]["minimum"] == 0
     assert headers["X-Rate-Limit-Remaining"]["schema"]["minimum"] == 0
     assert headers["Retry-After"]["schema"]["minimum"] == 1
+
+
+# ---------------------------------------------------------------------------------------
+# GET /v1/events (an addition to the contract): the same agreement, and its objects.
+
+
+def test_event_query_parameters_match_the_validation(spec: dict[str, Any]) -> None:
+    parameters = _parameters_of(spec, "/v1/events")
+    assert {p["name"] for p in parameters.values() if p["in"] == "query"} == set(
+        ALLOWED_EVENT_PARAMETERS
+    )
+    assert spec["paths"]["/v1/events"]["get"]["responses"]["200"]["content"][
+        "application/json"
+    ]["schema"] == {"$ref": "#/components/schemas/EventList"}
+
+
+@pytest.mark.parametrize(("name", "bound"), [("after", 41), ("segment_id", 200)])
+def test_event_string_parameter_schemas_admit_exactly_what_is_accepted(
+    spec: dict[str, Any], name: str, bound: int
+) -> None:
+    schema = _parameters_of(spec, "/v1/events")[name]["schema"]
+    check = _list_check(parse_events_query, name)
+    # Cursors near the 20-digit bound and above the 64 bits of a stream id (still accepted).
+    long_cursors = st.from_regex(r"[0-9]{18,22}-[0-9]{18,22}", fullmatch=True)
+
+    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(_near(schema["pattern"]) | _long_text(bound) | _long_text(bound + 1) | long_cursors)
+    def agree(value: str) -> None:
+        assert _admits(schema, value) == _accepted(check, value), repr(value)
+
+    agree()
+
+
+def test_event_type_and_number_schemas_admit_exactly_what_is_accepted(
+    spec: dict[str, Any],
+) -> None:
+    parameters = _parameters_of(spec, "/v1/events")
+    kind = parameters["type"]["schema"]
+    assert kind["enum"] == ["customer.segment.entered", "customer.segment.left"]
+    for value in [*kind["enum"], "", "customer.segment.ENTERED", "entered", " left"]:
+        assert _admits(kind, value) == _accepted(_list_check(parse_events_query, "type"), value)
+    for name, default, maximum in (("limit", 10, 100), ("wait_ms", 0, 30_000)):
+        schema = _resolve(spec, parameters[name])["schema"]
+        assert (schema["type"], schema["default"], schema["maximum"]) == (
+            "integer", default, maximum
+        )
+        check = _list_check(parse_events_query, name)
+        for number in (-1, 0, 1, 99, 100, 101, 29_999, 30_000, 30_001, 99_999, 100_000):
+            admitted = schema["minimum"] <= number <= schema["maximum"]
+            assert _accepted(check, str(number)) == admitted, (name, number)
+        for text in ("", "1.0", "+5", " 5", "5e1", "\u0665", "0x10"):
+            assert not _accepted(check, text), (name, text)
+
+
+def test_events_validate_against_their_schemas(spec: dict[str, Any]) -> None:
+    event = SegmentEvent(
+        cursor="1714557600123-0",
+        id="evt_0123456789abcdef0123",
+        type=SegmentEventType.LEFT,
+        customer_id="c_1",
+        segment_id="s_1",
+        cause=EventCause.CLOCK,
+        cause_lsn=(0x16 << 32) | 0xB374D848,
+        occurred_at_us=1_714_557_600_123_456,
+    )
+    body = event_body(event)
+    assert body["lsn"] == "16/B374D848"
+    assert body["occurred_at"] == "2024-05-01T10:00:00.123456Z"
+    _validator(spec, "Event").validate(body)
+    page = {
+        "object": "list",
+        "data_ref": "data",
+        "data": [body],
+        "has_more": False,
+        "next_cursor": body["cursor"],
+    }
+    _validator(spec, "EventList").validate(page)
+    _validator(spec, "EventList").validate({**page, "data": [], "next_cursor": None})

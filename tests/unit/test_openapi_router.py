@@ -90,7 +90,7 @@ async def app(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[web.Application]
     monkeypatch.setattr(services.auth, "cached", lambda headers: caller)
     monkeypatch.setattr(services.limiter, "take_local", lambda app_id, limit: 999)
     # Handlers read these from the services on each request.
-    for name in ("lookups", "search", "store", "redis", "elastic"):
+    for name in ("lookups", "search", "store", "redis", "elastic", "membership"):
         monkeypatch.setattr(services, name, NoIO(name))
     yield app
     # Never connected; closed so that nothing is left for the garbage collector to warn about.

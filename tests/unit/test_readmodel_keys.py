@@ -127,3 +127,70 @@ def test_distinct_identities_never_share_a_key(
 def test_projects_never_share_a_tag(a: str, b: str) -> None:
     if a != b:
         assert project_hash_tag(a) != project_hash_tag(b)
+
+
+# -- segment membership ----------------------------------------------------------------------
+
+
+def test_membership_key_text() -> None:
+    assert layout.membership_key("p_1", "C1") == "loyalty:{p_1}:sm:C1"
+    assert layout.segment_counts_key("p_1") == "loyalty:{p_1}:sc"
+    assert layout.segment_events_key("p_1") == "loyalty:{p_1}:ev"
+    assert layout.segment_jobs_key == "loyalty:sj"
+    assert hash_tag_of(layout.segment_jobs_key) is None
+
+
+@given(st.text(max_size=12, alphabet="ab}{%:_1*?[]\\"), st.text(max_size=12))
+def test_one_projects_membership_keys_share_its_tag(project_id: str, customer_id: str) -> None:
+    keys = [
+        layout.membership_key(project_id, customer_id),
+        layout.segment_counts_key(project_id),
+        layout.segment_events_key(project_id),
+        layout.object_key(project_id, ObjectKind.CUSTOMER, customer_id),
+    ]
+    assert {hash_tag_of(key) for key in keys} == {project_hash_tag(project_id)}
+
+
+@given(text, kinds, text)
+def test_envelope_keys_are_told_from_membership_keys(
+    project_id: str, kind: str, ident: str
+) -> None:
+    if kind in set(AliasKind):
+        envelope = layout.alias_key(project_id, kind, ident)
+    else:
+        envelope = layout.object_key(project_id, kind, ident)
+    membership = [
+        layout.membership_key(project_id, ident),
+        layout.segment_counts_key(project_id),
+    ]
+    others = [layout.segment_events_key(project_id), layout.segment_jobs_key]
+    assert layout.is_envelope_key(envelope)
+    assert not layout.is_membership_state_key(envelope)
+    for key in membership:
+        assert key != envelope
+        assert layout.is_membership_state_key(key)
+        assert not layout.is_envelope_key(key)
+        assert not layout.is_object_key(key)
+    for key in others:
+        assert key != envelope
+        assert not layout.is_membership_state_key(key)
+        assert not layout.is_envelope_key(key)
+        assert not layout.is_object_key(key)
+
+
+def test_global_keys_are_envelopes_only_for_api_keys() -> None:
+    assert layout.is_envelope_key(layout.app_key("app_1"))
+    for key in (layout.watermark_key, layout.rate_limit_key("app_1"), layout.channel):
+        assert not layout.is_envelope_key(key)
+        assert not layout.is_membership_state_key(key)
+    # Another prefix's keys are not this layout's.
+    other = KeyLayout("other:")
+    assert not layout.is_envelope_key(other.object_key("p", ObjectKind.VOUCHER, "v"))
+    assert not layout.is_membership_state_key(other.membership_key("p", "c"))
+
+
+def test_membership_state_patterns_escape_glob_characters() -> None:
+    assert layout.membership_state_pattern() == "loyalty:{*}:s[mc]*"
+    assert layout.membership_state_pattern("p_1") == "loyalty:{p_1}:s[mc]*"
+    assert layout.membership_state_pattern("p*[?]\\") == "loyalty:{p\\*\\[\\?\\]\\\\}:s[mc]*"
+    assert KeyLayout("a*b:").membership_state_pattern() == "a\\*b:{*}:s[mc]*"

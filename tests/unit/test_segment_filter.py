@@ -1,4 +1,5 @@
-"""Unit tests of ``indexer/segment_filter.py``: operator semantics, structure, limits, totality."""
+"""Unit tests of ``indexer/segment_filter.py``: operator semantics, structure, limits, totality,
+relative dates, and the filter view's caps as filters see them."""
 
 from __future__ import annotations
 
@@ -17,13 +18,27 @@ from indexer.errors import IndexerError
 from indexer.segment_filter import (
     MAX_CONDITIONS,
     MAX_DEPTH,
-    CustomerPredicate,
+    MAX_TEXT_VALUE,
+    DateBound,
+    FieldCondition,
     InvalidSegmentFilter,
+    Node,
+    SegmentFilter,
     compile_filter,
+    parse_filter,
+)
+from indexer.segment_view import (
+    MAX_PATH_LENGTH,
+    MAX_PATH_NAMES,
+    MAX_TENANT_LEAVES,
+    MAX_VIEW_STRING,
+    filter_view,
 )
 
 # No example database: these tests must leave no files behind in the work tree.
 PROPERTY = settings(database=None, max_examples=300, deadline=None)
+NOW_US = 1_717_243_200_000_000  # 2024-06-01T12:00:00Z
+DAY_US = 86_400_000_000
 
 OPERATORS = (
     "$is", "$is_not", "$in", "$not_in", "$more_than", "$more_than_equal", "$less_than",
@@ -156,6 +171,27 @@ def holds(operator: str, values: object, value: object) -> bool:
         ("$less_than_equal", [10], 10, True),
         ("$less_than_equal", [10], 11, False),
         ("$less_than_equal", [2**70], 2**70, True),
+        # Numbers are IEEE doubles, as in Elasticsearch: 2**53 + 1 is 2**53.
+        ("$is", [2**53], 2**53 + 1, True),
+        ("$is_not", [2**53], 2**53 + 1, False),
+        ("$more_than", [2**53], 2**53 + 1, False),
+        ("$more_than", ["9007199254740992"], "9007199254740993", False),
+        # Signed zeros are one number, on both sides.
+        ("$is", [0], -0.0, True),
+        ("$is", [-0.0], 0, True),
+        ("$in", [-0.0], 0.0, True),
+        ("$more_than_equal", [0], -0.0, True),
+        ("$more_than_equal", [0.0], "-0", True),
+        ("$less_than", [0], -0.0, False),
+        ("$less_than", [-0.0], "-0.0", False),
+        ("$more_than", ["-0"], 0, False),
+        # A number no double holds is a value that equals and orders nothing.
+        ("$is", [1], 10**400, False),
+        ("$is_not", [1], 10**400, True),
+        ("$more_than", [0], 10**400, False),
+        ("$has_value", [], 10**400, True),
+        ("$has_value", [], math.nan, True),
+        ("$is_not", [1], math.inf, True),
         # Text operators: strings only, case-sensitive.
         ("$contains", ["old"], "gold", True),
         ("$contains", ["OLD"], "gold", False),
@@ -170,6 +206,21 @@ def holds(operator: str, values: object, value: object) -> bool:
         ("$ends_with", ["ld"], "gold", True),
         ("$ends_with", ["LD"], "gold", False),
         ("$ends_with", ["2"], 12, False),
+        # Wildcard characters are literal.
+        ("$contains", ["a*b"], "xa*by", True),
+        ("$contains", ["a*b"], "axxb", False),
+        ("$contains", ["a?b"], "axb", False),
+        ("$starts_with", ["a\\"], "a\\b", True),
+        ("$ends_with", ["?"], "what?", True),
+        ("$ends_with", ["?"], "whatx", False),
+        # Strings over MAX_VIEW_STRING characters equal and contain nothing.
+        ("$is", ["x" * MAX_VIEW_STRING], "x" * MAX_VIEW_STRING, True),
+        ("$is", ["x" * (MAX_VIEW_STRING + 1)], "x" * (MAX_VIEW_STRING + 1), False),
+        ("$ends_with", ["x"], "x" * MAX_VIEW_STRING, True),
+        ("$ends_with", ["x"], "x" * (MAX_VIEW_STRING + 1), False),
+        ("$contains", [""], "x" * (MAX_VIEW_STRING + 1), False),
+        ("$is_not", ["x"], "x" * (MAX_VIEW_STRING + 1), True),
+        ("$has_value", [], "x" * (MAX_VIEW_STRING + 1), True),
         # Presence.
         ("$is_unknown", [], None, True),
         ("$is_unknown", [], "", False),
@@ -180,6 +231,15 @@ def holds(operator: str, values: object, value: object) -> bool:
         ("$has_value", [], 0, True),
         ("$has_value", None, False, True),
         ("$has_value", [], {}, True),
+        # Objects and lists: only $is_not, $not_in and $has_value hold.
+        ("$has_value", [], [], True),
+        ("$is_not", ["a"], {"a": "a"}, True),
+        ("$not_in", [1], [1], True),
+        ("$in", [1], [1], False),
+        ("$more_than_equal", [0], {"x": 1}, False),
+        ("$contains", [""], [], False),
+        ("$starts_with", [""], {}, False),
+        ("$before", ["2100-01-01"], ["2024-01-01"], False),
     ],
 )
 def test_operator(operator: str, values: object, value: object, expected: bool) -> None:
@@ -231,7 +291,7 @@ def test_every_operator_is_covered() -> None:
     sample: dict[str, object] = {"$before": ["2024-01-01"], "$after": ["2024-01-01"]}
     for operator in OPERATORS:
         values = sample.get(operator, [] if operator in ("$is_unknown", "$has_value") else ["1"])
-        assert isinstance(compile_filter(field("email", operator, values)), CustomerPredicate)
+        assert isinstance(compile_filter(field("email", operator, values)), SegmentFilter)
 
 
 # --- unknown fields ---------------------------------------------------------------------------
@@ -481,7 +541,8 @@ def deep(levels: int) -> dict[str, Any]:
         (field("loyalty.points", "$more_than_equal", []), "needs at least one value"),
         (field("loyalty.points", "$more_than", [[1]]), "expected a number, got a list"),
         (field("created_at", "$before", ["yesterday"]),
-         "$before: expected an ISO 8601 date or timestamp, got 'yesterday'"),
+         "$before: expected an ISO 8601 date or timestamp, or a duration such as -P30D, "
+         "got 'yesterday'"),
         (field("created_at", "$after", [1714557600]), "expected an ISO 8601 date or timestamp"),
         (field("created_at", "$after", ["2024-13-01"]), "expected an ISO 8601 date"),
         (field("created_at", "$after", []), "$after: needs at least one value"),
@@ -491,6 +552,26 @@ def deep(levels: int) -> dict[str, Any]:
         (field("email", "$is_unknown", [False]), "$is_unknown: takes no values"),
         (field("email", "$has_value", ["x"]), "$has_value: takes no values"),
         (field("email", "$has_value", False), "takes no values"),
+        # Relative dates: signed durations of fixed-length units only.
+        (field("created_at", "$after", ["-P1M"]),
+         "$after: '-P1M': years and months are not accepted in a relative date"),
+        (field("created_at", "$after", ["P1Y"]), "years and months are not accepted"),
+        (field("created_at", "$before", ["-P"]), "expected a signed ISO 8601 duration"),
+        (field("created_at", "$before", ["PT0.1234567S"]), "at most six digits"),
+        (field("created_at", "$before", ["-p30d"]), "expected an ISO 8601 date or timestamp"),
+        # Numbers beyond the double range, text that is not Unicode, long text values.
+        (field("email", "$is", [10**400]), "$is: a number must fit a double"),
+        (field("loyalty.points", "$more_than", [10**400]), "expected a number, got a value"),
+        (field("email", "$is", ["a\ud800"]), "$is: 'a\\ud800' is not valid Unicode text"),
+        (field("email", "$contains", ["\udfff"]), "is not valid Unicode text"),
+        (field("email", "$contains", ["x" * (MAX_TEXT_VALUE + 1)]),
+         f"$contains: a text value has at most {MAX_TEXT_VALUE} characters"),
+        # Field paths the filter view cannot hold.
+        (field(".".join(["m"] * (MAX_PATH_NAMES + 1)), "$has_value", []),
+         f"a field path has at most {MAX_PATH_NAMES} names, got {MAX_PATH_NAMES + 1}"),
+        (field("m" * (MAX_PATH_LENGTH + 1), "$has_value", []),
+         f"a field path has at most {MAX_PATH_LENGTH} characters"),
+        (field("metadata.\ud800", "$has_value", []), "a field path must be valid Unicode text"),
         # Bounds.
         (deep(MAX_DEPTH + 1), f"nested too deep (at most {MAX_DEPTH} levels of filters)"),
         (deep(10_000), "nested too deep"),
@@ -510,9 +591,12 @@ def test_malformed_filter_is_refused_with_a_clear_message(raw: object, message: 
 
 def test_messages_stay_short_on_huge_values() -> None:
     with pytest.raises(InvalidSegmentFilter) as caught:
-        compile_filter(field("x" * 10_000, "$contains", [10**5000]))
+        compile_filter(field("x" * MAX_PATH_LENGTH, "$contains", [10**5000]))
     assert len(str(caught.value)) < 200
     assert str(caught.value).endswith("$contains: expected a string, got a value of type int")
+    with pytest.raises(InvalidSegmentFilter) as caught:
+        compile_filter(field("x" * 10_000, "$contains", ["a"]))
+    assert len(str(caught.value)) < 200
     with pytest.raises(InvalidSegmentFilter) as caught:
         compile_filter(field("email", "$" + "y" * 10_000, []))
     assert len(str(caught.value)) < 500
@@ -614,6 +698,8 @@ def test_compiled_predicates_never_raise(raw: object, customer: dict[str, Any]) 
         return
     assert predicate(customer) in (True, False)
     assert predicate(make_customer(**customer)) in (True, False)
+    assert predicate.matches(filter_view(customer), NOW_US) in (True, False)
+    assert isinstance(predicate.query(NOW_US), dict)
 
 
 @PROPERTY
@@ -637,21 +723,22 @@ def test_has_value_is_the_opposite_of_is_unknown(value: object) -> None:
     assert holds("$is_unknown", [], value) is (value is None)
 
 
-finite_numbers = st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+finite_numbers = st.integers(-(2**300), 2**300) | st.floats(allow_nan=False, allow_infinity=False)
 
 
 @PROPERTY
 @given(value=finite_numbers, bound=finite_numbers, as_text=st.booleans())
-def test_ordering_matches_python_comparison(
+def test_ordering_matches_comparison_of_doubles(
     value: int | float, bound: int | float, as_text: bool
 ) -> None:
     # A numeric string counts as its number: repr() round-trips every finite float and int.
     shown: object = repr(value) if as_text else value
     assume(not as_text or len(repr(value)) <= 64)
-    assert holds("$more_than", [bound], shown) is (value > bound)
-    assert holds("$more_than_equal", [bound], shown) is (value >= bound)
-    assert holds("$less_than", [bound], shown) is (value < bound)
-    assert holds("$less_than_equal", [bound], shown) is (value <= bound)
+    number, limit = float(value), float(bound)
+    assert holds("$more_than", [bound], shown) is (number > limit)
+    assert holds("$more_than_equal", [bound], shown) is (number >= limit)
+    assert holds("$less_than", [bound], shown) is (number < limit)
+    assert holds("$less_than_equal", [bound], shown) is (number <= limit)
 
 
 offsets = st.integers(min_value=-23 * 60, max_value=23 * 60).map(
@@ -826,3 +913,181 @@ def test_a_filter_over_the_byte_cap_is_malformed() -> None:
         compile_filter(field("name", "$in", long_values))
     fits = [("x" * 100) + str(i) for i in range(400)]  # ~42 KiB
     assert not matches(field("name", "$in", fits), make_customer())
+
+
+# --- relative dates ---------------------------------------------------------------------
+
+
+def at(raw: object, customer: Mapping[str, Any], now_us: int) -> bool:
+    return compile_filter(raw).matches(filter_view(customer), now_us)
+
+
+def iso(micros: int) -> str:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("operator", "values", "offset_us", "expected"),
+    [
+        # The bound is now + duration; strict on both sides, as for instants.
+        ("$after", "-P30D", -29 * DAY_US, True),
+        ("$after", "-P30D", -30 * DAY_US, False),
+        ("$after", "-P30D", -30 * DAY_US + 1, True),
+        ("$before", "-P30D", -30 * DAY_US - 1, True),
+        ("$before", "-P30D", -30 * DAY_US, False),
+        ("$after", "P7D", 7 * DAY_US + 1, True),
+        ("$before", "+P7D", 7 * DAY_US - 1, True),
+        ("$after", "-P2W", -13 * DAY_US, True),
+        ("$after", "PT12H", 12 * 3_600_000_000, False),
+        ("$before", "P1DT2H30M", DAY_US + 9_000_000_000 - 1, True),
+        ("$after", "PT0.5S", 500_001, True),
+        ("$after", "PT0,5S", 500_000, False),
+        ("$after", "P0D", 1, True),
+        # Several values: after the earliest bound, before the latest, mixed with instants.
+        ("$after", ["-P10D", "-P40D"], -35 * DAY_US, True),
+        ("$before", ["-P10D", "-P40D"], -35 * DAY_US, True),
+        ("$before", ["-P10D", "-P40D"], -5 * DAY_US, False),
+        ("$after", ["-P10D", iso(NOW_US - 50 * DAY_US)], -45 * DAY_US, True),
+        ("$before", ["-P10D", iso(NOW_US + DAY_US)], 0, True),
+    ],
+)
+def test_relative_dates_are_bounds_from_now(
+    operator: str, values: object, offset_us: int, expected: bool
+) -> None:
+    customer = {"created_at": iso(NOW_US + offset_us)}
+    assert at(field("created_at", operator, values), customer, NOW_US) is expected
+
+
+def test_a_relative_bound_moves_with_now() -> None:
+    raw = field("created_at", "$after", ["-P30D"])
+    customer = {"created_at": "2024-05-10T00:00:00Z"}
+    assert at(raw, customer, NOW_US)
+    assert not at(raw, customer, NOW_US + 30 * DAY_US)
+
+
+def test_calling_a_filter_on_a_body_uses_the_current_time() -> None:
+    now = datetime.now(UTC)
+    recent = {"created_at": (now - timedelta(days=1)).isoformat()}
+    old = {"created_at": (now - timedelta(days=3)).isoformat()}
+    compiled = compile_filter(field("created_at", "$after", ["-P2D"]))
+    assert compiled(recent)
+    assert not compiled(old)
+
+
+def test_relative_conditions_are_listed_with_their_bounds() -> None:
+    raw = {
+        "created_at": {"conditions": {"$after": ["-P30D", "2024-01-01"], "$is_unknown": []}},
+        "updated_at": {"conditions": {"$before": ["2024-01-01"]}},
+        "filters": [{"junction": "or", **field("metadata.seen", "$before", "PT1H")}],
+    }
+    compiled = compile_filter(raw)
+    assert compiled.has_relative
+    relative = compiled.relative_conditions()
+    assert [(c.path, c.operator) for c in relative] == [
+        ("created_at", "$after"),
+        ("metadata.seen", "$before"),
+    ]
+    january = 1_704_067_200_000_000
+    # $after holds after the earliest bound: the fixed one once it is the earlier.
+    assert relative[0].bound_us(NOW_US) == january
+    assert relative[0].bound_us(january) == january - 30 * DAY_US
+    assert relative[1].bound_us(NOW_US) == NOW_US + 3_600_000_000
+    assert not compile_filter(field("created_at", "$after", ["2024-01-01"])).has_relative
+    assert compile_filter({}).relative_conditions() == ()
+
+
+# --- the parsed tree --------------------------------------------------------------------
+
+
+def test_the_parsed_tree_holds_normalised_values() -> None:
+    raw = {
+        "junction": "or",
+        "email": {"conditions": {"$in": ["a", 5, True, -0.0]}},
+        "loyalty.points": {"conditions": {"$more_than": ["10"], "$less_than": [20]}},
+        "filters": [field("created_at", "$after", ["-P1D", "2024-01-01"])],
+    }
+    parsed = parse_filter(raw)
+    assert parsed == Node(
+        "or",
+        (FieldCondition("email", "$in", ("a", 5.0, True, 0.0)),),
+        (
+            # All operators of one field must hold, whatever the junction: an "and" node.
+            Node(
+                "and",
+                (
+                    FieldCondition("loyalty.points", "$more_than", (10.0,)),
+                    FieldCondition("loyalty.points", "$less_than", (20.0,)),
+                ),
+                (),
+            ),
+            Node(
+                "and",
+                (
+                    FieldCondition(
+                        "created_at",
+                        "$after",
+                        (DateBound(-DAY_US, relative=True), DateBound(1_704_067_200_000_000)),
+                    ),
+                ),
+                (),
+            ),
+        ),
+    )
+    assert compile_filter(raw).parsed == parsed
+    sign = parse_filter(field("x", "$is", [-0.0])).conditions[0].values[0]
+    assert isinstance(sign, float) and math.copysign(1.0, sign) == 1.0
+
+
+def test_several_operators_of_one_field_stay_together_under_or() -> None:
+    raw = {
+        "junction": "or",
+        "loyalty.points": {"conditions": {"$more_than": [100], "$less_than": [200]}},
+        **field("email", "$is", ["x"]),
+    }
+    assert not matches(raw, make_customer(loyalty={"points": 300}))
+    assert matches(raw, make_customer(loyalty={"points": 150}))
+
+
+# --- the filter view's caps, as filters see them -----------------------------------------
+
+
+def test_paths_of_the_longest_accepted_length_reach_their_values() -> None:
+    names = ["k"] * (MAX_PATH_NAMES - 1)
+    value: Any = "deep"
+    for name in names[1:]:
+        value = {name: value}
+    customer = {"metadata": {names[0]: value}}
+    assert matches(field(".".join(["metadata", *names]), "$is", ["deep"]), customer)
+    # One level more is refused in a filter and left out of the view.
+    assert ".".join(["metadata", *names, "k"]) not in filter_view({"metadata": {"k": customer}})
+
+
+def test_values_beyond_the_tenant_cap_are_unknown() -> None:
+    metadata = {f"k{i}": i for i in range(MAX_TENANT_LEAVES + 10)}
+    customer = make_customer(address=None, metadata=metadata)
+    last = f"metadata.k{MAX_TENANT_LEAVES - 1}"
+    dropped = f"metadata.k{MAX_TENANT_LEAVES}"
+    assert matches(field(last, "$is", [MAX_TENANT_LEAVES - 1]), customer)
+    assert matches(field(dropped, "$is_unknown", []), customer)
+    assert not matches(field(dropped, "$has_value", []), customer)
+    assert matches(field(dropped, "$not_in", [MAX_TENANT_LEAVES]), customer)
+    # The object's own fields are never dropped.
+    assert matches(field("loyalty.points", "$is", [120]), customer)
+    assert matches(field("metadata", "$has_value", []), customer)
+
+
+def test_address_and_metadata_share_the_tenant_cap_in_document_order() -> None:
+    address = {f"a{i}": "x" for i in range(MAX_TENANT_LEAVES - 1)}
+    customer = make_customer(address=address, metadata={"tier": "gold", "vip": True})
+    assert matches(field("metadata.tier", "$is", ["gold"]), customer)
+    assert matches(field("metadata.vip", "$is_unknown", []), customer)
+
+
+def test_a_filter_never_names_a_value_the_view_leaves_out_by_depth() -> None:
+    chain: Any = "end"
+    for _ in range(MAX_PATH_NAMES + 2):
+        chain = {"k": chain}
+    view = filter_view({"metadata": chain})
+    assert max(len(path.split(".")) for path in view) == MAX_PATH_NAMES
+    with pytest.raises(InvalidSegmentFilter, match="at most"):
+        compile_filter(field("metadata" + ".k" * MAX_PATH_NAMES, "$has_value", []))

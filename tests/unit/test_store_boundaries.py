@@ -28,6 +28,7 @@ from cache.errors import (
     StoreError,
     StoreUnavailable,
 )
+from cache.membership import MembershipStore
 from cache.store import CacheStore
 from indexer.errors import SourceBug, SourceUnavailable, classify_postgres
 from indexer.quarantine import QuarantineStore
@@ -39,6 +40,7 @@ from readapi.elastic import SearchReader
 # Every class that talks to a store, with the store whose boundary its methods must carry.
 STORE_INTERFACES: list[tuple[type, str]] = [
     (CacheStore, "redis"),
+    (MembershipStore, "redis"),
     (ElasticSink, "elasticsearch"),
     (SearchReader, "elasticsearch"),
     (DocumentSource, "postgres"),
