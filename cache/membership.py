@@ -25,6 +25,7 @@ from cache.readmodel.codec import (
     decode_membership,
     decode_segment_event,
     decode_segment_job,
+    is_done_segment_job,
     is_stream_cursor,
     membership_update_args,
     segment_job_field,
@@ -235,13 +236,18 @@ class MembershipStore:
     async def jobs(self) -> list[SegmentJob]:
         """Every pending job, oldest version first."""
         stored = cast(dict[bytes, bytes], await self.redis.hgetall(self.layout.segment_jobs_key))
-        found = [decode_segment_job(field, value) for field, value in stored.items()]
+        found = [
+            decode_segment_job(field, value)
+            for field, value in stored.items()
+            if not is_done_segment_job(value)
+        ]
         return sorted(found, key=lambda job: (job.version, job.project_id, job.segment_id))
 
     @redis_boundary
     async def finish_job(self, job: SegmentJob) -> bool:
-        """Remove a done job; False (kept) when the stored one is of another version: an edit
-        arrived while it ran, and its own recompute is still to come."""
+        """Mark a job done (its version stays, so a replayed edit is not queued again); False
+        (kept) when the pending one is of another version: an edit arrived while it ran, and
+        its own recompute is still to come."""
         return await self._job_script("finish", job, version_hex(job.version))
 
     async def _job_script(self, operation: str, job: SegmentJob, value: str | bytes) -> bool:

@@ -60,9 +60,9 @@ class TouchedObjects:
     # recompute reads the customer documents in the index, not the source
     # (``indexer.recompute``).
     resegmented: dict[tuple[str, str], int] = field(default_factory=dict)
-    # Segments that became static: their segment_members rows must be rebuilt (they were
-    # ignored while the segment was auto-update).
-    now_static_segments: dict[str, int] = field(default_factory=dict)
+    # Static segments whose membership inputs changed: their segment_members customers are
+    # rebuilt (rows a client left while the segment was auto-update count from now on).
+    static_segments: dict[str, int] = field(default_factory=dict)
     truncated_tables: dict[str, int] = field(default_factory=dict)
     # Commit time (epoch microseconds) of each commit LSN the batch holds: when the
     # membership transitions a change causes occurred.
@@ -102,7 +102,7 @@ class TouchedObjects:
             or self.removed_source_ids
             or self.renamed_campaigns
             or self.resegmented
-            or self.now_static_segments
+            or self.static_segments
             or self.truncated_tables
         )
 
@@ -217,16 +217,13 @@ def _on_segment(touched: TouchedObjects, change: RowChangeLike, version: int) ->
         key = (str(project_id), str(segment_id))
         touched.resegmented[key] = max(version, touched.resegmented.get(key, 0))
     new = change.new
-    became_static = (
-        new is not None
-        and new.get("type") == STATIC
-        and change.op == "update"
-        and _changed(change, "type")
-    )
-    if became_static and new is not None:
+    # Any change of a static segment's membership inputs (created, made static, filter or
+    # project changed): its segment_members customers are rebuilt, because the recompute job
+    # takes the segment away from every customer not rebuilt since the change.
+    if new is not None and new.get("type") == STATIC:
         segment_id = str(new["id"])
-        touched.now_static_segments[segment_id] = max(
-            version, touched.now_static_segments.get(segment_id, 0)
+        touched.static_segments[segment_id] = max(
+            version, touched.static_segments.get(segment_id, 0)
         )
 
 

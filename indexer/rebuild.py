@@ -274,14 +274,14 @@ class Rebuilder:
                 # left the campaign was touched by its own change.
                 version = touched.renamed_campaigns[row["campaign_id"]]
                 touched.mark(ObjectKind.VOUCHER, row["id"], row["project_id"], version)
-        if touched.now_static_segments:
+        if touched.static_segments:
             # Rows a client left in segment_members while the segment was auto-update count
             # from now on: those customers are rebuilt; the recompute job takes the segment
             # away from every other customer.
             for row in await self._source.customer_ids_of_segments(
-                sorted(touched.now_static_segments)
+                sorted(touched.static_segments)
             ):
-                version = touched.now_static_segments[row["segment_id"]]
+                version = touched.static_segments[row["segment_id"]]
                 touched.mark(ObjectKind.CUSTOMER, row["customer_id"], None, version)
         if touched.truncated_tables:
             version = max(touched.truncated_tables.values())

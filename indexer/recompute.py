@@ -347,7 +347,7 @@ class SegmentClock:
         returns how many customers were looked at. The first tick of a process schedules a
         full pass over each relative-date segment instead (time passed while it was down)."""
         now = self._clock()
-        previous, self._last_us = self._last_us, now
+        previous = self._last_us
         touched = 0
         await self._index.refresh_customers()
         async for segment in self._index.auto_segments():
@@ -364,6 +364,9 @@ class SegmentClock:
             touched += await self._crossings(
                 segment.project_id, segment.segment_id, result, previous, now, watermark
             )
+        # Only once every crossing is settled: a tick that failed part way is done again
+        # from the same bound (settling a customer twice changes nothing).
+        self._last_us = now
         self.touched_last_tick = touched
         metrics.SEGMENT_TICK_CUSTOMERS.inc(touched)
         return touched

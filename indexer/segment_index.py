@@ -74,7 +74,9 @@ class SegmentIndex:
 
     @elasticsearch_boundary
     async def auto_segments(self, page: int = 500) -> AsyncIterator[IndexedSegment]:
-        """Every auto-update segment of every project, in id order (refreshed data)."""
+        """Every auto-update segment of every project, in id order; segment writes
+        acknowledged so far are made visible first (a segment created just now counts)."""
+        await self._client.indices.refresh(index=self._names.alias(ObjectKind.SEGMENT))
         after: list[Any] | None = None
         while True:
             response = await self._client.search(

@@ -21,8 +21,8 @@
 --                  SET_ONE:      1 (in) or 0 (out), then the segment id
 --   returns      how many transitions (a segment entered or left) happened, emitted or not
 --
--- Record: msgpack [base, [segment id, ...]], base the version of the last REPLACE applied as
--- 16 hex digits (compared as two 32-bit halves: Lua numbers are doubles, exact only below
+-- Record: msgpack [base, [segment id, ...]], base the version of the last REPLACE applied (or
+-- of the SET_ONE that created the record) as 16 hex digits (compared as two 32-bit halves: Lua numbers are doubles, exact only below
 -- 2^53), segment ids distinct, in byte order. An update below the base is a no-op: the
 -- customer was evaluated again after it, with everything current then.
 -- Event entry fields: t (e entered, l left), c customer, s segment, k cause, l cause LSN,
@@ -143,7 +143,6 @@ for i = 1, #updates do
 end
 
 local EMPTY = {}
-local ZERO = '0000000000000000'
 
 local function transition(u, segment, entered)
   if entered then
@@ -170,7 +169,10 @@ for i = 1, #updates do
     if u.mode == 'r' then
       new, base = u.ids, {base = u.version, hi = u.hi, lo = u.lo}
     else
-      base = record or {base = ZERO, hi = 0, lo = 0}
+      -- A record SET_ONE creates was in no segment as of its last REPLACE, which every
+      -- change before this version has had: its base is this version, so a replay of such a
+      -- REPLACE (computed from the current source, hence already reflected) changes nothing.
+      base = record or {base = u.version, hi = u.hi, lo = u.lo}
       new = {}
       local pending = u.member == '1'
       for _, id in ipairs(old) do

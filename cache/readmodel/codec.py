@@ -21,7 +21,7 @@ hex digits, which the scripts compare as two 32-bit halves (Lua numbers are doub
              numbers in decimal; the entry id is the reader's cursor. An event's ``id`` is
              not stored: ``segment_event_id`` derives it from those fields.
     job      a field of the jobs hash: msgpack [project id, segment id] -> b"<16 hex version>:
-             <occurred at, decimal>"
+             <occurred at, decimal>" while pending, b"<16 hex version>" once done
 """
 
 from __future__ import annotations
@@ -374,6 +374,11 @@ def segment_job_field(project_id: str, segment_id: str) -> bytes:
 def segment_job_value(job: SegmentJob) -> bytes:
     """``<16 hex version>:<occurred at>``: the script compares the first 16 bytes."""
     return f"{version_hex(job.version)}:{_check_timestamp(job.occurred_at_us)}".encode()
+
+
+def is_done_segment_job(value: bytes) -> bool:
+    """A jobs hash value that is only a version: that job is done."""
+    return len(value) == 16
 
 
 def decode_segment_job(field: bytes, value: bytes) -> SegmentJob:

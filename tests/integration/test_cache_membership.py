@@ -186,7 +186,11 @@ async def test_set_one_without_a_record(members: MembershipStore, layout: KeyLay
     assert await members.apply([set_one("c1", 5, "a", False)]) == 0
     assert await members.membership("p1", "c1") is None
     assert await members.apply([set_one("c1", 5, "b", True), set_one("c1", 6, "a", True)]) == 2
-    assert await members.membership("p1", "c1") == (0, frozenset({"a", "b"}))
+    # The record's base is the version of the SET_ONE that created it: an older REPLACE (a
+    # replay, computed from the current source) is refused.
+    assert await members.membership("p1", "c1") == (5, frozenset({"a", "b"}))
+    assert await members.apply([replace("c1", 4)]) == 0
+    assert await members.membership("p1", "c1") == (5, frozenset({"a", "b"}))
 
 
 async def test_counts_follow_many_customers(
@@ -375,6 +379,14 @@ async def test_jobs_keep_the_newest_and_finish_only_their_own_version(
     assert await members.finish_job(newer) is True
     assert await members.finish_job(newer) is False
     assert await members.jobs() == []
+    # A replay of an edit already recomputed queues nothing, an older one neither; a newer
+    # edit does.
+    assert await members.put_job(newer) is False
+    assert await members.put_job(job) is False
+    assert await members.jobs() == []
+    newest = dataclasses.replace(job, version=13)
+    assert await members.put_job(newest) is True
+    assert await members.jobs() == [newest]
 
 
 async def test_jobs_are_listed_oldest_first_and_compare_64_bit_versions(

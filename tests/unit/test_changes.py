@@ -104,7 +104,23 @@ def test_segment_created_deleted_or_moved_is_recomputed_in_each_project() -> Non
         (5, Change("update", "segments", new={**row, "project_id": "q"}, old=row))
     )
     assert moved.resegmented == {("p", "s"): 5, ("q", "s"): 5}
-    assert moved.now_static_segments == {}
+    # A static segment's members follow its rows: they are rebuilt in the new project.
+    assert moved.static_segments == {"s": 5}
+
+
+def test_static_segment_filter_change_rebuilds_its_member_rows() -> None:
+    """The job takes a static segment from every customer not rebuilt since its change: its
+    segment_members customers must be rebuilt in that batch, or they would lose it."""
+    old = {"id": "s", "project_id": "p", "type": "static", "filter": {"a": 1}}
+    touched = touched_by(
+        (7, Change("update", "segments", new={**old, "filter": {"a": 2}}, old=old))
+    )
+    assert touched.static_segments == {"s": 7}
+    auto = {**old, "type": "auto-update"}
+    touched = touched_by(
+        (7, Change("update", "segments", new={**auto, "filter": {"a": 2}}, old=auto))
+    )
+    assert touched.static_segments == {}
 
 
 def test_segment_that_becomes_static_rebuilds_its_member_rows() -> None:
@@ -112,7 +128,7 @@ def test_segment_that_becomes_static_rebuilds_its_member_rows() -> None:
     touched = touched_by(
         (6, Change("update", "segments", new={**old, "type": "static"}, old=old))
     )
-    assert touched.now_static_segments == {"s": 6}
+    assert touched.static_segments == {"s": 6}
     assert touched.resegmented == {("p", "s"): 6}
 
 
