@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import psycopg
 import redis.asyncio as aioredis
-from elasticsearch import AsyncElasticsearch
+from elasticsearch import AsyncElasticsearch, OrjsonSerializer
 from prometheus_client import start_http_server
 
 from cache.logs import configure_logging
@@ -49,7 +49,14 @@ class Clients:
 
 @contextlib.asynccontextmanager
 async def open_clients(settings: IndexerSettings) -> AsyncIterator[Clients]:
-    elastic = AsyncElasticsearch(settings.es_url, request_timeout=30, retry_on_timeout=False)
+    # orjson for responses too: a recompute page is hundreds of customer sources, and the
+    # standard library's decoder was a tenth of its time.
+    elastic = AsyncElasticsearch(
+        settings.es_url,
+        request_timeout=30,
+        retry_on_timeout=False,
+        serializer=OrjsonSerializer(),
+    )
     client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
     layout = KeyLayout(settings.redis_key_prefix)
     store = CacheStore(client, layout, tombstone_ttl_seconds=settings.tombstone_ttl_seconds)

@@ -10,13 +10,15 @@ A job is two passes over the project's customers in id order, each a search for 
 customers whose membership must change: those matching the filter that do not list the
 segment (enter), and those listing it that no longer match (leave). Zero reads of the
 source: the filter is compiled to a query over the indexed filter view
-(``indexer.segment_query``). Each candidate is then read again (realtime) and decided by the
-Python predicate on its current document: a customer the change stream rebuilt meanwhile is
-decided on what it is now. Only customers whose membership changes are written: first the
-Redis membership record (one atomic script: record, counter and event; ``SET_ONE`` at the
-job's version, refused for a customer rebuilt after the segment changed), then the
-document at the version it has (``external_gte``: a newer rebuild is never overwritten).
-A crash between the two leaves the document to be rewritten by the job's next run, whose
+(``indexer.segment_query``). A hit of the enter pass is a member and a hit of the leave pass
+is not, as of the source and version the search returned with it (the query and the Python
+predicate are one parsed filter, held to the same answers by a property test). Only
+customers whose membership changes are written: first the Redis membership record (one
+atomic script: record, counter and event; ``SET_ONE`` at the job's version, refused for a
+customer rebuilt after the segment changed), then the document at the version it was found
+at (``external_gte``: a newer rebuild is never overwritten, so a decision on a stale hit is
+dropped by both stores). A page's writes go on while the next page is searched. A crash
+between the two leaves the document to be rewritten by the job's next run, whose
 Redis write then finds nothing to change: no event twice.
 
 Static segments follow ``segment_members``: their members come from customer rebuilds
@@ -31,6 +33,7 @@ tick and this one (a range query), and decides those.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -49,7 +52,6 @@ from indexer.documents import Document
 from indexer.rebuild import compiled_filter
 from indexer.segment_filter import SegmentFilter
 from indexer.segment_index import AUTO_UPDATE, IndexedCustomer, SegmentIndex
-from indexer.segment_view import filter_view, view_nested
 from indexer.sinks.elastic import ElasticSink
 
 log = logging.getLogger(__name__)
@@ -105,11 +107,15 @@ class _Progress:
         return {"bool": {"filter": [project, listed]}}
 
     def decide(self, customer: IndexedCustomer) -> bool:
-        """Whether the customer, as indexed now, is a member of the job's segment."""
+        """Whether the customer, as the search found it, is a member of the job's segment."""
         if customer.project_id != self.job.project_id:
             return False
         if self.mode is _Mode.AUTO and self.compiled is not None:
-            return self.compiled.matches(filter_view(customer.body), self.now_us)
+            # The pass's query is the filter (held to the Python predicate by the property
+            # test) and each hit's source is what that search matched: enter hits match,
+            # leave hits do not. Evaluating the predicate again would mean building the
+            # view of every hit, most of a recompute's time.
+            return self.phase is _Phase.ENTER
         if self.mode is _Mode.STATIC:
             # Rebuilt at or after the segment's change: its static membership is current.
             listed = self.job.segment_id in customer.segment_ids
@@ -135,6 +141,9 @@ class SegmentRecompute:
         self._page = page
         self._clock = clock
         self._current: _Progress | None = None
+        # The previous page's writes, in flight while the next page is searched: the search
+        # and the decisions (here) overlap the indexing (Elasticsearch).
+        self._writing: asyncio.Task[int] | None = None
         # Clock jobs (a full pass over a relative-date segment at start-up) are not kept in
         # Redis: a restart schedules them again.
         self._clock_jobs: dict[tuple[str, str], SegmentJob] = {}
@@ -149,15 +158,33 @@ class SegmentRecompute:
         Sets :attr:`pending` to whether work is left."""
         deadline = time.monotonic() + budget_seconds
         examined = 0
-        while True:
-            progress = await self._progress()
-            if progress is None:
-                self.pending = False
-                return examined
-            if time.monotonic() >= deadline:
-                self.pending = True
-                return examined
-            examined += await self._advance(progress)
+        try:
+            while True:
+                progress = await self._progress()
+                if progress is None:
+                    self.pending = False
+                    return examined
+                if time.monotonic() >= deadline:
+                    self.pending = True
+                    return examined
+                examined += await self._advance(progress)
+        except BaseException:
+            # A page whose writes failed is behind the pass's position: the job starts over
+            # (deciding a customer again changes nothing).
+            self._current = None
+            raise
+        finally:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait for the page being written; its failure is raised here."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            try:
+                await writing
+            except BaseException:
+                self._current = None
+                raise
 
     async def _progress(self) -> _Progress | None:
         """The job to work on: the current one, unless a newer edit of its segment arrived."""
@@ -211,22 +238,29 @@ class SegmentRecompute:
 
     async def _advance(self, progress: _Progress) -> int:
         query = progress.query()
-        ids = (
+        customers = (
             []
             if query is None
-            else await self._index.customer_ids(query, after=progress.after, size=self._page)
+            else await self._index.candidates(query, after=progress.after, size=self._page)
         )
-        if not ids:
+        await self._drain()
+        if not customers:
             if progress.phase is _Phase.ENTER:
                 progress.phase, progress.after = _Phase.LEAVE, None
                 return 0
             await self._finish(progress)
             return 0
-        progress.after = ids[-1]
+        progress.after = customers[-1].customer_id
+        progress.examined += len(customers)
+        self._writing = asyncio.create_task(self._settle_page(progress, customers))
+        metrics.SEGMENT_RECOMPUTE_CUSTOMERS.inc(len(customers))
+        return len(customers)
+
+    async def _settle_page(self, progress: _Progress, customers: list[IndexedCustomer]) -> int:
         changed = await settle(
             self._search,
             self._membership,
-            await self._index.customers(ids),
+            customers,
             segment_id=progress.job.segment_id,
             decide=progress.decide,
             version=progress.job.version,
@@ -234,10 +268,8 @@ class SegmentRecompute:
             cause_lsn=progress.job.version,
             occurred_at_us=progress.job.occurred_at_us,
         )
-        progress.examined += len(ids)
         progress.changed += changed
-        metrics.SEGMENT_RECOMPUTE_CUSTOMERS.inc(len(ids))
-        return len(ids)
+        return changed
 
     async def _finish(self, progress: _Progress) -> None:
         if progress.cause is EventCause.CHANGE:
@@ -316,7 +348,7 @@ def _rewritten(customer: IndexedCustomer, segment_ids: list[str]) -> Document:
     }
     body = customer.body
     fields[Field.SEGMENT_IDS] = segment_ids
-    fields[Field.FILTER_VIEW] = view_nested(filter_view(body))
+    fields[Field.FILTER_VIEW] = customer.nested_view()
     return Document(ObjectKind.CUSTOMER, customer.project_id, customer.customer_id, body, fields)
 
 
@@ -416,19 +448,17 @@ class SegmentClock:
         }
 
         def decide(customer: IndexedCustomer) -> bool:
-            return customer.project_id == project_id and compiled.matches(
-                filter_view(customer.body), now
-            )
+            return customer.project_id == project_id and compiled.matches(customer.view(), now)
 
         touched = 0
         after: str | None = None
-        while ids := await self._index.customer_ids(query, after=after, size=self._page):
-            after = ids[-1]
-            touched += len(ids)
+        while customers := await self._index.candidates(query, after=after, size=self._page):
+            after = customers[-1].customer_id
+            touched += len(customers)
             await settle(
                 self._search,
                 self._membership,
-                await self._index.customers(ids),
+                customers,
                 segment_id=segment_id,
                 decide=decide,
                 version=watermark,

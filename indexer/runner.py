@@ -156,9 +156,8 @@ class Indexer:
             if transaction is not None:
                 transactions.append(transaction)
         changes = sum(len(t.changes) for t in transactions)
-        if transactions:
-            await self.apply(transactions)
-        if self.recompute.pending:
+        queued_jobs = await self.apply(transactions) if transactions else False
+        if queued_jobs:
             # Before the watermark moves: a recompute that fits in one slice is seen by a
             # reader waiting for this batch; a longer one goes on between later batches.
             await self.recompute.run_slice(self._settings.recompute_slice_ms / 1000)
@@ -175,6 +174,11 @@ class Indexer:
         self.watermark = target
         metrics.WATERMARK.set(int(target))
         metrics.LAG_BYTES.set(max(0, int(upto) - int(target)))
+        if self.recompute.pending and not queued_jobs:
+            # After the watermark moved: the changes of other tenants this batch applied are
+            # visible before the slice runs, so a long recompute delays them by one slice,
+            # not two.
+            await self.recompute.run_slice(self._settings.recompute_slice_ms / 1000)
         if transactions:
             metrics.TRANSACTIONS.inc(len(transactions))
             metrics.BATCH_CHANGES.observe(changes)
@@ -221,8 +225,9 @@ class Indexer:
             await asyncio.sleep(min(0.001 * (attempt + 1), 0.02))
         raise SourceUnavailable("decoded transactions did not become visible")
 
-    async def apply(self, transactions: list[Transaction]) -> None:
-        """Apply whole transactions, in commit order, to both sinks."""
+    async def apply(self, transactions: list[Transaction]) -> bool:
+        """Apply whole transactions, in commit order, to both sinks; returns whether they
+        queued a segment recompute."""
         conn = await self._connection()
         touched = TouchedObjects()
         for transaction in transactions:
@@ -233,7 +238,7 @@ class Indexer:
                 ((int(transaction.commit_lsn), c) for c in transaction.changes), touched
             )
         if not touched:
-            return
+            return False
         await self._wait_until_visible(conn, [t.xid for t in transactions])
         rebuilder = Rebuilder(
             DocumentSource(conn),
@@ -242,10 +247,12 @@ class Indexer:
             clock=self._now_us,
         )
         await rebuilder.expand(touched, self._search.ids_of_kind)
+        queued = False
         async for chunk in rebuilder.writes(touched):
             await self._write_both(conn, chunk)
             if chunk.segment_jobs:
-                self.recompute.pending = True
+                queued = self.recompute.pending = True
+        return queued
 
     async def _write_both(self, conn: psycopg.AsyncConnection[Any], chunk: SinkWrites) -> None:
         refused, _ = await asyncio.gather(self._write_search(chunk), self._cache.apply(chunk))

@@ -3,14 +3,14 @@
 Customer documents carry their membership (``segment_ids``) and the filter view every
 auto-update filter is compiled against (``indexer.segment_query``), so a segment's members are
 found by one query per page, with no read of the source. Candidates come from searches
-(refreshed data, in id order, a page at a time); each candidate is then read again with a
-realtime multi-get, whose source and version are what a decision and a rewrite rest on.
+(refreshed data, in id order, a page at a time) with their source and version: what a
+decision and a rewrite rest on.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch
@@ -18,18 +18,34 @@ from elasticsearch import AsyncElasticsearch
 from cache.boundary import elasticsearch_boundary
 from cache.readmodel.indices import Field, IndexNames
 from cache.types import ObjectKind
+from indexer.segment_view import FilterView, filter_view, view_nested
 
 AUTO_UPDATE = "auto-update"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IndexedCustomer:
-    """A customer document as indexed now: its ``_source`` and the version it was written at."""
+    """A customer document as found: its ``_source`` and the version it was written at."""
 
     customer_id: str
     project_id: str
     source: dict[str, Any]
     version: int
+    # Computed once, for the decision and the rewrite alike.
+    _view: FilterView | None = field(default=None, repr=False, compare=False)
+
+    def view(self) -> FilterView:
+        if self._view is None:
+            self._view = filter_view(self.body)
+        return self._view
+
+    def nested_view(self) -> list[dict[str, Any]]:
+        """The indexed filter view entries, as stored with the document (computed again
+        only for a document written before the view was kept)."""
+        stored = self.source.get(Field.FILTER_VIEW)
+        if isinstance(stored, list):
+            return stored
+        return view_nested(self.view())
 
     @property
     def body(self) -> dict[str, Any]:
@@ -102,35 +118,34 @@ class SegmentIndex:
         await self._client.indices.refresh(index=self.customers_alias)
 
     @elasticsearch_boundary
-    async def customer_ids(
+    async def candidates(
         self, query: dict[str, Any], *, after: str | None, size: int
-    ) -> list[str]:
-        """One page of the ids of customers matching ``query``, after ``after`` in id order."""
+    ) -> list[IndexedCustomer]:
+        """One page of the customers matching ``query``, after ``after`` in id order, with
+        the source and version each hit was found at.
+
+        A hit may be older than the document by now (searches see the last refresh): a
+        decision on it is written at the version it was read at, which Elasticsearch refuses
+        (``external_gte``) once a newer rebuild is in, as the membership store refuses its
+        record (the rebuild's base is newer than the job).
+        """
         response = await self._client.search(
             index=self.customers_alias,
             size=size,
             query=query,
-            source=False,
+            version=True,
             sort=[{Field.ID: "asc"}],
             search_after=[after] if after is not None else None,
             track_total_hits=False,
         )
-        return [str(hit["_id"]) for hit in response["hits"]["hits"]]
-
-    @elasticsearch_boundary
-    async def customers(self, ids: Sequence[str]) -> list[IndexedCustomer]:
-        """The documents of ``ids`` as indexed now (realtime), the missing ones left out."""
-        if not ids:
-            return []
-        response = await self._client.mget(index=self.customers_alias, ids=list(ids), realtime=True)
         found: list[IndexedCustomer] = []
-        for doc in response["docs"]:
-            source = doc.get("_source") if doc.get("found") else None
+        for hit in response["hits"]["hits"]:
+            source = hit.get("_source")
             if not isinstance(source, dict) or not isinstance(source.get(Field.PROJECT_ID), str):
                 continue
             found.append(
                 IndexedCustomer(
-                    str(doc["_id"]), source[Field.PROJECT_ID], source, int(doc["_version"])
+                    str(hit["_id"]), source[Field.PROJECT_ID], source, int(hit["_version"])
                 )
             )
         return found

@@ -28,8 +28,6 @@ from indexer.sinks.redis import RedisSink
 from indexer.source import DocumentSource
 
 MAX_REPORTED = 50
-# Indexed but not kept in ``_source`` (a pure function of ``doc``): nothing to compare.
-NOT_IN_SOURCE = frozenset({Field.FILTER_VIEW})
 
 
 @dataclass
@@ -78,8 +76,6 @@ async def verify(
                     f"{source_doc.get(Field.DOC)} != {wanted.body}"
                 )
             for name, value in wanted.fields.items():
-                if name in NOT_IN_SOURCE:
-                    continue
                 if source_doc.get(name) != value:
                     report.differ(f"{kind.value} {object_id}: elasticsearch field {name} differs")
         for object_id in expected.keys() - seen:

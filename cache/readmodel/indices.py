@@ -160,17 +160,12 @@ _FIELDS: dict[ObjectKind, dict[str, Any]] = {
 }
 
 
-# Indexed, not stored: the view is a pure function of ``doc`` (recomputed by every writer of
-# a customer), and storing it would about double the customers' ``_source``.
-_SOURCE_EXCLUDES: dict[ObjectKind, list[str]] = {ObjectKind.CUSTOMER: [Field.FILTER_VIEW]}
-
-
 def index_mappings(kind: ObjectKind) -> dict[str, Any]:
-    mappings: dict[str, Any] = {"dynamic": False, "properties": {**_COMMON, **_FIELDS[kind]}}
-    excludes = _SOURCE_EXCLUDES.get(kind)
-    if excludes:
-        mappings["_source"] = {"excludes": excludes}
-    return mappings
+    # The customers' filter view is kept in ``_source`` although it is a pure function of
+    # ``doc``: a segment recompute rewrites a third of a project's documents with another
+    # ``segment_ids``, and copying the view costs nothing where computing it again was most of
+    # the recompute's own time. Readers ask for the fields they serve (``doc``), not for it.
+    return {"dynamic": False, "properties": {**_COMMON, **_FIELDS[kind]}}
 
 
 def index_settings(refresh_interval: str) -> dict[str, Any]:
