@@ -33,6 +33,7 @@ import psycopg
 
 from cache.boundary import translating
 from cache.errors import StoreUnavailable
+from cache.readmodel.indices import MAPPING_VERSION
 from cache.records import SegmentJob
 from cache.types import Lsn
 from indexer import metrics
@@ -123,6 +124,7 @@ class Indexer:
             meta is not None
             and meta.get("state") == "complete"
             and meta.get("slot") == self._settings.slot_name
+            and meta.get("mapping") == MAPPING_VERSION
         )
         if has_slot and complete:
             return

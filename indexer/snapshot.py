@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from tqdm import tqdm
 
+from cache.readmodel.indices import MAPPING_VERSION
 from cache.records import Envelope, VersionedWrite
 from cache.types import Lsn, ObjectKind
 from indexer.changes import TouchedObjects
@@ -60,7 +61,10 @@ async def initial_load(
         # A slot without complete indices cannot be trusted: its snapshot is gone.
         await drop_slot(conn, settings.slot_name)
     generation = int(time.time())
-    await search.create_indices(generation, {"slot": settings.slot_name, "state": "loading"})
+    await search.create_indices(
+        generation,
+        {"slot": settings.slot_name, "state": "loading", "mapping": MAPPING_VERSION},
+    )
     # Membership records and counters are rebuilt by the load, silently (no customer entered
     # anything by being loaded); records of customers gone since would otherwise stay.
     await cache.membership.reset_all()
@@ -116,7 +120,12 @@ async def initial_load(
     await retire_older_cache_values(cache, point)
     await search.refresh()
     await search.set_meta(
-        {"slot": settings.slot_name, "state": "complete", "consistent_point": str(point)}
+        {
+            "slot": settings.slot_name,
+            "state": "complete",
+            "consistent_point": str(point),
+            "mapping": MAPPING_VERSION,
+        }
     )
     await cache.set_watermark(point)
     elapsed = time.perf_counter() - started

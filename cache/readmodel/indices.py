@@ -160,6 +160,13 @@ _FIELDS: dict[ObjectKind, dict[str, Any]] = {
 }
 
 
+# Raised whenever ``index_mappings`` changes (2: the customers' filter view). Indices written
+# under another version are loaded again from the source at start-up: core Elasticsearch has
+# no ``_reindex``, and a field missing from the mapping would make queries on it silently
+# match nothing.
+MAPPING_VERSION: Final = 2
+
+
 def index_mappings(kind: ObjectKind) -> dict[str, Any]:
     # The customers' filter view is kept in ``_source`` although it is a pure function of
     # ``doc``: a segment recompute rewrites a third of a project's documents with another

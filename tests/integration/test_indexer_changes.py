@@ -7,6 +7,9 @@ from typing import Any
 
 import pytest
 
+from cache.readmodel.indices import MAPPING_VERSION
+from cache.types import ObjectKind
+from indexer.runner import Indexer
 from tests.fixtures.indexer import IndexerHarness
 
 pytestmark = pytest.mark.services
@@ -287,3 +290,46 @@ async def test_redis_emptied_during_a_step_is_reloaded(harness: IndexerHarness) 
     assert await harness.clients.cache.store.get_watermark() is not None
     report = await harness.verify()
     assert report.ok, report.differences
+
+
+async def test_indices_of_an_older_mapping_are_loaded_again_at_start_up(
+    harness: IndexerHarness,
+) -> None:
+    """Indices written before a mapping change (here: before the filter view) would answer
+    segment queries with nothing: a start-up finds their version and loads again."""
+    await seed_base(harness)
+    await harness.catch_up()
+    search = harness.clients.search
+    meta = await search.indices_ready()
+    assert meta is not None and meta["mapping"] == MAPPING_VERSION
+    alias = search.alias(ObjectKind.CUSTOMER)
+
+    async def index_uuids() -> set[str]:
+        found = await search.client.indices.get_settings(index=alias, name="index.uuid")
+        return {body["settings"]["index"]["uuid"] for body in found.body.values()}
+
+    before = await index_uuids()
+    # What an indexer of the previous version left: the same meta without a mapping version.
+    await search.set_meta({k: v for k, v in meta.items() if k != "mapping"})
+
+    # The same state, with the current version, is kept as it is.
+    same = Indexer(harness.settings, search, harness.clients.cache)
+    await search.set_meta(meta)
+    await same.prepare()
+    assert await index_uuids() == before
+    await same.close()
+
+    await search.set_meta({k: v for k, v in meta.items() if k != "mapping"})
+    upgraded = Indexer(harness.settings, search, harness.clients.cache)
+    try:
+        await upgraded.prepare()
+        after = await index_uuids()
+        assert after and after != before  # a new index behind the alias
+        loaded = await search.indices_ready()
+        assert loaded is not None and loaded["state"] == "complete"
+        assert loaded["mapping"] == MAPPING_VERSION
+        assert (await harness.es_doc("customer", "cust_1")) is not None
+        report = await harness.verify()
+        assert report.ok, report.differences
+    finally:
+        await upgraded.close()
