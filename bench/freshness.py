@@ -50,13 +50,11 @@ from typing import Any
 import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
-from psycopg import sql
+from scratchdb import drop_database, dsn_for, percentile, seeded_database
 
 from cache.readmodel.codec import decode_invalidation, decode_watermark
 from cache.readmodel.keys import KeyLayout
 from cache.types import Lsn, ObjectKind
-from indexer.migrate import apply_migrations
-from indexer.seed import seed_database
 from indexer.seed_rows import SeedPlan
 from indexer.settings import DEFAULT_ES_URL, DEFAULT_PG_ADMIN_DSN, DEFAULT_REDIS_URL
 
@@ -202,39 +200,10 @@ class Tracker:
         )
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
-
-
 # --- scratch database and indexer --------------------------------------------------------------
 
 
-def dsn_for(dsn: str, database: str) -> str:
-    return psycopg.conninfo.make_conninfo(dsn, dbname=database)
-
-
-def drop_database(admin_dsn: str, database: str) -> None:
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        # A logical slot pins its database: slots go first.
-        for (slot,) in admin.execute(
-            "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (database,)
-        ).fetchall():
-            admin.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
-        )
-
-
 def create_database(args: argparse.Namespace) -> str:
-    admin = dsn_for(args.dsn, "postgres")
-    drop_database(admin, args.database)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(args.database)))
-    dsn = dsn_for(args.dsn, args.database)
-    apply_migrations(dsn)
     plan = SeedPlan(
         seed=args.seed,
         projects=args.projects,
@@ -242,7 +211,7 @@ def create_database(args: argparse.Namespace) -> str:
         vouchers=args.vouchers,
         redemptions=args.redemptions,
     )
-    report = seed_database(dsn, plan)
+    dsn, report = seeded_database(args.dsn, args.database, plan)
     log(f"seeded {report.total_rows:,} rows in {report.elapsed:.1f}s")
     return dsn
 

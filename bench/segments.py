@@ -87,7 +87,7 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
-from psycopg import sql
+from scratchdb import drop_database, dsn_for, percentile, seeded_database
 
 from cache.membership import MembershipStore
 from cache.readmodel.codec import decode_invalidation, decode_watermark
@@ -95,9 +95,7 @@ from cache.readmodel.keys import KeyLayout
 from cache.records import EventCause, SegmentEventType, SegmentJob
 from cache.types import Lsn, ObjectKind
 from indexer.documents import customer_document
-from indexer.migrate import apply_migrations
 from indexer.recompute import SegmentClock, SegmentRecompute
-from indexer.seed import seed_database
 from indexer.seed_rows import SeedPlan
 from indexer.segment_filter import InvalidSegmentFilter, SegmentFilter, compile_filter
 from indexer.segment_index import SegmentIndex
@@ -158,13 +156,6 @@ def log(message: str) -> None:
     print(f"[segments] {message}", file=sys.stderr, flush=True)
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
-
-
 def spread(values_ms: Sequence[float]) -> str:
     ordered = sorted(values_ms)
     if not ordered:
@@ -187,22 +178,6 @@ def without_password(dsn: str) -> str:
 
 
 # --- scratch database, roles, indexer ----------------------------------------------------------
-
-
-def dsn_for(dsn: str, database: str) -> str:
-    return psycopg.conninfo.make_conninfo(dsn, dbname=database)
-
-
-def drop_database(admin_dsn: str, database: str) -> None:
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        # A logical slot pins its database: slots go first.
-        for (slot,) in admin.execute(
-            "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (database,)
-        ).fetchall():
-            admin.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
-        )
 
 
 @dataclass(frozen=True)
@@ -229,12 +204,6 @@ class Scratch:
 
 
 def create_database(args: argparse.Namespace, names: Names) -> Scratch:
-    server_admin = dsn_for(args.dsn, "postgres")
-    drop_database(server_admin, args.database)
-    with psycopg.connect(server_admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(args.database)))
-    dsn = dsn_for(args.dsn, args.database)
-    apply_migrations(dsn)
     plan = SeedPlan(
         seed=args.seed,
         projects=args.projects,
@@ -243,7 +212,7 @@ def create_database(args: argparse.Namespace, names: Names) -> Scratch:
         redemptions=args.redemptions,
         segments=args.segments,
     )
-    report = seed_database(dsn, plan)
+    dsn, report = seeded_database(args.dsn, args.database, plan)
     log(f"seeded {report.total_rows:,} rows in {report.elapsed:.1f}s")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(OWN + "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")

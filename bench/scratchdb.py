@@ -1,0 +1,52 @@
+"""The scratch database the benches measure on: created, migrated, seeded, dropped.
+
+Imported by the bench scripts as a sibling module (``python bench/<name>.py`` puts this folder
+first on the path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+from psycopg import sql
+
+from indexer.migrate import apply_migrations
+from indexer.seed import SeedReport, seed_database
+from indexer.seed_rows import SeedPlan
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The nearest-rank percentile ``q`` (0-100) of values sorted ascending; NaN when empty."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+def dsn_for(dsn: str, database: str) -> str:
+    return psycopg.conninfo.make_conninfo(dsn, dbname=database)
+
+
+def drop_database(admin_dsn: str, database: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        # A logical slot pins its database: slots go first.
+        for (slot,) in admin.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (database,)
+        ).fetchall():
+            admin.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+        )
+
+
+def seeded_database(admin_dsn: str, database: str, plan: SeedPlan) -> tuple[str, SeedReport]:
+    """Drop and create ``database`` on the server of ``admin_dsn``, migrate and seed it;
+    returns its DSN (as the admin) and the seed's report."""
+    server = dsn_for(admin_dsn, "postgres")
+    drop_database(server, database)
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    dsn = dsn_for(admin_dsn, database)
+    apply_migrations(dsn)
+    return dsn, seed_database(dsn, plan)
