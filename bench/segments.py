@@ -28,11 +28,14 @@ unless ``--keep`` is given (the indexer's log is kept when the run failed).
    every customer of the project rebuilt from Postgres: the ids, then
    ``DocumentSource.rows_by_ids(ObjectKind.CUSTOMER, ...)`` in chunks of 2000 and
    ``customer_document(...)`` with the project's compiled auto-update filters, with no
-   write at all (a lower bound of that path). Also: entered events counted in the project's
-   stream over the recompute time (events/s), and the statements the indexer's role ran in
-   the scratch database during the recompute (sum of ``calls`` in pg_stat_statements),
-   raw and net of the same count over an idle period of the same length right after it,
-   with the statements that moved most.
+   write at all (a lower bound of that path); (c) the Elasticsearch floor of any design that
+   writes the membership into the customer documents: the members' documents read back in
+   pages of 500 (the recompute's page) and written again unchanged, at their own versions
+   (``external_gte``), one bulk request of 500 at a time, timed apart. Also: entered events
+   counted in the project's stream over the recompute time (events/s), and the statements
+   the indexer's role ran in the scratch database during the recompute (sum of ``calls`` in
+   pg_stat_statements), raw and net of the same count over an idle period of the same
+   length right after it, with the statements that moved most.
 2. Incremental entry. With the indexer idle, ``--entries`` customers of project A that are
    not members (bronze or gold) get ``metadata.tier = "silver"``, one autocommit UPDATE
    each, paced at ``--entry-rate``; latency is from the statement's return (its commit) to
@@ -91,6 +94,7 @@ from scratchdb import drop_database, dsn_for, percentile, seeded_database
 
 from cache.membership import MembershipStore
 from cache.readmodel.codec import decode_invalidation, decode_watermark
+from cache.readmodel.indices import Field, IndexNames
 from cache.readmodel.keys import KeyLayout
 from cache.records import EventCause, SegmentEventType, SegmentJob
 from cache.types import Lsn, ObjectKind
@@ -116,6 +120,7 @@ GOAL_ENTRY_P99_MS = 500.0
 DAY_US = 86_400 * 1_000_000
 POLL_SECONDS = 0.01
 REBUILD_CHUNK = 2000
+FLOOR_PAGE = 500  # SegmentRecompute's page
 EVENT_PAGE = 10_000
 # Every statement the bench runs on the scratch database carries this comment, so the
 # indexer's statements are told apart when it runs as the admin too.
@@ -361,6 +366,9 @@ class FullRecompute:
     old_documents_seconds: float = 0.0
     old_customers: int = 0
     old_filters: int = 0
+    floor_documents: int = 0
+    floor_read_seconds: float = 0.0
+    floor_write_seconds: float = 0.0
     statements: Statements = field(default_factory=Statements)
 
 
@@ -585,6 +593,58 @@ async def old_path_baseline(bench: Bench, out: FullRecompute) -> None:
         out.old_filters = len(filters)
 
 
+async def elasticsearch_floor(bench: Bench, out: FullRecompute, segment_id: str) -> None:
+    """The members' documents read back and written again unchanged, as a recompute that
+    made them all enter would: the cost of the indexing alone. Same versions, same content:
+    nothing a reader sees changes, and the indexer never hears of it."""
+    alias = IndexNames(bench.names.es_prefix).alias(ObjectKind.CUSTOMER)
+    await bench.elastic.indices.refresh(index=alias)
+    query = {
+        "bool": {
+            "filter": [
+                {"term": {Field.PROJECT_ID: bench.scratch.project_a}},
+                {"term": {Field.SEGMENT_IDS: segment_id}},
+            ]
+        }
+    }
+    after: list[Any] | None = None
+    while True:
+        response, seconds = await timed(
+            bench.elastic.search(
+                index=alias,
+                size=FLOOR_PAGE,
+                query=query,
+                version=True,
+                sort=[{Field.ID: "asc"}],
+                search_after=after,
+                track_total_hits=False,
+            )
+        )
+        out.floor_read_seconds += seconds
+        hits = response["hits"]["hits"]
+        if not hits:
+            return
+        after = hits[-1]["sort"]
+        body = bytearray()
+        for hit in hits:
+            action = {"_index": alias, "_id": hit["_id"], "version": hit["_version"]}
+            action["version_type"] = "external_gte"
+            body += orjson.dumps({"index": action}) + b"\n"
+            body += orjson.dumps(hit["_source"]) + b"\n"
+        answer, seconds = await timed(
+            bench.elastic.perform_request(
+                "POST",
+                "/_bulk",
+                headers={"content-type": "application/x-ndjson", "accept": "application/json"},
+                body=bytes(body),
+            )
+        )
+        out.floor_write_seconds += seconds
+        if answer.body.get("errors"):
+            raise RuntimeError("the floor's bulk rewrite was refused in part")
+        out.floor_documents += len(hits)
+
+
 async def full_recompute(bench: Bench, out: FullRecompute) -> None:
     project = bench.scratch.project_a
     log("1. full recompute: baselines over Postgres first")
@@ -624,6 +684,8 @@ async def full_recompute(bench: Bench, out: FullRecompute) -> None:
     out.left = counted[SegmentEventType.LEFT]
     log("1. baseline: the previous design's rebuild of every customer (reads only)")
     await old_path_baseline(bench, out)
+    log("1. baseline: the members' documents rewritten unchanged (the Elasticsearch floor)")
+    await elasticsearch_floor(bench, out, "seg_segbench_tiers")
 
 
 # --- 2. incremental entry ----------------------------------------------------------------------
@@ -1086,6 +1148,14 @@ def report(
         f"ids {full.old_ids_seconds:.2f} s, rows_by_ids {full.old_rows_seconds:.2f} s, "
         f"customer_document {full.old_documents_seconds:.2f} s"
     )
+    if full.floor_documents:
+        floor = full.floor_read_seconds + full.floor_write_seconds
+        print(
+            f"   (c) ES floor       {floor:.2f} s to read and rewrite the {full.floor_documents:,} "
+            f"members' documents unchanged, pages of {FLOOR_PAGE}, one request at a time: "
+            f"reads {full.floor_read_seconds:.2f} s, bulk writes {full.floor_write_seconds:.2f} s "
+            f"({full.floor_documents / full.floor_write_seconds:,.0f} documents/s)"
+        )
     st = full.statements
     print(
         f"   postgres           {st.raw:,} statements by the indexer during the recompute; "

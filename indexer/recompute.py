@@ -17,9 +17,10 @@ customers whose membership changes are written: first the Redis membership recor
 atomic script: record, counter and event; ``SET_ONE`` at the job's version, refused for a
 customer rebuilt after the segment changed), then the document at the version it was found
 at (``external_gte``: a newer rebuild is never overwritten, so a decision on a stale hit is
-dropped by both stores). A page's writes go on while the next page is searched. A crash
-between the two leaves the document to be rewritten by the job's next run, whose
-Redis write then finds nothing to change: no event twice.
+dropped by both stores). A page's writes go on while the next page is searched, and
+between slices while batches of changes are applied. A crash or a failed write between the
+two leaves the document to be rewritten by the job's next run, whose Redis write then finds
+nothing to change: no event twice.
 
 Static segments follow ``segment_members``: their members come from customer rebuilds
 (``indexer.rebuild``); a job only takes the segment away from customers not rebuilt since
@@ -34,6 +35,7 @@ tick and this one (a range query), and decides those.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -141,8 +143,9 @@ class SegmentRecompute:
         self._page = page
         self._clock = clock
         self._current: _Progress | None = None
-        # The previous page's writes, in flight while the next page is searched: the search
-        # and the decisions (here) overlap the indexing (Elasticsearch).
+        # The previous page's writes, in flight while the next page is searched (and, between
+        # slices, while batches of changes are applied): the search and the decisions (here)
+        # overlap the indexing (Elasticsearch).
         self._writing: asyncio.Task[int] | None = None
         # Clock jobs (a full pass over a relative-date segment at start-up) are not kept in
         # Redis: a restart schedules them again.
@@ -155,7 +158,13 @@ class SegmentRecompute:
 
     async def run_slice(self, budget_seconds: float) -> int:
         """Work on the jobs for about ``budget_seconds``; returns the customers examined.
-        Sets :attr:`pending` to whether work is left."""
+        Sets :attr:`pending` to whether work is left.
+
+        The last page's writes may still be in flight when a slice returns: they go on while
+        the change stream is served, and the next slice waits for them before it writes
+        again (their failure is raised there). Waiting at the end of every slice instead
+        left the search and the writes of a page in turn, not side by side. Every write is
+        versioned, so a batch writing the same customers meanwhile is never overwritten."""
         deadline = time.monotonic() + budget_seconds
         examined = 0
         try:
@@ -172,9 +181,16 @@ class SegmentRecompute:
             # A page whose writes failed is behind the pass's position: the job starts over
             # (deciding a customer again changes nothing).
             self._current = None
+            await self._abandon()
             raise
-        finally:
+
+    async def close(self) -> None:
+        """Wait for the page being written, so that a process stopping sends it whole."""
+        try:
             await self._drain()
+        except Exception:
+            # The job starts over on the next start; deciding a customer again changes nothing.
+            log.warning("segment recompute write failed while stopping", exc_info=True)
 
     async def _drain(self) -> None:
         """Wait for the page being written; its failure is raised here."""
@@ -185,6 +201,14 @@ class SegmentRecompute:
             except BaseException:
                 self._current = None
                 raise
+
+    async def _abandon(self) -> None:
+        """Stop the page being written, after a failure elsewhere: the job starts over."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.cancel()
+            with contextlib.suppress(BaseException):
+                await writing
 
     async def _progress(self) -> _Progress | None:
         """The job to work on: the current one, unless a newer edit of its segment arrived."""
@@ -197,7 +221,10 @@ class SegmentRecompute:
             newest = next((j for j in stored if (j.project_id, j.segment_id) == current.key), None)
             if newest is not None and newest.version == current.job.version:
                 return current
-            # Finished by another process, or edited again: start over from the newest.
+            # Finished by another process, or edited again: start over from the newest, once
+            # the old job's last page is written (none of its decisions may land after the
+            # new job's).
+            await self._drain()
             self._current = None
         if stored:
             self._current = await self._start(stored[0], EventCause.CHANGE)
@@ -339,8 +366,9 @@ async def settle(
 
 
 def _rewritten(customer: IndexedCustomer, segment_ids: list[str]) -> Document:
-    """The customer's document with another membership; the filter view (not kept in
-    ``_source``) recomputed from the object, as every write of a customer carries it."""
+    """The customer's document with another membership: its indexed fields, the filter view
+    included, copied from the ``_source`` it was found with (``IndexedCustomer.nested_view``
+    computes the view only for a document written before it was kept there)."""
     fields = {
         name: value
         for name, value in customer.source.items()

@@ -109,6 +109,7 @@ class Indexer:
         return self._conn
 
     async def close(self) -> None:
+        await self.recompute.close()
         if self._conn is not None:
             await self._conn.close()
             self._conn = None

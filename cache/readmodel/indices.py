@@ -6,8 +6,8 @@ concrete generations ``<prefix><kind>s_v<N>``. A document's ``_source`` is
 is stored, not indexed. Everything that lists, filters or search need is a field with a
 fixed type named in ``Field``; ``dynamic: false`` keeps the mapping closed, so tenant metadata
 only ever reaches the index as nested entries (``metadata_kv`` pairs and, for customers,
-the ``filter_view`` leaves segment filters query). ``filter_view`` is indexed but left out of
-the stored ``_source``: readers of a customer's ``_source`` never see it.
+the ``filter_view`` leaves segment filters query). ``filter_view`` is indexed and kept in
+``_source`` (see ``index_mappings``); readers ask for ``doc`` and never see it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Field:
     METADATA_KV: Final = "metadata_kv"
     SEARCH_TEXT: Final = "search_text"
     # Customers: the leaves segment filters compare (``indexer.segment_view``), indexed and
-    # left out of the stored ``_source``.
+    # kept in ``_source`` for the segment recompute's rewrites.
     FILTER_VIEW: Final = "filter_view"
 
 

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from cache.errors import SearchUnavailable
 from cache.types import Lsn
 from indexer.runner import Indexer
 from tests.fixtures.indexer import IndexerHarness
@@ -336,3 +337,64 @@ async def test_a_long_recompute_does_not_hold_back_another_tenant(
         steps += 1
     assert steps > 1
     assert await _count(api, "gold", int(await api.catch_up())) == 3000
+
+
+async def test_a_page_write_refused_after_its_slice_restarts_the_job_with_one_event_each(
+    api: ApiHarness,
+) -> None:
+    """A page's writes may still be in flight when its slice returns; when Elasticsearch
+    refuses them, a later slice raises, the job starts over once writes pass again, and
+    every customer entered exactly once (Redis was written before the refused documents)."""
+    h = api.indexer
+    await h.execute(
+        "INSERT INTO customers (id, project_id, source_id, email, metadata)"
+        " SELECT 'c' || n, 'proj_a', 's' || n, 'c' || n || '@example.com', '{\"tier\": \"gold\"}'"
+        " FROM generate_series(1, 400) n"
+    )
+    await api.catch_up()
+    h.indexer.recompute._page = 50
+    h.indexer._settings = dataclasses.replace(h.settings, recompute_slice_ms=10)
+    await h.execute(
+        "INSERT INTO segments (id, project_id, name, type, filter) VALUES ('gold', 'proj_a', 'G',"
+        ' \'auto-update\', \'{"metadata.tier": {"conditions": {"$is": "gold"}}}\')'
+    )
+    await h.indexer.step()
+    assert h.indexer.recompute.pending, "the recompute finished in one slice: make it longer"
+    alias = h.indexer.segment_index.customers_alias
+    await h.clients.elastic.indices.put_settings(
+        index=alias, settings={"index.blocks.write": True}
+    )
+    try:
+        with pytest.raises(SearchUnavailable):
+            for _ in range(50):
+                await h.indexer.recompute.run_slice(0.01)
+    finally:
+        await h.clients.elastic.indices.put_settings(
+            index=alias, settings={"index.blocks.write": False}
+        )
+    lsn = await api.catch_up()
+    assert await _count(api, "gold", int(lsn)) == 400
+    entered = [event["customer_id"] for event in await _all_events(api, type=ENTERED)]
+    assert len(entered) == 400
+    assert len(set(entered)) == 400
+    listed = await api.get(
+        "/v1/customers",
+        segment_id="gold",
+        limit="1",
+        headers={"X-Min-Watermark": str(Lsn(int(lsn)))},
+    )
+    assert (await listed.json())["total"] == 400
+
+
+async def _all_events(api: ApiHarness, **params: str) -> list[dict[str, Any]]:
+    """Every event of the default project, following the cursor."""
+    found: list[dict[str, Any]] = []
+    after: dict[str, str] = {}
+    while True:
+        response = await api.get("/v1/events", limit="100", **params, **after)
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        found.extend(body["data"])
+        if not body["has_more"]:
+            return found
+        after = {"after": body["next_cursor"]}
