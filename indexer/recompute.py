@@ -29,7 +29,10 @@ invalid, has no members.
 
 The clock tick (:class:`SegmentClock`) keeps relative-date filters (``"-P30D"``) current:
 every period it looks only at customers whose date lies between the bounds of the previous
-tick and this one (a range query), and decides those.
+tick and this one (a range query), and decides those. A job decides every customer as of its
+start; when one of a relative-date segment finishes, the next tick of that segment looks back
+to that start instead (a customer crossing while the job ran would otherwise keep the job's
+decision).
 """
 
 from __future__ import annotations
@@ -150,6 +153,10 @@ class SegmentRecompute:
         # Clock jobs (a full pass over a relative-date segment at start-up) are not kept in
         # Redis: a restart schedules them again.
         self._clock_jobs: dict[tuple[str, str], SegmentJob] = {}
+        # The time each finished job of a relative-date segment evaluated its filter at (its
+        # start): customers crossing a bound while it ran were decided as of that time, so
+        # the next tick looks from there (SegmentClock).
+        self.evaluated_at: dict[tuple[str, str], int] = {}
         self.pending = True  # unknown at start: jobs may be waiting in Redis
 
     def add_clock_job(self, job: SegmentJob) -> None:
@@ -301,6 +308,9 @@ class SegmentRecompute:
     async def _finish(self, progress: _Progress) -> None:
         if progress.cause is EventCause.CHANGE:
             await self._membership.finish_job(progress.job)
+        if progress.compiled is not None and progress.compiled.has_relative:
+            earlier = self.evaluated_at.get(progress.key, progress.now_us)
+            self.evaluated_at[progress.key] = min(earlier, progress.now_us)
         self._current = None
         log.info(
             "segment recompute done",
@@ -408,6 +418,8 @@ class SegmentClock:
         full pass over each relative-date segment instead (time passed while it was down)."""
         now = self._clock()
         previous = self._last_us
+        # Taken now: a job finishing after this point is seen by the next tick.
+        evaluated = dict(self._recompute.evaluated_at)
         touched = 0
         await self._index.refresh_customers()
         async for segment in self._index.auto_segments():
@@ -421,12 +433,18 @@ class SegmentClock:
                     SegmentJob(segment.project_id, segment.segment_id, watermark, now)
                 )
                 continue
+            # A recompute that started before the last tick decided its customers as of its
+            # start: those crossing since then are looked at too.
+            since = min(previous, evaluated.get((segment.project_id, segment.segment_id), now))
             touched += await self._crossings(
-                segment.project_id, segment.segment_id, result, previous, now, watermark
+                segment.project_id, segment.segment_id, result, since, now, watermark
             )
         # Only once every crossing is settled: a tick that failed part way is done again
         # from the same bound (settling a customer twice changes nothing).
         self._last_us = now
+        for key, at in evaluated.items():
+            if self._recompute.evaluated_at.get(key) == at:
+                del self._recompute.evaluated_at[key]
         self.touched_last_tick = touched
         metrics.SEGMENT_TICK_CUSTOMERS.inc(touched)
         return touched

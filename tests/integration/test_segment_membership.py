@@ -398,3 +398,44 @@ async def _all_events(api: ApiHarness, **params: str) -> list[dict[str, Any]]:
         if not body["has_more"]:
             return found
         after = {"after": body["next_cursor"]}
+
+
+async def test_a_customer_crossing_a_bound_during_a_recompute_is_caught_by_the_next_tick(
+    api: ApiHarness,
+) -> None:
+    """A recompute decides every customer as of its start; one whose date crosses the bound
+    while the job runs is left to the clock, which looks back to that start, not only to
+    its own previous tick."""
+    h = api.indexer
+    start = datetime.now(UTC).replace(microsecond=0)
+    now = [int(start.timestamp() * 1_000_000)]
+    h.indexer.clock = lambda: now[0]
+    crossing = (start - timedelta(days=29, hours=12)).isoformat()
+    await _customer(h, "x", created_at=crossing)  # 30 days old half a day from now
+    await _customer(h, "y", created_at=(start - timedelta(days=10)).isoformat())
+    lsn = await api.catch_up()
+    clock = h.indexer.segment_clock
+    assert await clock.tick(int(lsn)) == 0  # the first tick: no relative segment yet
+    # The job starts (its time is taken) and does nothing more while the clock moves on.
+    h.indexer._settings = dataclasses.replace(h.settings, recompute_slice_ms=0)
+    await h.execute(
+        "INSERT INTO segments (id, project_id, name, type, filter) VALUES ('recent', 'proj_a',"
+        ' \'Recent\', \'auto-update\', \'{"created_at": {"conditions": {"$after": "-P30D"}}}\')'
+    )
+    lsn = await h.catch_up(settled=False)
+    assert h.indexer.recompute.pending
+    now[0] += DAY_US
+    assert await clock.tick(int(lsn)) == 1  # x crossed, and is no member yet
+    h.indexer._settings = dataclasses.replace(h.settings, recompute_slice_ms=200)
+    lsn = await api.catch_up()
+    assert await _count(api, "recent", int(lsn)) == 2  # as of the job's start
+    now[0] += 3_600 * 1_000_000
+    assert await clock.tick(int(lsn)) == 1
+    assert await _count(api, "recent", int(lsn)) == 1
+    assert await _members(h, "proj_a", "x") == frozenset()
+    assert await _members(h, "proj_a", "y") == frozenset({"recent"})
+    left = await _events(api, type=LEFT)
+    assert [(e["customer_id"], e["cause"]) for e in left] == [("x", "clock")]
+    assert h.indexer.recompute.evaluated_at == {}
+    now[0] += 3_600 * 1_000_000
+    assert await clock.tick(int(lsn)) == 0  # back to the ticks' own bounds
