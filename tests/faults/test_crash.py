@@ -45,14 +45,22 @@ async def test_random_sigkills_under_write_load_converge(fault_env: FaultEnv) ->
         async with fault_env.clients() as clients:
             store = clients.cache.store
             async with workload.running():
+                # The initial load is let finish first: killed again and again, it would start
+                # over each time on a slow machine and no kill would hit a streaming indexer
+                # (test_sigkill_during_initial_load_then_restart_converges kills loads).
+                indexer.start()
+
+                async def loaded() -> bool:
+                    return await read_watermark(store) is not None
+
+                await eventually(loaded, within=180, what="the initial load")
                 for _ in range(KILLS):
-                    indexer.start()
-                    # Anywhere from start-up (imports, connecting, the initial load the
-                    # first time) to well into streaming.
+                    # Anywhere from well into streaming to the restart's start-up (imports,
+                    # connecting, the backlog).
                     await asyncio.sleep(rng.uniform(0.3, 4.0))
                     indexer.kill()
                     seen_watermarks.add(await read_watermark(store))
-                indexer.start()
+                    indexer.start()
             # The workload has stopped: everything committed is at or before this position.
             async with await psycopg.AsyncConnection.connect(fault_env.settings.pg_dsn) as conn:
                 target = await write_position(conn)
