@@ -147,6 +147,27 @@ async def test_a_customer_deleted_or_moved_leaves_its_segments(api: ApiHarness) 
     assert await _members(h, "proj_a", "c2") == frozenset()
 
 
+async def _gold_segment_recomputing(api: ApiHarness, *, customers: int) -> None:
+    """``customers`` gold customers in proj_a, then a segment of the gold ones whose
+    recompute has started and needs many more slices (small pages, a short slice)."""
+    h = api.indexer
+    await h.execute(
+        "INSERT INTO customers (id, project_id, source_id, email, metadata)"
+        " SELECT 'c' || n, 'proj_a', 's' || n, 'c' || n || '@example.com', '{\"tier\": \"gold\"}'"
+        " FROM generate_series(1, %s) n",
+        (customers,),
+    )
+    await api.catch_up()
+    h.indexer.recompute._page = 50
+    h.indexer._settings = dataclasses.replace(h.settings, recompute_slice_ms=10)
+    await h.execute(
+        "INSERT INTO segments (id, project_id, name, type, filter) VALUES ('gold', 'proj_a', 'G',"
+        ' \'auto-update\', \'{"metadata.tier": {"conditions": {"$is": "gold"}}}\')'
+    )
+    await h.indexer.step()
+    assert h.indexer.recompute.pending, "the recompute finished in one slice: make it longer"
+
+
 async def _statements_by(h: IndexerHarness) -> int:
     """Statements Postgres ran in this test's database so far (pg_stat_statements)."""
     cursor = await h.db.execute(
@@ -309,21 +330,7 @@ async def test_a_long_recompute_does_not_hold_back_another_tenant(
     api: ApiHarness,
 ) -> None:
     h = api.indexer
-    await h.execute(
-        "INSERT INTO customers (id, project_id, source_id, email, metadata)"
-        " SELECT 'c' || n, 'proj_a', 's' || n, 'c' || n || '@example.com', '{\"tier\": \"gold\"}'"
-        " FROM generate_series(1, 3000) n"
-    )
-    await api.catch_up()
-    # Small pages and a short slice: the recompute needs many slices.
-    h.indexer.recompute._page = 50
-    h.indexer._settings = dataclasses.replace(h.settings, recompute_slice_ms=10)
-    await h.execute(
-        "INSERT INTO segments (id, project_id, name, type, filter) VALUES ('gold', 'proj_a', 'G',"
-        ' \'auto-update\', \'{"metadata.tier": {"conditions": {"$is": "gold"}}}\')'
-    )
-    await h.indexer.step()
-    assert h.indexer.recompute.pending, "the recompute finished in one slice: make it longer"
+    await _gold_segment_recomputing(api, customers=3000)
     await _customer(h, "other", project="proj_b")
     lsn = await h.catch_up(max_steps=1, settled=False)
     await api.heard(lsn)
@@ -346,20 +353,7 @@ async def test_a_page_write_refused_after_its_slice_restarts_the_job_with_one_ev
     refuses them, a later slice raises, the job starts over once writes pass again, and
     every customer entered exactly once (Redis was written before the refused documents)."""
     h = api.indexer
-    await h.execute(
-        "INSERT INTO customers (id, project_id, source_id, email, metadata)"
-        " SELECT 'c' || n, 'proj_a', 's' || n, 'c' || n || '@example.com', '{\"tier\": \"gold\"}'"
-        " FROM generate_series(1, 400) n"
-    )
-    await api.catch_up()
-    h.indexer.recompute._page = 50
-    h.indexer._settings = dataclasses.replace(h.settings, recompute_slice_ms=10)
-    await h.execute(
-        "INSERT INTO segments (id, project_id, name, type, filter) VALUES ('gold', 'proj_a', 'G',"
-        ' \'auto-update\', \'{"metadata.tier": {"conditions": {"$is": "gold"}}}\')'
-    )
-    await h.indexer.step()
-    assert h.indexer.recompute.pending, "the recompute finished in one slice: make it longer"
+    await _gold_segment_recomputing(api, customers=400)
     alias = h.indexer.segment_index.customers_alias
     await h.clients.elastic.indices.put_settings(
         index=alias, settings={"index.blocks.write": True}
