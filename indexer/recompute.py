@@ -42,7 +42,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,12 +156,24 @@ class SegmentRecompute:
         # The time each finished job of a relative-date segment evaluated its filter at (its
         # start): customers crossing a bound while it ran were decided as of that time, so
         # the next tick looks from there (SegmentClock).
-        self.evaluated_at: dict[tuple[str, str], int] = {}
+        self._evaluated_at: dict[tuple[str, str], int] = {}
         self.pending = True  # unknown at start: jobs may be waiting in Redis
 
     def add_clock_job(self, job: SegmentJob) -> None:
         self._clock_jobs[(job.project_id, job.segment_id)] = job
         self.pending = True
+
+    @property
+    def evaluated_at(self) -> dict[tuple[str, str], int]:
+        """(project, segment) -> the time its latest finished relative-date job evaluated at,
+        for the jobs no tick has taken into account yet (a copy)."""
+        return dict(self._evaluated_at)
+
+    def forget_evaluations(self, taken: Mapping[tuple[str, str], int]) -> None:
+        """Drop what a tick took into account; a job finished since then stays."""
+        for key, at in taken.items():
+            if self._evaluated_at.get(key) == at:
+                del self._evaluated_at[key]
 
     async def run_slice(self, budget_seconds: float) -> int:
         """Work on the jobs for about ``budget_seconds``; returns the customers examined.
@@ -309,8 +321,8 @@ class SegmentRecompute:
         if progress.cause is EventCause.CHANGE:
             await self._membership.finish_job(progress.job)
         if progress.compiled is not None and progress.compiled.has_relative:
-            earlier = self.evaluated_at.get(progress.key, progress.now_us)
-            self.evaluated_at[progress.key] = min(earlier, progress.now_us)
+            earlier = self._evaluated_at.get(progress.key, progress.now_us)
+            self._evaluated_at[progress.key] = min(earlier, progress.now_us)
         self._current = None
         log.info(
             "segment recompute done",
@@ -419,7 +431,7 @@ class SegmentClock:
         now = self._clock()
         previous = self._last_us
         # Taken now: a job finishing after this point is seen by the next tick.
-        evaluated = dict(self._recompute.evaluated_at)
+        evaluated = self._recompute.evaluated_at
         touched = 0
         await self._index.refresh_customers()
         async for segment in self._index.auto_segments():
@@ -442,9 +454,7 @@ class SegmentClock:
         # Only once every crossing is settled: a tick that failed part way is done again
         # from the same bound (settling a customer twice changes nothing).
         self._last_us = now
-        for key, at in evaluated.items():
-            if self._recompute.evaluated_at.get(key) == at:
-                del self._recompute.evaluated_at[key]
+        self._recompute.forget_evaluations(evaluated)
         self.touched_last_tick = touched
         metrics.SEGMENT_TICK_CUSTOMERS.inc(touched)
         return touched

@@ -29,11 +29,17 @@ DAY_US = 86_400 * 1_000_000
 
 
 async def _events(api: ApiHarness, **params: str) -> list[dict[str, Any]]:
-    response = await api.get("/v1/events", limit="100", **params)
-    assert response.status == 200, await response.text()
-    body = await response.json()
-    data: list[dict[str, Any]] = body["data"]
-    return data
+    """Every event of the default project, following the cursor."""
+    found: list[dict[str, Any]] = []
+    after: dict[str, str] = {}
+    while True:
+        response = await api.get("/v1/events", limit="100", **params, **after)
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        found.extend(body["data"])
+        if not body["has_more"]:
+            return found
+        after = {"after": body["next_cursor"]}
 
 
 async def _count(api: ApiHarness, segment_id: str, lsn: int) -> int:
@@ -368,7 +374,7 @@ async def test_a_page_write_refused_after_its_slice_restarts_the_job_with_one_ev
         )
     lsn = await api.catch_up()
     assert await _count(api, "gold", int(lsn)) == 400
-    entered = [event["customer_id"] for event in await _all_events(api, type=ENTERED)]
+    entered = [event["customer_id"] for event in await _events(api, type=ENTERED)]
     assert len(entered) == 400
     assert len(set(entered)) == 400
     listed = await api.get(
@@ -379,19 +385,6 @@ async def test_a_page_write_refused_after_its_slice_restarts_the_job_with_one_ev
     )
     assert (await listed.json())["total"] == 400
 
-
-async def _all_events(api: ApiHarness, **params: str) -> list[dict[str, Any]]:
-    """Every event of the default project, following the cursor."""
-    found: list[dict[str, Any]] = []
-    after: dict[str, str] = {}
-    while True:
-        response = await api.get("/v1/events", limit="100", **params, **after)
-        assert response.status == 200, await response.text()
-        body = await response.json()
-        found.extend(body["data"])
-        if not body["has_more"]:
-            return found
-        after = {"after": body["next_cursor"]}
 
 
 async def test_a_customer_crossing_a_bound_during_a_recompute_is_caught_by_the_next_tick(
