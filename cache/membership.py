@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import cast
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from cache import scripts
 from cache.boundary import redis_boundary
@@ -122,6 +123,17 @@ class MembershipStore:
         return None if blob is None else decode_membership(blob)
 
     @redis_boundary
+    async def membership_blobs(
+        self, project_id: str, customer_ids: Sequence[str]
+    ) -> list[bytes | None]:
+        """The stored records of these customers, undecoded, in one MGET (one project's keys
+        share a slot); verification decodes them itself."""
+        if not customer_ids:
+            return []
+        keys = [self.layout.membership_key(project_id, customer_id) for customer_id in customer_ids]
+        return cast(list[bytes | None], await self.redis.mget(keys))
+
+    @redis_boundary
     async def count(self, project_id: str, segment_id: str) -> int:
         """Members of one segment (0 when it has none)."""
         raw = await self.redis.hget(self.layout.segment_counts_key(project_id), segment_id)
@@ -139,6 +151,30 @@ class MembershipStore:
             segment_id: 0 if raw is None else int(raw)
             for segment_id, raw in zip(segment_ids, raws, strict=True)
         }
+
+    @redis_boundary
+    async def set_count_if(
+        self, project_id: str, segment_id: str, observed: int, wanted: int
+    ) -> bool:
+        """Set one segment's member counter to ``wanted`` if it still holds ``observed``
+        (optimistic: WATCH, read, MULTI); ``False`` when it moved meanwhile. Repairs a counter
+        that drifted from the records (one deleted by hand leaves its segments counted)."""
+        key = self.layout.segment_counts_key(project_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                raw = await pipe.hget(key, segment_id)
+                if (0 if raw is None else int(raw)) != observed:
+                    return False
+                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                if wanted:
+                    pipe.hset(key, segment_id, wanted)
+                else:
+                    pipe.hdel(key, segment_id)
+                await pipe.execute()
+            except WatchError:
+                return False
+        return True
 
     # -- events ------------------------------------------------------------------------------
 

@@ -245,6 +245,59 @@ class CacheStore:
                     break
 
     @redis_boundary
+    async def get_raw_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The stored bytes of each key, in order: one MGET per hash tag (a project's keys
+        share a slot, as a cluster requires), all in one pipeline. Verification decodes them
+        itself, so one undecodable value is reported as such rather than failing the page."""
+        if not keys:
+            return []
+        groups: dict[str | None, list[int]] = {}
+        for position, key in enumerate(keys):
+            groups.setdefault(hash_tag_of(key), []).append(position)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for positions in groups.values():
+                pipe.mget([keys[position] for position in positions])
+            answers = await pipe.execute()
+        found: list[bytes | None] = [None] * len(keys)
+        for positions, values in zip(groups.values(), answers, strict=True):
+            for position, value in zip(positions, values, strict=True):
+                found[position] = value
+        return found
+
+    @redis_boundary
+    async def project_key_pages(
+        self, project_id: str | None = None, *, page: int = 1000
+    ) -> AsyncIterator[list[str]]:
+        """The keys of one project (or of all) a SCAN page at a time: every object key is
+        among them, with the projects' other keys; whether each holds a live value is the
+        caller's to read."""
+        pattern = self.layout.project_keys_pattern(project_id)
+        cursor = 0
+        while True:
+            cursor, found = await self.redis.scan(cursor, match=pattern, count=page)
+            # The caller parses each key (``KeyLayout.object_of_key``), which tells objects
+            # from the project's other keys.
+            keys = [key.decode() if isinstance(key, bytes) else str(key) for key in found]
+            if keys:
+                yield keys
+            if cursor == 0:
+                return
+
+    @redis_boundary
+    async def app_id_pages(self, *, page: int = 1000) -> AsyncIterator[list[str]]:
+        """The app id of every API key record (live or tombstone), a SCAN page at a time."""
+        prefix = self.layout.app_key_prefix
+        cursor = 0
+        while True:
+            cursor, found = await self.redis.scan(cursor, match=f"{prefix}*", count=page)
+            names = (key.decode() if isinstance(key, bytes) else str(key) for key in found)
+            app_ids = [name[len(prefix) :] for name in names]
+            if app_ids:
+                yield app_ids
+            if cursor == 0:
+                return
+
+    @redis_boundary
     async def live_objects(self, *, page: int = 1000) -> AsyncIterator[tuple[str, Envelope]]:
         """Every object key (not aliases, not API keys) holding a live envelope, with it.
         An undecodable value raises ``CacheDecodeError`` naming its key."""

@@ -144,15 +144,74 @@ class DocumentSource:
                     return
                 yield [str(row[0]) for row in rows]
 
+    # The verification reads below have one shape over five tables, with optional filters:
+    # composed here from identifiers rather than written out twenty times as named queries.
+
     @postgres_boundary
-    async def row_count(self, table: str) -> int:
-        """Rows of one of the contract's tables (``indexer.tables``), counted exactly."""
-        if table not in CONTRACT_TABLES:
-            raise ValueError(f"not a table of the contract: {table!r}")
-        statement = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
-        cursor = await self._conn.execute(statement)
+    async def key_page(
+        self, table: str, *, after: str | None, project_id: str | None, limit: int
+    ) -> list[str]:
+        """Up to ``limit`` primary keys after ``after`` in key order (keyset paging: each page
+        is one short index scan, and memory stays at one page whatever the table size)."""
+        conditions, params = _filters(project_id)
+        if after is not None:
+            conditions.append(sql.SQL("id > %(after)s"))
+            params["after"] = after
+        statement = sql.SQL("SELECT id FROM {} {} ORDER BY id LIMIT %(limit)s").format(
+            _contract_table(table), _where(conditions)
+        )
+        cursor = await self._conn.execute(statement, {**params, "limit": limit})
+        return [str(row[0]) for row in await cursor.fetchall()]
+
+    @postgres_boundary
+    async def sample_keys(self, table: str, *, project_id: str | None, size: int) -> list[str]:
+        """``size`` primary keys drawn at random (one pass over the keys, a top-N in memory),
+        in key order."""
+        conditions, params = _filters(project_id)
+        statement = sql.SQL(
+            "SELECT id FROM (SELECT id FROM {} {} ORDER BY random() LIMIT %(size)s) s ORDER BY id"
+        ).format(_contract_table(table), _where(conditions))
+        cursor = await self._conn.execute(statement, {**params, "size": size})
+        return [str(row[0]) for row in await cursor.fetchall()]
+
+    @postgres_boundary
+    async def owners(self, table: str, ids: Sequence[str]) -> dict[str, str]:
+        """The project of each of these rows the table holds (absent ids: no such row)."""
+        statement = sql.SQL("SELECT id, project_id FROM {} WHERE id = ANY(%(ids)s)").format(
+            _contract_table(table)
+        )
+        cursor = await self._conn.execute(statement, {"ids": list(ids)})
+        return {str(row[0]): str(row[1]) for row in await cursor.fetchall()}
+
+    @postgres_boundary
+    async def row_count(self, table: str, project_id: str | None = None) -> int:
+        """Rows of one of the contract's tables (``indexer.tables``), of one project or of
+        all, counted exactly."""
+        conditions, params = _filters(project_id)
+        statement = sql.SQL("SELECT count(*) FROM {} {}").format(
+            _contract_table(table), _where(conditions)
+        )
+        cursor = await self._conn.execute(statement, params)
         row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
     def primary_keys_query(self, kind: ObjectKind) -> str:
         return _PRIMARY_KEYS[kind]
+
+
+def _contract_table(table: str) -> sql.Identifier:
+    if table not in CONTRACT_TABLES:
+        raise ValueError(f"not a table of the contract: {table!r}")
+    return sql.Identifier(table)
+
+
+def _filters(project_id: str | None) -> tuple[list[sql.Composable], dict[str, Any]]:
+    if project_id is None:
+        return [], {}
+    return [sql.SQL("project_id = %(project_id)s")], {"project_id": project_id}
+
+
+def _where(conditions: list[sql.Composable]) -> sql.Composable:
+    if not conditions:
+        return sql.SQL("")
+    return sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions)

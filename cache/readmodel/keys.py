@@ -27,6 +27,7 @@ keys to read.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from cache.readmodel.documents import AliasKind
@@ -43,6 +44,7 @@ _OBJECT_CODES: dict[str, str] = {
     ObjectKind.SEGMENT: "s",
 }
 _OBJECT_CODE_SET = frozenset(_OBJECT_CODES.values())
+_KIND_OF_OBJECT_CODE = {code: ObjectKind(kind) for kind, code in _OBJECT_CODES.items()}
 _ALIAS_CODES: dict[str, str] = {
     AliasKind.VOUCHER_CODE: "vc",
     AliasKind.CUSTOMER_SOURCE_ID: "cs",
@@ -72,6 +74,17 @@ def project_hash_tag(project_id: str) -> str:
     if project_id and "}" not in project_id and "%" not in project_id:
         return project_id
     return "%" + project_id.replace("%", "%25").replace("}", "%7D")
+
+
+_UNESCAPE = {"%25": "%", "%7D": "}"}
+_ESCAPED = re.compile("%25|%7D")
+
+
+def _project_of_tag(tag: str) -> str:
+    """The project id a hash tag was made from (``project_hash_tag`` inverted)."""
+    if not tag.startswith("%"):
+        return tag
+    return _ESCAPED.sub(lambda match: _UNESCAPE[match.group()], tag[1:])
 
 
 def hash_tag_of(key: str) -> str | None:
@@ -161,6 +174,28 @@ class KeyLayout:
             return False
         code = key.split("}:", 1)[1].split(":", 1)[0]
         return code in _OBJECT_CODE_SET
+
+    def project_keys_pattern(self, project_id: str | None = None) -> str:
+        """A SCAN pattern covering every key of one project (or of all projects): objects,
+        aliases and membership state alike (``object_of_key`` tells objects apart)."""
+        if project_id is None:
+            return f"{_glob_escape(self.project_keys_prefix)}*"
+        return f"{_glob_escape(self._project_head(project_id))}*"
+
+    def object_of_key(self, key: str) -> tuple[str, ObjectKind, str] | None:
+        """``(project_id, kind, object_id)`` of an object key (``None``: not an object key);
+        the inverse of ``object_key``."""
+        if not key.startswith(self.project_keys_prefix):
+            return None
+        start = len(self.project_keys_prefix)
+        end = key.find("}", start)
+        if end < 0 or key[end + 1 : end + 2] != ":":
+            return None
+        code, colon, object_id = key[end + 2 :].partition(":")
+        kind = _KIND_OF_OBJECT_CODE.get(code)
+        if kind is None or not colon:
+            return None
+        return _project_of_tag(key[start:end]), kind, object_id
 
     def _project_code(self, key: str) -> tuple[str, bool] | None:
         """The code of a project key and whether an id follows it (``None``: not a project

@@ -86,6 +86,14 @@ class IndexedOwner:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredDocument:
+    """A document as the index holds it: its whole ``_source`` and its version."""
+
+    source: dict[str, Any]
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Item:
     kind: ObjectKind
     object_id: str
@@ -331,6 +339,48 @@ class ElasticSink:
                 int(found.get("_version", 0)),
             )
         return owners
+
+    @elasticsearch_boundary
+    async def stored(self, kind: ObjectKind, ids: Sequence[str]) -> dict[str, StoredDocument]:
+        """The documents of these ids the index holds now (one realtime multi-get)."""
+        if not ids:
+            return {}
+        response = await self._client.mget(index=self.alias(kind), ids=list(ids), realtime=True)
+        found: dict[str, StoredDocument] = {}
+        for doc in response["docs"]:
+            if doc.get("found") and isinstance(doc.get("_source"), dict):
+                found[doc["_id"]] = StoredDocument(doc["_source"], int(doc.get("_version", 0)))
+        return found
+
+    @elasticsearch_boundary
+    async def owner_pages(
+        self, kind: ObjectKind, project_id: str | None = None
+    ) -> AsyncIterator[list[tuple[str, str, int]]]:
+        """``(id, project_id, version)`` of every document of a kind (of one project, or of
+        all), a page at a time in id order; refreshed data only."""
+        query: dict[str, Any] = (
+            {"match_all": {}} if project_id is None else {"term": {Field.PROJECT_ID: project_id}}
+        )
+        search_after: list[Any] | None = None
+        while True:
+            page = await self._client.search(
+                index=self.alias(kind),
+                size=SCAN_PAGE,
+                source_includes=[Field.PROJECT_ID],
+                sort=[{Field.ID: "asc"}],
+                search_after=search_after,
+                query=query,
+                version=True,
+            )
+            hits = page["hits"]["hits"]
+            if hits:
+                yield [
+                    (hit["_id"], str(hit["_source"][Field.PROJECT_ID]), int(hit["_version"]))
+                    for hit in hits
+                ]
+            if len(hits) < SCAN_PAGE:
+                return
+            search_after = hits[-1]["sort"]
 
     @elasticsearch_boundary
     async def ids_of_kind(self, kind: ObjectKind) -> AsyncIterator[tuple[str, str]]:

@@ -53,6 +53,36 @@ def test_project_key_heads_build_the_same_keys(project_id: str, value: str) -> N
     )
 
 
+@given(
+    st.text(min_size=0, max_size=12, alphabet="ab}{%:_17D25"),
+    st.sampled_from(list(ObjectKind)),
+    st.text(min_size=0, max_size=12, alphabet="ab}{%:_*"),
+)
+def test_an_object_key_gives_back_its_project_kind_and_id(
+    project_id: str, kind: ObjectKind, object_id: str
+) -> None:
+    key = layout.object_key(project_id, kind, object_id)
+    assert layout.object_of_key(key) == (project_id, kind, object_id)
+    assert layout.is_object_key(key)
+
+
+def test_other_keys_are_not_objects() -> None:
+    for key in (
+        layout.alias_key("p", AliasKind.VOUCHER_CODE, "X"),
+        layout.membership_key("p", "c1"),
+        layout.segment_counts_key("p"),
+        layout.app_key("app_1"),
+        layout.watermark_key,
+        "elsewhere:{p}:v:1",
+    ):
+        assert layout.object_of_key(key) is None, key
+
+
+def test_the_keys_pattern_of_a_project_escapes_glob_characters() -> None:
+    assert layout.project_keys_pattern() == "loyalty:{*"
+    assert layout.project_keys_pattern("p*[1]") == "loyalty:{p\\*\\[1\\]}:*"
+
+
 def test_kinds_may_be_plain_strings() -> None:
     assert layout.object_key("p", "voucher", "x") == layout.object_key("p", ObjectKind.VOUCHER, "x")
     assert layout.alias_key("p", "voucher_code", "x") == layout.alias_key(
