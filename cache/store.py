@@ -18,7 +18,6 @@ from redis.asyncio import Redis
 
 from cache import scripts
 from cache.boundary import redis_boundary
-from cache.errors import CacheDecodeError
 from cache.readmodel.codec import (
     API_KEY_SCHEMA,
     ENVELOPE_HEADER_SIZE,
@@ -296,26 +295,6 @@ class CacheStore:
                 yield app_ids
             if cursor == 0:
                 return
-
-    @redis_boundary
-    async def live_objects(self, *, page: int = 1000) -> AsyncIterator[tuple[str, Envelope]]:
-        """Every object key (not aliases, not API keys) holding a live envelope, with it.
-        An undecodable value raises ``CacheDecodeError`` naming its key."""
-        async for raw_key in self.redis.scan_iter(
-            match=f"{self.layout.project_keys_prefix}*", count=page
-        ):
-            key = raw_key.decode()
-            if not self.layout.is_object_key(key):
-                continue
-            blob = cast(bytes | None, await self.redis.get(raw_key))
-            if blob is None:
-                continue
-            try:
-                envelope = decode_envelope(blob)
-            except CacheDecodeError as error:
-                raise CacheDecodeError(f"{key}: {error}") from error
-            if not envelope.is_tombstone:
-                yield key, envelope
 
     # -- both -------------------------------------------------------------------------------
 
