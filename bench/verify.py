@@ -196,8 +196,14 @@ async def clean_sinks() -> None:
         await elastic.options(ignore_status=404).indices.delete(
             index=f"{ES_PREFIX}*", expand_wildcards="all"
         )
-        async for key in redis.scan_iter(match=f"{REDIS_PREFIX}*", count=1000):
-            await redis.delete(key)
+        batch: list[bytes] = []
+        async for key in redis.scan_iter(match=f"{REDIS_PREFIX}*", count=5000):
+            batch.append(key)
+            if len(batch) == 5000:
+                await redis.unlink(*batch)
+                batch = []
+        if batch:
+            await redis.unlink(*batch)
     finally:
         await elastic.close()
         await redis.aclose()

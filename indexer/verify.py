@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
-import hashlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -49,111 +47,27 @@ from indexer.rebuild import TABLE_OF_KIND, ApiKeyRow, Rebuilder, RemovedObject, 
 from indexer.sinks.elastic import ElasticSink, StoredDocument, VersionedDelete
 from indexer.sinks.redis import RedisSink
 from indexer.source import DocumentSource
+from indexer.verify_report import (
+    API_KEY,
+    EXAMPLES,
+    KIND_ORDER,
+    MOVED,
+    NO_ROW,
+    QUARANTINED,
+    Finding,
+    KindTally,
+    Problem,
+    Sink,
+    VerifyReport,
+    VerifyScope,
+    digest,
+)
 
 PAGE = 500
 SUSPECTS_PER_ROUND = 5000
-EXAMPLES = 50
-API_KEY = "api_key"
-QUARANTINED = "its row is quarantined"
-NO_ROW = "the source has no such row"
-MOVED = "now in project "
-# Every kind in the order a load writes them: segments before the customers they count.
-KIND_ORDER = (ObjectKind.CAMPAIGN, ObjectKind.SEGMENT, ObjectKind.VOUCHER, ObjectKind.CUSTOMER)
-
+ES, REDIS = Sink.ELASTICSEARCH, Sink.REDIS
+MISSING, EXTRA, DIFFERENT = Problem.MISSING, Problem.EXTRA, Problem.DIFFERENT
 Progress = Callable[[str, int], None]
-
-
-class Problem(enum.StrEnum):
-    MISSING = "missing"
-    EXTRA = "extra"
-    DIFFERENT = "different"
-
-
-class Sink(enum.StrEnum):
-    ELASTICSEARCH = "elasticsearch"
-    REDIS = "redis"
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One way one object differs in one sink. ``part`` names what differs (``object``,
-    ``alias``, ``membership``, ``count``); ``versions`` are the stored versions seen, which
-    must not move between the two sightings of a confirmed difference."""
-
-    kind: str
-    object_id: str
-    project_id: str
-    sink: Sink
-    problem: Problem
-    part: str
-    detail: str
-    versions: tuple[int, ...] = ()
-
-    @property
-    def key(self) -> tuple[str, str, str, Sink, Problem, str]:
-        return (self.kind, self.object_id, self.project_id, self.sink, self.problem, self.part)
-
-    def describe(self) -> str:
-        where = f"{self.sink.value} {self.part}" if self.part != "object" else self.sink.value
-        return (
-            f"{self.kind} {self.object_id} (project {self.project_id}): {self.problem.value} "
-            f"in {where}{': ' + self.detail if self.detail else ''}"
-        )
-
-
-@dataclass
-class KindTally:
-    checked: int = 0
-    missing: int = 0
-    extra: int = 0
-    different: int = 0
-    changing: int = 0
-    repaired: int = 0
-
-
-@dataclass
-class VerifyReport:
-    tallies: dict[str, KindTally] = field(default_factory=dict)
-    differences: list[str] = field(default_factory=list)
-    difference_count: int = 0
-    examples_kept: int = EXAMPLES
-
-    def tally(self, kind: str) -> KindTally:
-        # Plain strings as keys (an ObjectKind finds the same entry): the report prints as JSON.
-        return self.tallies.setdefault(str(kind), KindTally())
-
-    def differ(self, finding: Finding) -> None:
-        self.difference_count += 1
-        tally = self.tally(finding.kind)
-        setattr(tally, finding.problem.value, getattr(tally, finding.problem.value) + 1)
-        if len(self.differences) < self.examples_kept:
-            self.differences.append(finding.describe())
-
-    @property
-    def checked(self) -> dict[str, int]:
-        return {kind: tally.checked for kind, tally in self.tallies.items()}
-
-    @property
-    def ok(self) -> bool:
-        return self.difference_count == 0
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyScope:
-    """What to compare: kinds (API keys go with every kind), one project or all, and a
-    random sample of ``sample`` objects per kind instead of every object (a sample skips
-    the search for extra objects and the segment counters)."""
-
-    kinds: tuple[ObjectKind, ...] = KIND_ORDER
-    project_id: str | None = None
-    sample: int | None = None
-    api_keys: bool = True
-
-
-def digest(value: Any) -> str:
-    """A stable digest of an API object: sorted-key JSON, so field order does not count."""
-    encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    return hashlib.blake2b(encoded, digest_size=8).hexdigest()
 
 
 def _as_stored(value: dict[str, Any]) -> Any:
@@ -347,13 +261,7 @@ class Verifier:
                 continue
             findings.append(
                 Finding(
-                    kind,
-                    document.object_id,
-                    document.project_id,
-                    Sink.REDIS,
-                    problem,
-                    part,
-                    detail,
+                    kind, document.object_id, document.project_id, REDIS, problem, part, detail,
                     versions,
                 )
             )
@@ -363,14 +271,8 @@ class Verifier:
                 versions = () if envelope is None else (envelope.version,)
                 findings.append(
                     Finding(
-                        kind,
-                        object_id,
-                        str(project),
-                        Sink.REDIS,
-                        Problem.EXTRA,
-                        "object",
-                        QUARANTINED,
-                        versions,
+                        kind, object_id, str(project), REDIS, EXTRA, detail=QUARANTINED,
+                        versions=versions,
                     )
                 )
         return findings
@@ -386,36 +288,23 @@ class Verifier:
             )
             for document, blob in zip(group, blobs, strict=True):
                 wanted = frozenset(document.fields[Field.SEGMENT_IDS])
+                versions: tuple[int, ...] = ()
                 try:
                     record = None if blob is None else decode_membership(blob)
                 except CacheDecodeError as error:
-                    findings.append(
-                        Finding(
-                            ObjectKind.CUSTOMER,
-                            document.object_id,
-                            project_id,
-                            Sink.REDIS,
-                            Problem.DIFFERENT,
-                            "membership",
-                            str(error),
-                        )
-                    )
-                    continue
-                found = frozenset() if record is None else record[1]
-                if found != wanted:
+                    detail = str(error)
+                else:
+                    found = frozenset() if record is None else record[1]
+                    if found == wanted:
+                        continue
                     versions = () if record is None else (record[0],)
-                    findings.append(
-                        Finding(
-                            ObjectKind.CUSTOMER,
-                            document.object_id,
-                            project_id,
-                            Sink.REDIS,
-                            Problem.DIFFERENT,
-                            "membership",
-                            f"{sorted(found)} != {sorted(wanted)}",
-                            versions,
-                        )
+                    detail = f"{sorted(found)} != {sorted(wanted)}"
+                findings.append(
+                    Finding(
+                        ObjectKind.CUSTOMER, document.object_id, project_id, REDIS, DIFFERENT,
+                        "membership", detail, versions,
                     )
+                )
         return findings
 
     async def _check_api_keys(self, ids: Sequence[str]) -> _Page:
@@ -462,14 +351,8 @@ class Verifier:
                 problem, detail = Problem.DIFFERENT, "record differs"
             page.findings.append(
                 Finding(
-                    API_KEY,
-                    wanted.app_id,
-                    wanted.project_id,
-                    Sink.REDIS,
-                    problem,
-                    "object",
-                    detail,
-                    versions,
+                    API_KEY, wanted.app_id, wanted.project_id, REDIS, problem, detail=detail,
+                    versions=versions,
                 )
             )
         return page
@@ -501,14 +384,7 @@ class Verifier:
             versions = () if envelope is None else (envelope.version,)
             findings.append(
                 Finding(
-                    API_KEY,
-                    app_id,
-                    owner,
-                    Sink.REDIS,
-                    Problem.EXTRA,
-                    "object",
-                    error or NO_ROW,
-                    versions,
+                    API_KEY, app_id, owner, REDIS, EXTRA, detail=error or NO_ROW, versions=versions
                 )
             )
         return findings
@@ -521,16 +397,7 @@ class Verifier:
             async for hits in self._search.owner_pages(kind, project_id):
                 owners = await self._source.owners(table, [object_id for object_id, _, _ in hits])
                 await self._suspect(
-                    Finding(
-                        kind,
-                        object_id,
-                        owner,
-                        Sink.ELASTICSEARCH,
-                        Problem.EXTRA,
-                        "object",
-                        NO_ROW,
-                        (version,),
-                    )
+                    Finding(kind, object_id, owner, ES, EXTRA, detail=NO_ROW, versions=(version,))
                     for object_id, owner, version in hits
                     if object_id not in owners
                 )
@@ -563,14 +430,8 @@ class Verifier:
                 if found is not None and extra.object_id not in owners:
                     findings.append(
                         Finding(
-                            kind,
-                            extra.object_id,
-                            extra.project_id,
-                            Sink.ELASTICSEARCH,
-                            Problem.EXTRA,
-                            "object",
-                            NO_ROW,
-                            (found.version,),
+                            kind, extra.object_id, extra.project_id, ES, EXTRA, detail=NO_ROW,
+                            versions=(found.version,),
                         )
                     )
         in_cache = [extra for extra in orphans if extra.sink is Sink.REDIS]
@@ -586,14 +447,8 @@ class Verifier:
                 versions = () if envelope is None else (envelope.version,)
                 findings.append(
                     Finding(
-                        kind,
-                        extra.object_id,
-                        extra.project_id,
-                        Sink.REDIS,
-                        Problem.EXTRA,
-                        "object",
-                        error or detail,
-                        versions,
+                        kind, extra.object_id, extra.project_id, REDIS, EXTRA,
+                        detail=error or detail, versions=versions,
                     )
                 )
         return findings
@@ -740,12 +595,7 @@ class Verifier:
                         continue
                     self.report.differ(
                         Finding(
-                            ObjectKind.SEGMENT,
-                            segment_id,
-                            project,
-                            Sink.REDIS,
-                            Problem.DIFFERENT,
-                            "count",
+                            ObjectKind.SEGMENT, segment_id, project, REDIS, DIFFERENT, "count",
                             f"{observed} != {wanted}",
                         )
                     )
@@ -772,15 +622,7 @@ def _compare_search(
         found = stored.get(object_id)
         if found is None:
             findings.append(
-                Finding(
-                    kind,
-                    object_id,
-                    document.project_id,
-                    Sink.ELASTICSEARCH,
-                    Problem.MISSING,
-                    "object",
-                    "",
-                )
+                Finding(kind, object_id, document.project_id, ES, MISSING)
             )
             continue
         wanted = _as_stored(
@@ -799,14 +641,8 @@ def _compare_search(
                 detail = f"fields {', '.join(fields)}"
             findings.append(
                 Finding(
-                    kind,
-                    object_id,
-                    document.project_id,
-                    Sink.ELASTICSEARCH,
-                    Problem.DIFFERENT,
-                    "object",
-                    detail,
-                    (found.version,),
+                    kind, object_id, document.project_id, ES, DIFFERENT, detail=detail,
+                    versions=(found.version,),
                 )
             )
     for object_id, project_id in quarantined.items():
@@ -814,14 +650,8 @@ def _compare_search(
         if found is not None:
             findings.append(
                 Finding(
-                    kind,
-                    object_id,
-                    project_id or "",
-                    Sink.ELASTICSEARCH,
-                    Problem.EXTRA,
-                    "object",
-                    QUARANTINED,
-                    (found.version,),
+                    kind, object_id, project_id or "", ES, EXTRA, detail=QUARANTINED,
+                    versions=(found.version,),
                 )
             )
     return findings
@@ -843,15 +673,4 @@ async def verify(
     return await Verifier(conn, search, cache).run(VerifyScope())
 
 
-__all__ = [
-    "Finding",
-    "KindTally",
-    "Problem",
-    "RepairRefused",
-    "Sink",
-    "Verifier",
-    "VerifyReport",
-    "VerifyScope",
-    "digest",
-    "verify",
-]
+__all__ = ["RepairRefused", "Verifier", "verify"]

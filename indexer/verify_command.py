@@ -22,7 +22,8 @@ from indexer.commands import open_clients
 from indexer.rebuild import TABLE_OF_KIND
 from indexer.settings import ENVIRONMENT_HELP, IndexerSettings
 from indexer.source import DocumentSource, connect
-from indexer.verify import API_KEY, KIND_ORDER, RepairRefused, Verifier, VerifyReport, VerifyScope
+from indexer.verify import RepairRefused, Verifier
+from indexer.verify_report import API_KEY, KIND_ORDER, VerifyReport, VerifyScope
 
 log = logging.getLogger("indexer.verify")
 

@@ -16,13 +16,19 @@ from cache.readmodel.indices import Field
 from cache.records import ApiKeyRecord, Envelope, VersionedWrite
 from cache.types import ObjectKind
 from indexer.documents import Document
-from indexer.verify import Verifier, VerifyScope
+from indexer.verify import Verifier
+from indexer.verify_report import VerifyScope
 from tests.fixtures.indexer import IndexerHarness
 from tests.integration.test_indexer_changes import seed_base
 
 pytestmark = pytest.mark.services
 
 P = "proj_a"
+# Ann (cust_1 of ``seed_base``) is gold.
+GOLD = (
+    "INSERT INTO segments (id, project_id, name, type, filter) VALUES ('seg_gold', 'proj_a',"
+    ' \'Gold\', \'auto-update\', \'{"metadata.tier": {"conditions": {"$is": "gold"}}}\')'
+)
 
 
 async def _index_of(h: IndexerHarness, kind: str) -> str:
@@ -242,10 +248,7 @@ async def test_scope_by_project_kind_and_sample(harness: IndexerHarness) -> None
 
 async def test_membership_and_alias_damage_is_found_and_repaired(harness: IndexerHarness) -> None:
     await seed_base(harness)
-    await harness.execute(
-        "INSERT INTO segments (id, project_id, name, type, filter) VALUES ('seg_gold', 'proj_a',"
-        ' \'Gold\', \'auto-update\', \'{"metadata.tier": {"conditions": {"$is": "gold"}}}\')'
-    )
+    await harness.execute(GOLD)
     await harness.catch_up()
     assert (await harness.verify()).ok
     store = harness.clients.cache.store

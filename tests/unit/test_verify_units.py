@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cache.types import ObjectKind
-from indexer.verify import Finding, Problem, Sink, VerifyReport, digest
+from indexer.verify_report import Finding, Problem, Sink, VerifyReport, digest
 
 
 def test_the_digest_ignores_key_order_and_sees_every_value() -> None:
