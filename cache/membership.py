@@ -14,7 +14,7 @@ Same client conventions as ``CacheStore``: a ``redis.asyncio.Redis`` with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
 from redis.asyncio import Redis
@@ -228,6 +228,40 @@ class MembershipStore:
         key = self.layout.segment_events_key(project_id)
         entries = cast(_Entries, await self.redis.xrevrange(key, "+", "-", count=1))
         return stream_cursor(entries[0][0]) if entries else None
+
+    @redis_boundary
+    async def records_older_than(
+        self, version: int, *, page: int = 1000
+    ) -> AsyncIterator[list[tuple[str, str]]]:
+        """``(project_id, customer_id)`` of every record with segments whose base is below
+        ``version``, a SCAN page at a time: after a complete load at ``version``, the
+        customers the load did not write, i.e. gone from the source."""
+        cursor = 0
+        while True:
+            cursor, found = await self.redis.scan(
+                cursor, match=self.layout.membership_state_pattern(), count=page
+            )
+            owners: list[tuple[str, str]] = []
+            keys: list[str] = []
+            for raw in found:
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                owner = self.layout.membership_of_key(key)
+                if owner is not None:
+                    owners.append(owner)
+                    keys.append(key)
+            stale: list[tuple[str, str]] = []
+            if keys:
+                blobs = cast(list[bytes | None], await self.redis.mget(keys))
+                for owner, blob in zip(owners, blobs, strict=True):
+                    if blob is None:
+                        continue
+                    base, segment_ids = decode_membership(blob)
+                    if segment_ids and base < version:
+                        stale.append(owner)
+            if stale:
+                yield stale
+            if cursor == 0:
+                return
 
     # -- reset before a silent rebuild -----------------------------------------------------------
 

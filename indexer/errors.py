@@ -29,6 +29,15 @@ class SlotError(IndexerError, StoreBug):
     """A replication slot or publication operation failed for a non-transient reason."""
 
 
+class SlotLost(IndexerError):
+    """The slot was dropped from outside or invalidated (its WAL is gone): the changes since
+    the last batch can no longer be read, so the indices are rebuilt from a new snapshot."""
+
+    def __init__(self, slot_name: str, reason: str) -> None:
+        super().__init__(f"replication slot {slot_name!r} {reason}")
+        self.reason = reason
+
+
 class PgOutputError(IndexerError):
     """A pgoutput message is malformed, or refers to a relation never described."""
 

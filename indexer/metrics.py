@@ -27,6 +27,12 @@ LAG_BYTES = Gauge(
     "WAL bytes between the server's position when the last step began and the slot after it",
 )
 LAG_SECONDS = Gauge("indexer_lag_seconds", "Age of the newest applied commit when applied")
+SLOT_LOSSES = Counter(
+    "indexer_slot_losses_total",
+    "Replication slots found dropped or invalidated (wal_status lost) under complete indices; "
+    "each one starts a reload into a new generation",
+    ["reason"],
+)
 WATERMARK = Gauge("indexer_applied_watermark", "Applied watermark (LSN as an integer)")
 INVALID_FILTERS = Counter(
     "indexer_invalid_segment_filters_total", "Segment filters that could not be compiled"

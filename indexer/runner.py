@@ -38,7 +38,7 @@ from cache.records import SegmentJob
 from cache.types import Lsn
 from indexer import metrics
 from indexer.changes import WATCHED_TABLES, TouchedObjects, collect_touched
-from indexer.errors import SourceUnavailable, classify_postgres
+from indexer.errors import SlotError, SlotLost, SourceUnavailable, classify_postgres
 from indexer.pgoutput import ChangeDecoder, Transaction
 from indexer.quarantine import Quarantine
 from indexer.queries import query
@@ -54,7 +54,7 @@ from indexer.slot import (
     current_wal_lsn,
     ensure_publication,
     peek_changes,
-    slot_exists,
+    slot_lost,
     slot_status,
 )
 from indexer.snapshot import initial_load, reload_cache
@@ -120,15 +120,26 @@ class Indexer:
         await ensure_publication(conn, self._settings.publication, WATCHED_TABLES)
         await self._quarantine.load(conn)
         meta = await self._search.indices_ready()
-        has_slot = await slot_exists(conn, self._settings.slot_name)
+        slot = self._settings.slot_name
+        lost = await slot_lost(conn, slot)
+        has_slot = lost is None
         complete = (
             meta is not None
             and meta.get("state") == "complete"
-            and meta.get("slot") == self._settings.slot_name
+            and meta.get("slot") == slot
             and meta.get("mapping") == MAPPING_VERSION
         )
         if has_slot and complete:
             return
+        if complete and lost is not None:
+            # The indices were complete, so the slot went from under them: every change
+            # since the last batch is unreadable. The generation serving keeps answering
+            # while a new one loads from a fresh snapshot, then the aliases switch.
+            metrics.SLOT_LOSSES.labels(lost).inc()
+            log.error(
+                "replication slot lost, rebuilding the indices from a new snapshot",
+                extra={"slot": slot, "reason": lost},
+            )
         log.info(
             "initial load needed",
             extra={"slot_exists": has_slot, "index_meta": meta},
@@ -144,13 +155,19 @@ class Indexer:
         await self._refill_cache_if_lost(conn)
         started = time.perf_counter()
         upto = await current_wal_lsn(conn)
-        rows = await peek_changes(
-            conn,
-            self._settings.slot_name,
-            self._settings.publication,
-            self._settings.batch_changes,
-            upto_lsn=upto,
-        )
+        try:
+            rows = await peek_changes(
+                conn,
+                self._settings.slot_name,
+                self._settings.publication,
+                self._settings.batch_changes,
+                upto_lsn=upto,
+            )
+        except SlotError:
+            lost = await slot_lost(conn, self._settings.slot_name)
+            if lost is not None:
+                raise SlotLost(self._settings.slot_name, lost) from None
+            raise
         full = len(rows) >= self._settings.batch_changes
         decoder = ChangeDecoder()
         transactions: list[Transaction] = []
@@ -285,6 +302,10 @@ class Indexer:
                     prepared = True
                 result = await self.step()
                 await self._tick_when_due()
+            except SlotLost:
+                # Not retried: ``prepare`` reports it once and reloads into a new generation.
+                prepared = False
+                continue
             except RETRYABLE as error:
                 cause = type(error).__name__
                 metrics.RETRIES.labels(cause).inc()

@@ -286,6 +286,16 @@ async def slot_status(conn: psycopg.AsyncConnection[Any], slot_name: str) -> Slo
     )
 
 
+async def slot_lost(conn: psycopg.AsyncConnection[Any], slot_name: str) -> str | None:
+    """Why the slot cannot give changes any more (``"dropped"``: it does not exist;
+    ``"invalidated"``: its WAL is gone, ``wal_status = lost``), or ``None`` when it can."""
+    with _Wrapped(f"read status of slot {slot_name!r}"):
+        row = await _fetch_one(conn, query("slot_status"), {"slot": slot_name})
+    if row is None:
+        return "dropped"
+    return "invalidated" if row[4] == "lost" else None
+
+
 async def drop_slot(conn: psycopg.AsyncConnection[Any], slot_name: str) -> bool:
     """Drop the slot if it exists; returns whether it did. A slot in use is not dropped."""
     with _Wrapped(f"drop slot {slot_name!r}"):

@@ -19,7 +19,7 @@ import psycopg
 from tqdm import tqdm
 
 from cache.readmodel.indices import MAPPING_VERSION
-from cache.records import Envelope, VersionedWrite
+from cache.records import Envelope, MembershipMode, MembershipUpdate, VersionedWrite
 from cache.types import Lsn, ObjectKind
 from indexer.changes import TouchedObjects
 from indexer.quarantine import Quarantine
@@ -57,17 +57,26 @@ async def initial_load(
     Rows that cannot become a document are recorded in the quarantine (on ``conn``) at the
     consistent point, like the capture loop's."""
     quarantine = quarantine if quarantine is not None else Quarantine()
+    serving_meta = await search.indices_ready()
+    if serving_meta is not None:
+        # Marked first: a load that dies before its switch must run again on restart, not
+        # stream from its new slot into a generation that missed the changes before it.
+        await search.set_meta({**serving_meta, "state": "replaced"}, serving=True)
     if await slot_exists(conn, settings.slot_name):
         # A slot without complete indices cannot be trusted: its snapshot is gone.
         await drop_slot(conn, settings.slot_name)
-    generation = int(time.time())
-    await search.create_indices(
+    # Milliseconds: a reload within the second of the previous load gets a name of its own.
+    generation = time.time_ns() // 1_000_000
+    serving = await search.create_indices(
         generation,
         {"slot": settings.slot_name, "state": "loading", "mapping": MAPPING_VERSION},
     )
-    # Membership records and counters are rebuilt by the load, silently (no customer entered
-    # anything by being loaded); records of customers gone since would otherwise stay.
-    await cache.membership.reset_all()
+    if not serving:
+        # Membership records and counters are rebuilt by the load, silently (no customer
+        # entered anything by being loaded); records of customers gone since would stay.
+        # With a generation serving, they serve too: the load rewrites each record in place
+        # and the records it did not reach are emptied after it (``_retire_memberships``).
+        await cache.membership.reset_all()
     show = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
     loaded = 0
@@ -118,6 +127,8 @@ async def initial_load(
     # the earlier load's Redis values: those of objects, codes and keys gone since are older
     # than this load's point and would stay live for ever, as no change will come for them.
     await retire_older_cache_values(cache, point)
+    if serving:
+        await _retire_memberships(cache, point)
     await search.refresh()
     await search.set_meta(
         {
@@ -127,6 +138,8 @@ async def initial_load(
             "mapping": MAPPING_VERSION,
         }
     )
+    # Readers move to the new generation in one alias request, once it is complete.
+    await search.switch_to(generation)
     await cache.set_watermark(point)
     elapsed = time.perf_counter() - started
     log.info(
@@ -192,6 +205,32 @@ async def retire_older_cache_values(cache: RedisSink, point: Lsn) -> int:
         retired += len(batch)
     if retired:
         log.info("retired cache values of an earlier load", extra={"keys": retired})
+    return retired
+
+
+async def _retire_memberships(cache: RedisSink, point: Lsn) -> int:
+    """Empty, at ``point`` and silently, every membership record the load did not rewrite
+    (its customer is gone): the counters drop them as they would for a deletion."""
+    retired = 0
+    async for owners in cache.membership.records_older_than(int(point)):
+        await cache.membership.apply(
+            [
+                MembershipUpdate(
+                    project_id=project_id,
+                    customer_id=customer_id,
+                    version=int(point),
+                    mode=MembershipMode.REPLACE,
+                    segment_ids=(),
+                    cause_lsn=int(point),
+                    occurred_at_us=time.time_ns() // 1000,
+                    emit=False,
+                )
+                for project_id, customer_id in owners
+            ]
+        )
+        retired += len(owners)
+    if retired:
+        log.info("retired membership records of an earlier load", extra={"records": retired})
     return retired
 
 

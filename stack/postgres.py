@@ -67,6 +67,9 @@ SETTINGS: dict[str, str] = {
     "wal_level": "logical",
     "max_replication_slots": "64",
     "max_wal_senders": "64",
+    # A slot that falls this far behind is invalidated rather than filling the disk; the
+    # indexer sees it (wal_status lost) and rebuilds from a new snapshot (docs/operations.md).
+    "max_slot_wal_keep_size": "'8GB'",
     "max_connections": "300",
     "fsync": "off",
     # Commits stay synchronous: a writer that reads pg_current_wal_lsn() after its commit must

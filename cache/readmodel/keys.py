@@ -222,6 +222,17 @@ class KeyLayout:
         """Key of one customer's segment membership record in one project."""
         return f"{self._project_head(project_id)}{_MEMBERSHIP_CODE}:{customer_id}"
 
+    def membership_of_key(self, key: str) -> tuple[str, str] | None:
+        """``(project_id, customer_id)`` of a membership record's key (``None``: another
+        key); the inverse of ``membership_key``."""
+        coded = self._project_code(key)
+        if coded is None or coded != (_MEMBERSHIP_CODE, True):
+            return None
+        start = len(self.project_keys_prefix)
+        end = key.find("}", start)
+        customer_id = key[end + 2 + len(_MEMBERSHIP_CODE) + 1 :]
+        return _project_of_tag(key[start:end]), customer_id
+
     def segment_counts_key(self, project_id: str) -> str:
         """Key of the hash of the project's member counts (segment id -> count)."""
         return f"{self._project_head(project_id)}{_SEGMENT_COUNTS_CODE}"

@@ -124,6 +124,8 @@ class ElasticSink:
         self._client = client
         self._names = IndexNames(prefix)
         self._refresh_interval = refresh_interval
+        # Kind -> the index of a generation being loaded (empty: write through the aliases).
+        self._write_target: dict[ObjectKind, str] = {}
 
     @property
     def client(self) -> AsyncElasticsearch:
@@ -149,44 +151,85 @@ class ElasticSink:
         return None
 
     @elasticsearch_boundary
-    async def create_indices(self, generation: int, meta: dict[str, Any]) -> None:
-        """Create a fresh generation of every index and point the aliases at it.
+    async def create_indices(self, generation: int, meta: dict[str, Any]) -> bool:
+        """Create a fresh generation of every index beside the one serving, and direct this
+        sink's writes at it (:meth:`switch_to` moves the aliases once it is loaded). Returns
+        whether an earlier generation serves meanwhile.
 
-        Old generations behind the aliases are removed in the same alias call, so readers
-        switch atomically, and then deleted with every other generation left over (by a load
-        that crashed before its switch); this is only used for a first load or a forced
-        rebuild. Deleted by name, not by wildcard: clusters may refuse wildcard deletes.
+        Without a serving generation (a first load, or aliases gone), the aliases point at
+        the new one at once: there is nothing else to answer from. Generations left over by
+        a load that died before its switch are deleted first, by name (clusters may refuse
+        wildcard deletes); the serving one stays.
         """
-        actions: list[dict[str, Any]] = []
-        new_names: set[str] = set()
-        for kind in INDEXED_KINDS:
-            name = self._names.generation(kind, generation)
-            new_names.add(name)
-            await self._client.options(ignore_status=404).indices.delete(index=name)
-            mappings = {**index_mappings(kind), "_meta": meta}
+        serving = await self._serving_indices()
+        new_names = {kind: self._names.generation(kind, generation) for kind in INDEXED_KINDS}
+        await self._delete_generations(keep=set(serving))
+        for kind, name in new_names.items():
             await self._client.indices.create(
                 index=name,
                 settings=index_settings(self._refresh_interval),
-                mappings=mappings,
+                mappings={**index_mappings(kind), "_meta": meta},
             )
-            old = await self._client.options(ignore_status=404).indices.get_alias(
-                name=self.alias(kind)
-            )
-            for old_index in old.body if old.meta.status == 200 else {}:
-                actions.append({"remove": {"index": old_index, "alias": self.alias(kind)}})
-            actions.append({"add": {"index": name, "alias": self.alias(kind)}})
+        self._write_target = dict(new_names)
+        if len(serving) == len(INDEXED_KINDS):
+            return True
+        await self.switch_to(generation)
+        return False
+
+    @elasticsearch_boundary
+    async def switch_to(self, generation: int) -> None:
+        """Point every alias at ``generation`` in one alias request (readers move from one
+        complete generation to the next at once), write through the aliases again, and
+        delete the generations that served before."""
+        serving = await self._serving_indices()
+        actions: list[dict[str, Any]] = []
+        for kind in INDEXED_KINDS:
+            alias = self.alias(kind)
+            new_index = self._names.generation(kind, generation)
+            for old_index in sorted(
+                index for (index, name) in serving.items() if name == alias and index != new_index
+            ):
+                actions.append({"remove": {"index": old_index, "alias": alias}})
+            actions.append({"add": {"index": new_index, "alias": alias}})
         await self._client.indices.update_aliases(actions=actions)
+        self._write_target = {}
+        await self._delete_generations(
+            keep={self._names.generation(kind, generation) for kind in INDEXED_KINDS}
+        )
+
+    async def _serving_indices(self) -> dict[str, str]:
+        """Index name -> alias, for every index behind one of this sink's aliases."""
+        found = await self._client.options(ignore_status=404).indices.get_alias(
+            name=",".join(self._names.aliases())
+        )
+        if found.meta.status != 200:
+            return {}
+        return {
+            index: alias
+            for index, body in found.body.items()
+            for alias in body.get("aliases", {})
+            if alias in self._names.aliases()
+        }
+
+    async def _delete_generations(self, *, keep: set[str]) -> None:
         for kind in INDEXED_KINDS:
             found = await self._client.indices.get(
                 index=self._names.generations_pattern(kind), expand_wildcards="all"
             )
-            for stale in sorted(set(found.body) - new_names):
+            for stale in sorted(set(found.body) - keep):
                 await self._client.options(ignore_status=404).indices.delete(index=stale)
 
+    def _target(self, kind: ObjectKind) -> str:
+        """Where writes of a kind go: the generation being loaded, else the alias."""
+        return self._write_target.get(kind) or self.alias(kind)
+
     @elasticsearch_boundary
-    async def set_meta(self, meta: dict[str, Any]) -> None:
+    async def set_meta(self, meta: dict[str, Any], *, serving: bool = False) -> None:
+        """Stamp ``meta`` on the generation being written (``serving``: on the one behind
+        the aliases, whatever is being loaded)."""
         for kind in INDEXED_KINDS:
-            await self._client.indices.put_mapping(index=self.alias(kind), meta=meta)
+            index = self.alias(kind) if serving else self._target(kind)
+            await self._client.indices.put_mapping(index=index, meta=meta)
 
     @elasticsearch_boundary
     async def drop_indices(self) -> None:
@@ -225,7 +268,7 @@ class ElasticSink:
         for document, version in documents:
             action = {
                 "index": {
-                    "_index": self.alias(document.kind),
+                    "_index": self._target(document.kind),
                     "_id": document.object_id,
                     "version": version,
                     "version_type": "external_gte",
@@ -252,7 +295,7 @@ class ElasticSink:
         for delete in deletes:
             action = {
                 "delete": {
-                    "_index": self.alias(delete.kind),
+                    "_index": self._target(delete.kind),
                     "_id": delete.object_id,
                     "version": delete.version,
                     "version_type": "external_gte",
@@ -422,4 +465,6 @@ class ElasticSink:
 
     @elasticsearch_boundary
     async def refresh(self) -> None:
-        await self._client.indices.refresh(index=",".join(self._names.aliases()))
+        await self._client.indices.refresh(
+            index=",".join(self._target(kind) for kind in INDEXED_KINDS)
+        )

@@ -305,6 +305,7 @@ async def _load(
     await sink.create_indices(generation, {})
     await sink.apply([(doc, 1) for doc in docs], [])
     await sink.refresh()
+    await sink.switch_to(generation)  # readers move once the generation is loaded
     return sink
 
 

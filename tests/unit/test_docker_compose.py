@@ -92,7 +92,7 @@ def test_postgres_is_set_up_for_logical_decoding(services: dict[str, Any]) -> No
     command = " ".join(services["postgres"]["command"])
     for setting in ("wal_level=logical", "max_replication_slots=64", "max_wal_senders=64",
                     "max_connections=300", "fsync=off", "synchronous_commit=on",
-                    "full_page_writes=off"):
+                    "full_page_writes=off", "max_slot_wal_keep_size=8GB"):
         assert setting in command
     assert _environment(services["postgres"])["POSTGRES_DB"] == "loyalty"
 
