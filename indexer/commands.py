@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch, OrjsonSerializer
 from prometheus_client import start_http_server
 
+from cache.errors import StoreError
 from cache.logs import configure_logging
 from cache.membership import MembershipStore
 from cache.readmodel.documents import INDEXED_KINDS
@@ -143,6 +144,14 @@ async def gather_status(settings: IndexerSettings) -> dict[str, Any]:
             except IndexerError:
                 documents[kind.value] = -1
         out["documents"] = documents
+        try:
+            meta = await clients.search.indices_ready()
+        except StoreError:
+            meta = None
+        # The serving generation's stamp: ``complete``, or ``replaced`` while a reload runs.
+        out["indices"] = None if meta is None else {
+            key: meta.get(key) for key in ("state", "mapping", "consistent_point")
+        }
     return out
 
 

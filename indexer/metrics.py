@@ -27,6 +27,13 @@ LAG_BYTES = Gauge(
     "WAL bytes between the server's position when the last step began and the slot after it",
 )
 LAG_SECONDS = Gauge("indexer_lag_seconds", "Age of the newest applied commit when applied")
+LOADING = Gauge("indexer_loading", "1 while a load (first, or a reload into a new generation) runs")
+LOAD_ROWS = Gauge(
+    "indexer_load_rows", "Rows read by the load in progress (or the last one)", ["table"]
+)
+LOAD_ROWS_EXPECTED = Gauge(
+    "indexer_load_rows_expected", "Rows the load in progress (or the last one) reads", ["table"]
+)
 SLOT_LOSSES = Counter(
     "indexer_slot_losses_total",
     "Replication slots found dropped or invalidated (wal_status lost) under complete indices; "

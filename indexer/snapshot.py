@@ -16,12 +16,13 @@ import time
 from typing import Any
 
 import psycopg
-from tqdm import tqdm
 
 from cache.readmodel.indices import MAPPING_VERSION
 from cache.records import Envelope, MembershipMode, MembershipUpdate, VersionedWrite
 from cache.types import Lsn, ObjectKind
+from indexer import metrics
 from indexer.changes import TouchedObjects
+from indexer.progress import Progress
 from indexer.quarantine import Quarantine
 from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.settings import IndexerSettings
@@ -95,33 +96,34 @@ async def initial_load(
             # the bounded queue keeps memory at a few chunks whatever the table size.
             queue: asyncio.Queue[SinkWrites | None] = asyncio.Queue(maxsize=2)
             writer = asyncio.create_task(_write_chunks(queue, search, cache, conn, quarantine))
+            totals = {table: await source.row_count(table) for table, _ in _TABLES}
+            for table, total in totals.items():
+                metrics.LOAD_ROWS_EXPECTED.labels(table).set(total)
+                metrics.LOAD_ROWS.labels(table).set(0)
+            reporter = Progress("initial load", totals, terminal=show, logger=log)
+            metrics.LOADING.set(1)
             try:
                 for table, kind in _TABLES:
-                    total = await source.row_count(table)
-                    with tqdm(
-                        total=total,
-                        desc=f"snapshot {table}",
-                        unit="rows",
-                        disable=not show,
-                        file=sys.stderr,
-                    ) as bar:
-                        async for ids in source.primary_key_chunks(
-                            f"primary_keys_{table}", settings.snapshot_chunk_rows
-                        ):
-                            touched = TouchedObjects()
-                            for object_id in ids:
-                                if kind is None:
-                                    touched.mark_api_key(object_id, None, int(point))
-                                else:
-                                    touched.mark(kind, object_id, None, int(point))
-                            async for chunk in rebuilder.writes(touched):
-                                await _put(queue, writer, chunk)
-                            loaded += len(ids)
-                            bar.update(len(ids))
+                    async for ids in source.primary_key_chunks(
+                        f"primary_keys_{table}", settings.snapshot_chunk_rows
+                    ):
+                        touched = TouchedObjects()
+                        for object_id in ids:
+                            if kind is None:
+                                touched.mark_api_key(object_id, None, int(point))
+                            else:
+                                touched.mark(kind, object_id, None, int(point))
+                        async for chunk in rebuilder.writes(touched):
+                            await _put(queue, writer, chunk)
+                        loaded += len(ids)
+                        reporter(table, len(ids))
+                        metrics.LOAD_ROWS.labels(table).set(reporter.done)
                 await _put(queue, writer, None)
                 await writer
             finally:
                 writer.cancel()
+                reporter.close()
+                metrics.LOADING.set(0)
             await reader.rollback()
     # A load run again (after a crash half way through one, or after ``indexer drop``) finds
     # the earlier load's Redis values: those of objects, codes and keys gone since are older

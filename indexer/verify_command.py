@@ -10,15 +10,14 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from typing import Any
 
 import orjson
-from tqdm import tqdm
 
 from cache.logs import configure_logging
 from cache.types import ObjectKind
 from indexer.commands import open_clients
+from indexer.progress import Progress
 from indexer.rebuild import TABLE_OF_KIND
 from indexer.settings import ENVIRONMENT_HELP, IndexerSettings
 from indexer.source import DocumentSource, connect
@@ -27,47 +26,7 @@ from indexer.verify_report import API_KEY, KIND_ORDER, VerifyReport, VerifyScope
 
 log = logging.getLogger("indexer.verify")
 
-LOG_EVERY_SECONDS = 5.0
 KIND_CHOICES = ("all", *(kind.value for kind in KIND_ORDER))
-
-
-class _Progress:
-    """A bar per kind on a terminal (rows, rows/s, ETA); a log line every few seconds
-    otherwise, so a run under a supervisor still shows it is alive."""
-
-    def __init__(self, totals: dict[str, int], *, terminal: bool) -> None:
-        self._totals = totals
-        self._terminal = terminal
-        self._bar: Any = None
-        self._kind: str | None = None
-        self._done = 0
-        self._logged_at = time.monotonic()
-
-    def __call__(self, kind: str, rows: int) -> None:
-        if kind != self._kind:
-            self.close()
-            self._kind, self._done = kind, 0
-            if self._terminal:
-                self._bar = tqdm(
-                    total=self._totals.get(kind),
-                    desc=f"verify {kind}",
-                    unit="rows",
-                    file=sys.stderr,
-                )
-        self._done += rows
-        if self._bar is not None:
-            self._bar.update(rows)
-        elif time.monotonic() - self._logged_at >= LOG_EVERY_SECONDS:
-            self._logged_at = time.monotonic()
-            log.info(
-                "verify progress",
-                extra={"kind": kind, "rows": self._done, "total": self._totals.get(kind)},
-            )
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 async def run_verify(
@@ -85,7 +44,7 @@ async def run_verify(
         for kind in scope.kinds:
             rows = await source.row_count(TABLE_OF_KIND[kind], scope.project_id)
             totals[kind.value] = rows if scope.sample is None else min(rows, scope.sample)
-        progress = _Progress(totals, terminal=terminal)
+        progress = Progress("verify", totals, terminal=terminal, logger=log)
         async with open_clients(settings) as clients:
             verifier = Verifier(
                 conn,

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from cache.readmodel.indices import MAPPING_VERSION
+from indexer.commands import gather_status
 from indexer.migrate import apply_migrations
 from indexer.runner import Indexer
 from stack import config as stack_config
@@ -241,6 +242,11 @@ async def test_an_upgrade_changing_the_mapping_version_reloads_while_the_old_gen
 
     assert seen == {"serving": old_index, "documents": 3}
     assert (reader.counts, reader.errors) == ({3}, [])
+    # Its progress, as the metrics show it.
+    sample = REGISTRY.get_sample_value
+    assert sample("indexer_load_rows", {"table": "vouchers"}) == 3
+    assert sample("indexer_load_rows_expected", {"table": "customers"}) == 2
+    assert sample("indexer_loading") == 0
     meta = await h.clients.search.indices_ready()
     assert meta is not None and meta["mapping"] == MAPPING_VERSION + 1
     assert meta["state"] == "complete"
@@ -277,3 +283,16 @@ async def test_a_reload_that_dies_before_its_switch_runs_again_on_restart(
     doc = await h.es_doc("voucher", "v_1")
     assert doc is not None and doc["doc"]["code"] == "SUMMER-9"
     assert (await h.verify()).ok
+
+
+async def test_status_shows_the_serving_generations_stamp(harness: IndexerHarness) -> None:
+    await seed_base(harness)
+    await harness.catch_up()
+    await harness.clients.search.refresh()
+    status = await gather_status(harness.settings)
+    assert status["indices"] == {
+        "state": "complete",
+        "mapping": MAPPING_VERSION,
+        "consistent_point": status["indices"]["consistent_point"],
+    }
+    assert status["documents"]["voucher"] == 3 and "slot_exists" not in status
