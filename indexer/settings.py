@@ -104,6 +104,10 @@ RECOMPUTE_SLICE_MS = Setting(
     "recompute_slice_ms", "LOYALTY_SEGMENT_RECOMPUTE_SLICE_MS", integer(10, 60_000), 200,
     "segment recompute work between two batches of changes, ms",
 )
+LOAD_MAX_ROWS_PER_SECOND = Setting(
+    "load_max_rows_per_second", "LOYALTY_LOAD_MAX_ROWS_PER_SECOND", integer(0, 10_000_000), 0,
+    "cap on the rows a load (first, or a reload) reads per second; 0: none",
+)
 
 SETTINGS: tuple[Setting[Any], ...] = (
     PG_DSN,
@@ -118,6 +122,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     SEGMENT_EVENTS_MAX,
     SEGMENT_TICK_SECONDS,
     RECOMPUTE_SLICE_MS,
+    LOAD_MAX_ROWS_PER_SECOND,
 )
 
 ENVIRONMENT_HELP = environment_help(SETTINGS)
@@ -136,6 +141,7 @@ class IndexerSettings(StoreSettings):
     segment_events_max: int = SEGMENT_EVENTS_MAX.default
     segment_tick_seconds: int = SEGMENT_TICK_SECONDS.default
     recompute_slice_ms: int = RECOMPUTE_SLICE_MS.default
+    load_max_rows_per_second: int = LOAD_MAX_ROWS_PER_SECOND.default
     # Not from the environment: knobs for tests.
     snapshot_chunk_rows: int = 2000
     rebuild_chunk_ids: int = 2000

@@ -30,6 +30,7 @@ from indexer.sinks.elastic import ElasticSink, VersionedDelete
 from indexer.sinks.redis import RedisSink
 from indexer.slot import create_slot_with_snapshot, drop_slot, open_snapshot_reader, slot_exists
 from indexer.source import DocumentSource, connect
+from indexer.throttle import RowThrottle
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ async def initial_load(
                 metrics.LOAD_ROWS_EXPECTED.labels(table).set(total)
                 metrics.LOAD_ROWS.labels(table).set(0)
             reporter = Progress("initial load", totals, terminal=show, logger=log)
+            throttle = RowThrottle(settings.load_max_rows_per_second)
             metrics.LOADING.set(1)
             try:
                 for table, kind in _TABLES:
@@ -118,6 +120,7 @@ async def initial_load(
                         loaded += len(ids)
                         reporter(table, len(ids))
                         metrics.LOAD_ROWS.labels(table).set(reporter.done)
+                        await throttle.took(len(ids))
                 await _put(queue, writer, None)
                 await writer
             finally:
