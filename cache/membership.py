@@ -36,6 +36,7 @@ from cache.readmodel.codec import (
 )
 from cache.readmodel.keys import KeyLayout
 from cache.records import MembershipUpdate, SegmentEvent, SegmentJob
+from cache.scan import key_pages
 
 # Updates per script call: a call runs atomically and blocks Redis meanwhile, so a large batch
 # is cut into calls of this size (all sent in one pipeline), as CacheStore does with writes.
@@ -236,32 +237,22 @@ class MembershipStore:
         """``(project_id, customer_id)`` of every record with segments whose base is below
         ``version``, a SCAN page at a time: after a complete load at ``version``, the
         customers the load did not write, i.e. gone from the source."""
-        cursor = 0
-        while True:
-            cursor, found = await self.redis.scan(
-                cursor, match=self.layout.membership_state_pattern(), count=page
-            )
-            owners: list[tuple[str, str]] = []
-            keys: list[str] = []
-            for raw in found:
-                key = raw.decode() if isinstance(raw, bytes) else str(raw)
-                owner = self.layout.membership_of_key(key)
-                if owner is not None:
-                    owners.append(owner)
-                    keys.append(key)
+        pattern = self.layout.membership_state_pattern()
+        async for names in key_pages(self.redis, pattern, page):
+            layout = self.layout
+            owned = [(owner, name) for name in names if (owner := layout.membership_of_key(name))]
+            if not owned:
+                continue
+            blobs = cast(list[bytes | None], await self.redis.mget([name for _, name in owned]))
             stale: list[tuple[str, str]] = []
-            if keys:
-                blobs = cast(list[bytes | None], await self.redis.mget(keys))
-                for owner, blob in zip(owners, blobs, strict=True):
-                    if blob is None:
-                        continue
-                    base, segment_ids = decode_membership(blob)
-                    if segment_ids and base < version:
-                        stale.append(owner)
+            for (owner, _), blob in zip(owned, blobs, strict=True):
+                if blob is None:
+                    continue
+                base, segment_ids = decode_membership(blob)
+                if segment_ids and base < version:
+                    stale.append(owner)
             if stale:
                 yield stale
-            if cursor == 0:
-                return
 
     # -- reset before a silent rebuild -----------------------------------------------------------
 

@@ -38,6 +38,7 @@ from cache.records import (
     TokenLease,
     VersionedWrite,
 )
+from cache.scan import key_pages
 
 # Longer than any replay window; each process passes its configured value.
 DEFAULT_TOMBSTONE_TTL_SECONDS = 86_400
@@ -226,22 +227,18 @@ class CacheStore:
         other keys (segment membership, counts, events) are skipped: a GETRANGE of a hash or a
         stream is refused."""
         for pattern in (f"{self.layout.project_keys_prefix}*", f"{self.layout.app_key_prefix}*"):
-            cursor = 0
-            while True:
-                cursor, found = await self.redis.scan(cursor, match=pattern, count=page)
-                names = (key.decode() if isinstance(key, bytes) else str(key) for key in found)
+            async for names in key_pages(self.redis, pattern, page):
                 keys = [name for name in names if self.layout.is_envelope_key(name)]
-                if keys:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for key in keys:
-                            pipe.getrange(key, 0, ENVELOPE_HEADER_SIZE - 1)
-                        heads = await pipe.execute()
-                    for key, head in zip(keys, heads, strict=True):
-                        stored = envelope_version(head)
-                        if stored is not None and stored < version:
-                            yield key
-                if cursor == 0:
-                    break
+                if not keys:
+                    continue
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.getrange(key, 0, ENVELOPE_HEADER_SIZE - 1)
+                    heads = await pipe.execute()
+                for key, head in zip(keys, heads, strict=True):
+                    stored = envelope_version(head)
+                    if stored is not None and stored < version:
+                        yield key
 
     @redis_boundary
     async def get_raw_many(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -270,31 +267,18 @@ class CacheStore:
         """The keys of one project (or of all) a SCAN page at a time: every object key is
         among them, with the projects' other keys; whether each holds a live value is the
         caller's to read."""
+        # The caller parses each key (``KeyLayout.object_of_key``), which tells objects from
+        # the project's other keys.
         pattern = self.layout.project_keys_pattern(project_id)
-        cursor = 0
-        while True:
-            cursor, found = await self.redis.scan(cursor, match=pattern, count=page)
-            # The caller parses each key (``KeyLayout.object_of_key``), which tells objects
-            # from the project's other keys.
-            keys = [key.decode() if isinstance(key, bytes) else str(key) for key in found]
-            if keys:
-                yield keys
-            if cursor == 0:
-                return
+        async for names in key_pages(self.redis, pattern, page):
+            yield names
 
     @redis_boundary
     async def app_id_pages(self, *, page: int = 1000) -> AsyncIterator[list[str]]:
         """The app id of every API key record (live or tombstone), a SCAN page at a time."""
         prefix = self.layout.app_key_prefix
-        cursor = 0
-        while True:
-            cursor, found = await self.redis.scan(cursor, match=f"{prefix}*", count=page)
-            names = (key.decode() if isinstance(key, bytes) else str(key) for key in found)
-            app_ids = [name[len(prefix) :] for name in names]
-            if app_ids:
-                yield app_ids
-            if cursor == 0:
-                return
+        async for names in key_pages(self.redis, f"{prefix}*", page):
+            yield [name[len(prefix) :] for name in names]
 
     # -- both -------------------------------------------------------------------------------
 

@@ -109,13 +109,7 @@ async def initial_load(
                     async for ids in source.primary_key_chunks(
                         f"primary_keys_{table}", settings.snapshot_chunk_rows
                     ):
-                        touched = TouchedObjects()
-                        for object_id in ids:
-                            if kind is None:
-                                touched.mark_api_key(object_id, None, int(point))
-                            else:
-                                touched.mark(kind, object_id, None, int(point))
-                        async for chunk in rebuilder.writes(touched):
+                        async for chunk in rebuilder.writes(_touched(kind, ids, point)):
                             await _put(queue, writer, chunk)
                         loaded += len(ids)
                         reporter(table, len(ids))
@@ -157,6 +151,17 @@ async def initial_load(
         },
     )
     return point
+
+
+def _touched(kind: ObjectKind | None, ids: list[str], version: Lsn) -> TouchedObjects:
+    """Every row of a chunk of one table to write at ``version`` (``None``: API keys)."""
+    touched = TouchedObjects()
+    for object_id in ids:
+        if kind is None:
+            touched.mark_api_key(object_id, None, int(version))
+        else:
+            touched.mark(kind, object_id, None, int(version))
+    return touched
 
 
 async def _put(
@@ -249,12 +254,6 @@ async def reload_cache(
     written = 0
     for table, kind in _TABLES:
         async for ids in source.primary_key_chunks(f"primary_keys_{table}", chunk_ids):
-            touched = TouchedObjects()
-            for object_id in ids:
-                if kind is None:
-                    touched.mark_api_key(object_id, None, int(version))
-                else:
-                    touched.mark(kind, object_id, None, int(version))
-            async for chunk in rebuilder.writes(touched):
+            async for chunk in rebuilder.writes(_touched(kind, ids, version)):
                 written += await cache.apply(chunk)
     return written
