@@ -17,7 +17,6 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch, OrjsonSerializer
-from prometheus_client import start_http_server
 
 from cache.errors import StoreError
 from cache.logs import configure_logging
@@ -27,9 +26,11 @@ from cache.readmodel.keys import KeyLayout
 from cache.store import CacheStore
 from cache.types import Lsn
 from indexer.changes import WATCHED_TABLES
+from indexer.daemon import run_daemon
 from indexer.errors import IndexerError, SourceBug
 from indexer.pgoutput import ChangeDecoder
 from indexer.quarantine import QuarantineStore
+from indexer.reindex_state import CheckpointError, CheckpointStore
 from indexer.runner import Indexer
 from indexer.settings import ENVIRONMENT_HELP, IndexerSettings
 from indexer.sinks.elastic import ElasticSink
@@ -85,19 +86,18 @@ async def run_until_stopped(settings: IndexerSettings) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        # The batch in progress completes (both sinks, then the slot) before the loop ends.
+        # The batch in progress completes (both sinks, then the slot) before the loop ends;
+        # a load is cut short (``indexer.daemon``).
         loop.add_signal_handler(signum, stop.set)
     async with open_clients(settings) as clients:
         indexer = Indexer(settings, clients.search, clients.cache)
-        await indexer.run(stop)
+        code = await run_daemon(settings, indexer, stop)
     log.info("indexer stopped")
-    return 0
+    return code
 
 
 def _run(args: argparse.Namespace, settings: IndexerSettings) -> int:
     configure_logging(args.log_level)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
     try:
         import uvloop
 
@@ -152,7 +152,29 @@ async def gather_status(settings: IndexerSettings) -> dict[str, Any]:
         out["indices"] = None if meta is None else {
             key: meta.get(key) for key in ("state", "mapping", "consistent_point")
         }
+        out["reindex"] = await _reindex_status(clients, settings)
     return out
+
+
+async def _reindex_status(clients: Clients, settings: IndexerSettings) -> dict[str, Any] | None:
+    """The reindex in progress, as its checkpoint says (None: none)."""
+    store = CheckpointStore(clients.redis, KeyLayout(settings.redis_key_prefix).reindex_key)
+    try:
+        state = await store.load()
+    except CheckpointError as error:
+        return {"error": str(error)}
+    if state is None:
+        return None
+    return {
+        "generation": state.generation,
+        "kinds": ",".join(str(kind) for kind in state.kinds),
+        "source": str(state.source),
+        "phase": str(state.phase),
+        "stage": state.stage,
+        "rows_done": state.rows_done,
+        "resumed": state.resumed,
+        "started_at": datetime.fromtimestamp(state.started_at, UTC).isoformat(),
+    }
 
 
 async def _oldest_pending_age(
@@ -226,7 +248,9 @@ def add_command(subparsers: Any) -> None:
         help="run the indexer daemon",
         description="Capture changes from the slot and apply them to Elasticsearch and Redis. "
         "Creates publication, slot and indices (with an initial load) when absent. "
-        "SIGTERM finishes the current batch, then exits.",
+        "Serves /metrics and /healthz on LOYALTY_METRICS_HOST:LOYALTY_METRICS_PORT. "
+        "SIGTERM finishes the current batch, then exits; a load in progress is interrupted "
+        "after a few seconds and runs again on the next start.",
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

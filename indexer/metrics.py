@@ -1,4 +1,5 @@
-"""Prometheus metrics of the indexer, served on their own HTTP port by ``indexer run``."""
+"""Prometheus metrics of the indexer, served on their own HTTP port by ``indexer run``
+(``indexer.health``)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,27 @@ DOCUMENTS_WRITTEN = Counter(
 RETRIES = Counter("indexer_retries_total", "Batch attempts that failed and were retried", ["cause"])
 LAG_BYTES = Gauge(
     "indexer_lag_bytes",
-    "WAL bytes between the server's position when the last step began and the slot after it",
+    "WAL bytes the slot has not confirmed: the server's WAL position minus the slot's "
+    "confirmed position (read every few seconds, and after each step)",
 )
-LAG_SECONDS = Gauge("indexer_lag_seconds", "Age of the newest applied commit when applied")
+LAG_SECONDS = Gauge(
+    "indexer_lag_seconds",
+    "Upper bound of the age of the oldest commit not applied yet: seconds since every earlier "
+    "commit was known applied; 0 when the slot confirmed everything, growing while stuck",
+)
+RETAINED_WAL_BYTES = Gauge(
+    "indexer_retained_wal_bytes",
+    "WAL the server keeps for the slot: its WAL position minus the slot's restart position",
+)
+WAL_STATUS = Gauge(
+    "indexer_wal_status",
+    "The slot's wal_status: 1 for the current one (reserved, extended, unreserved, lost), "
+    "0 for the others",
+    ["status"],
+)
+LAST_STEP_TIMESTAMP = Gauge(
+    "indexer_last_step_timestamp_seconds", "Unix time of the last step that succeeded"
+)
 LOADING = Gauge("indexer_loading", "1 while a load (first, or a reload into a new generation) runs")
 LOAD_ROWS = Gauge(
     "indexer_load_rows", "Rows read by the load in progress (or the last one)", ["table"]

@@ -39,6 +39,7 @@ from cache.types import Lsn
 from indexer import metrics
 from indexer.changes import WATCHED_TABLES, TouchedObjects, collect_touched
 from indexer.errors import SlotError, SlotLost, SourceUnavailable, classify_postgres
+from indexer.lag import lag_seconds
 from indexer.pgoutput import ChangeDecoder, Transaction
 from indexer.quarantine import Quarantine
 from indexer.queries import query
@@ -97,6 +98,14 @@ class Indexer:
         )
         self._next_tick = 0.0
         self.watermark: Lsn | None = None
+        # For /healthz and the lag timer (Unix times): when ``prepare`` last finished (None
+        # while it runs), when a step last succeeded, and the moment up to which every
+        # commit is known applied (``indexer.lag``).
+        self.prepared_at: float | None = None
+        self.last_step_at: float | None = None
+        self.applied_until: float | None = None
+        # A load does not look at the stop event: shutdown cancels it, and says so.
+        self.loading = False
         # Test hook: awaited after the sinks applied a batch and before the slot advances.
         self.before_advance: BatchHook | None = None
 
@@ -116,6 +125,7 @@ class Indexer:
 
     async def prepare(self) -> None:
         """Publication, slot and indices in place; runs the initial load when needed."""
+        self.prepared_at = None
         conn = await self._connection()
         await ensure_publication(conn, self._settings.publication, WATCHED_TABLES)
         await self._quarantine.load(conn)
@@ -130,6 +140,7 @@ class Indexer:
             and meta.get("mapping") == MAPPING_VERSION
         )
         if has_slot and complete:
+            self.prepared_at = time.time()
             return
         if complete and lost is not None:
             # The indices were complete, so the slot went from under them: every change
@@ -144,16 +155,26 @@ class Indexer:
             "initial load needed",
             extra={"slot_exists": has_slot, "index_meta": meta},
         )
-        point = await initial_load(
-            self._settings, conn, self._search, self._cache, quarantine=self._quarantine
-        )
+        # Every commit before the load's consistent point is in the load, and that point is
+        # taken after this instant.
+        started = time.time()
+        self.loading = True
+        try:
+            point = await initial_load(
+                self._settings, conn, self._search, self._cache, quarantine=self._quarantine
+            )
+        finally:
+            self.loading = False
         self.watermark = point
+        self.applied_until = started
+        self.prepared_at = time.time()
 
     async def step(self) -> StepResult:
         """Peek, apply and advance once; returns what was done."""
         conn = await self._connection()
         await self._refill_cache_if_lost(conn)
         started = time.perf_counter()
+        started_at = time.time()
         upto = await current_wal_lsn(conn)
         try:
             rows = await peek_changes(
@@ -193,7 +214,17 @@ class Indexer:
             await self._refill_cache_if_lost(conn)
         self.watermark = target
         metrics.WATERMARK.set(int(target))
-        metrics.LAG_BYTES.set(max(0, int(upto) - int(target)))
+        if not full:
+            self.applied_until = started_at
+        elif transactions:
+            # The next pending commit is not older than the newest one applied.
+            newest = transactions[-1].commit_time.timestamp()
+            self.applied_until = max(self.applied_until or newest, newest)
+        lag_bytes = max(0, int(upto) - int(target))
+        metrics.LAG_BYTES.set(lag_bytes)
+        seconds = lag_seconds(lag_bytes, self.applied_until, time.time())
+        if seconds is not None:
+            metrics.LAG_SECONDS.set(seconds)
         if self.recompute.pending and not queued_jobs:
             # After the watermark moved: the changes of other tenants this batch applied are
             # visible before the slice runs, so a long recompute delays them by one slice,
@@ -203,8 +234,8 @@ class Indexer:
             metrics.TRANSACTIONS.inc(len(transactions))
             metrics.BATCH_CHANGES.observe(changes)
             metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
-            newest = transactions[-1].commit_time
-            metrics.LAG_SECONDS.set(max(0.0, time.time() - newest.timestamp()))
+        self.last_step_at = time.time()
+        metrics.LAST_STEP_TIMESTAMP.set(self.last_step_at)
         return StepResult(len(transactions), changes, target, full)
 
     async def _refill_cache_if_lost(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -231,20 +262,6 @@ class Indexer:
         await self._cache.set_watermark(version)
         log.info("cache reloaded", extra={"keys": keys, "version": str(version)})
 
-    async def _wait_until_visible(
-        self, conn: psycopg.AsyncConnection[Any], xids: list[int]
-    ) -> None:
-        """Wait (briefly: the window is the commit's own bookkeeping) until no transaction
-        of the batch is still running for a new snapshot, so the rebuild reads its rows."""
-        for attempt in range(1000):
-            with translating(classify_postgres):
-                cursor = await conn.execute(query("transactions_still_invisible"), {"xids": xids})
-                row = await cursor.fetchone()
-            if row is None or not row[0]:
-                return
-            await asyncio.sleep(min(0.001 * (attempt + 1), 0.02))
-        raise SourceUnavailable("decoded transactions did not become visible")
-
     async def apply(self, transactions: list[Transaction]) -> bool:
         """Apply whole transactions, in commit order, to both sinks; returns whether they
         queued a segment recompute."""
@@ -259,7 +276,7 @@ class Indexer:
             )
         if not touched:
             return False
-        await self._wait_until_visible(conn, [t.xid for t in transactions])
+        await wait_until_visible(conn, [t.xid for t in transactions])
         rebuilder = Rebuilder(
             DocumentSource(conn),
             chunk_ids=self._settings.rebuild_chunk_ids,
@@ -292,6 +309,14 @@ class Indexer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Loop until ``stop`` is set; the batch in progress is finished first."""
+        try:
+            await self._loop(stop)
+        finally:
+            # Also when cancelled (a shutdown that did not wait for a load): no connection
+            # is left to the server to close.
+            await self.close()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff()
         state = "starting"
         prepared = False
@@ -322,7 +347,6 @@ class Indexer:
             if not result.full and result.transactions == 0 and not self.recompute.pending:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self._settings.idle_sleep_ms / 1000)
-        await self.close()
 
     async def _tick_when_due(self) -> None:
         now = time.monotonic()
@@ -338,6 +362,19 @@ class Indexer:
             except Exception:
                 log.debug("closing a broken connection failed", exc_info=True)
             self._conn = None
+
+
+async def wait_until_visible(conn: psycopg.AsyncConnection[Any], xids: list[int]) -> None:
+    """Wait (briefly: the window is the commit's own bookkeeping) until no transaction of a
+    decoded batch is still running for a new snapshot, so a rebuild reads its rows."""
+    for attempt in range(1000):
+        with translating(classify_postgres):
+            cursor = await conn.execute(query("transactions_still_invisible"), {"xids": xids})
+            row = await cursor.fetchone()
+        if row is None or not row[0]:
+            return
+        await asyncio.sleep(min(0.001 * (attempt + 1), 0.02))
+    raise SourceUnavailable("decoded transactions did not become visible")
 
 
 def _micros(moment: datetime) -> int:

@@ -9,7 +9,9 @@ docs/internals.md ("Configuration") derive from, or are tested against, ``SETTIN
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +51,25 @@ DEFAULT_PG_ADMIN_DSN = "postgresql://postgres:loyalty-admin-local@127.0.0.1:5433
 
 # Replication slot and publication names, as ``indexer.slot`` accepts them.
 _PG_NAME = pattern(r"[a-z0-9_]{1,63}", "1 to 63 of [a-z0-9_]")
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _host(raw: str) -> str:
+    # A host name is resolved only when the listener binds; refused here is what could never
+    # be one (a URL, an address with a port).
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        if _HOST_NAME.fullmatch(raw) is None:
+            raise ValueError(raw) from None
+    return raw
+
+
+_HOST = Format("an IP address or a host name", _host)
+
 
 def _conninfo(raw: str) -> str:
     # libpq's own parser: both forms it accepts (a URL, or ``key=value`` pairs) are valid.
@@ -89,7 +110,17 @@ ES_REFRESH = Setting(
 )
 METRICS_PORT = Setting(
     "metrics_port", "LOYALTY_METRICS_PORT", integer(0, 65535), 9108,
-    "Prometheus metrics port, 0 to disable",
+    "port of /metrics and /healthz, 0 to disable",
+)
+# Loopback by default: the listener has no authentication. A container sets 0.0.0.0 so that a
+# scraper on its network reaches it.
+METRICS_HOST = Setting(
+    "metrics_host", "LOYALTY_METRICS_HOST", _HOST, "127.0.0.1",
+    "address the /metrics and /healthz listener binds",
+)
+HEALTH_STALL_SECONDS = Setting(
+    "health_stall_seconds", "LOYALTY_HEALTH_STALL_SECONDS", integer(1, 86_400), 60,
+    "/healthz answers 503 stalled when no step succeeded for this long, s",
 )
 
 SEGMENT_EVENTS_MAX = Setting(
@@ -108,6 +139,10 @@ LOAD_MAX_ROWS_PER_SECOND = Setting(
     "load_max_rows_per_second", "LOYALTY_LOAD_MAX_ROWS_PER_SECOND", integer(0, 10_000_000), 0,
     "cap on the rows a load (first, or a reload) reads per second; 0: none",
 )
+REINDEX_METRICS_PORT = Setting(
+    "reindex_metrics_port", "LOYALTY_REINDEX_METRICS_PORT", integer(0, 65535), 9109,
+    "Prometheus metrics port of `indexer reindex` (its progress), 0 to disable",
+)
 
 SETTINGS: tuple[Setting[Any], ...] = (
     PG_DSN,
@@ -119,10 +154,13 @@ SETTINGS: tuple[Setting[Any], ...] = (
     IDLE_SLEEP_MS,
     ES_REFRESH,
     METRICS_PORT,
+    METRICS_HOST,
+    HEALTH_STALL_SECONDS,
     SEGMENT_EVENTS_MAX,
     SEGMENT_TICK_SECONDS,
     RECOMPUTE_SLICE_MS,
     LOAD_MAX_ROWS_PER_SECOND,
+    REINDEX_METRICS_PORT,
 )
 
 ENVIRONMENT_HELP = environment_help(SETTINGS)
@@ -138,10 +176,13 @@ class IndexerSettings(StoreSettings):
     idle_sleep_ms: int = IDLE_SLEEP_MS.default
     es_refresh_interval: str = ES_REFRESH.default
     metrics_port: int = METRICS_PORT.default
+    metrics_host: str = METRICS_HOST.default
+    health_stall_seconds: int = HEALTH_STALL_SECONDS.default
     segment_events_max: int = SEGMENT_EVENTS_MAX.default
     segment_tick_seconds: int = SEGMENT_TICK_SECONDS.default
     recompute_slice_ms: int = RECOMPUTE_SLICE_MS.default
     load_max_rows_per_second: int = LOAD_MAX_ROWS_PER_SECOND.default
+    reindex_metrics_port: int = REINDEX_METRICS_PORT.default
     # Not from the environment: knobs for tests.
     snapshot_chunk_rows: int = 2000
     rebuild_chunk_ids: int = 2000

@@ -163,14 +163,17 @@ async def slot_exists(conn: psycopg.AsyncConnection[Any], slot_name: str) -> boo
 
 
 @asynccontextmanager
-async def create_slot_with_snapshot(dsn: str, slot_name: str) -> AsyncIterator[tuple[Lsn, str]]:
+async def create_slot_with_snapshot(
+    dsn: str, slot_name: str, *, temporary: bool = False
+) -> AsyncIterator[tuple[Lsn, str]]:
     """Create a pgoutput slot exporting a snapshot; yields ``(consistent_point, snapshot)``.
 
     The snapshot shows the database exactly as of the consistent point, and the slot streams
     every transaction committed after it: reading through the snapshot and then from the
     slot leaves no gap and no overlap. The snapshot stays importable only while this
     replication connection stays open and idle, so it is held until the block exits; the
-    slot itself remains. Creating a slot waits for transactions already running to end.
+    slot itself remains (``temporary``: it goes with the connection, and only the snapshot
+    is wanted). Creating a slot waits for transactions already running to end.
     """
     action = f"create slot {_checked(slot_name, 'slot')!r}"
     with _Wrapped(action):
@@ -178,7 +181,10 @@ async def create_slot_with_snapshot(dsn: str, slot_name: str) -> AsyncIterator[t
     try:
         # Without bind parameters psycopg sends the simple query protocol, the only one a
         # replication connection accepts.
-        command = sql.SQL(query("create_slot_exporting_snapshot"))
+        name = "create_temporary_slot_exporting_snapshot" if temporary else (
+            "create_slot_exporting_snapshot"
+        )
+        command = sql.SQL(query(name))
         with _Wrapped(action):
             cursor = await conn.execute(command.format(slot=sql.Identifier(slot_name)))
             row = await cursor.fetchone()

@@ -109,7 +109,7 @@ async def initial_load(
                     async for ids in source.primary_key_chunks(
                         f"primary_keys_{table}", settings.snapshot_chunk_rows
                     ):
-                        async for chunk in rebuilder.writes(_touched(kind, ids, point)):
+                        async for chunk in rebuilder.writes(touched_rows(kind, ids, point)):
                             await _put(queue, writer, chunk)
                         loaded += len(ids)
                         reporter(table, len(ids))
@@ -153,7 +153,7 @@ async def initial_load(
     return point
 
 
-def _touched(kind: ObjectKind | None, ids: list[str], version: Lsn) -> TouchedObjects:
+def touched_rows(kind: ObjectKind | None, ids: list[str], version: int) -> TouchedObjects:
     """Every row of a chunk of one table to write at ``version`` (``None``: API keys)."""
     touched = TouchedObjects()
     for object_id in ids:
@@ -254,6 +254,6 @@ async def reload_cache(
     written = 0
     for table, kind in _TABLES:
         async for ids in source.primary_key_chunks(f"primary_keys_{table}", chunk_ids):
-            async for chunk in rebuilder.writes(_touched(kind, ids, version)):
+            async for chunk in rebuilder.writes(touched_rows(kind, ids, version)):
                 written += await cache.apply(chunk)
     return written

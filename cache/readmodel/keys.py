@@ -123,6 +123,7 @@ class KeyLayout:
     rate_limit_prefix: str = field(init=False, repr=False, compare=False)
     project_keys_prefix: str = field(init=False, repr=False, compare=False)
     segment_jobs_key: str = field(init=False, repr=False, compare=False)
+    reindex_key: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if "{" in self.prefix or "}" in self.prefix:
@@ -135,6 +136,8 @@ class KeyLayout:
         object.__setattr__(self, "rate_limit_prefix", f"{p}rl:")
         object.__setattr__(self, "project_keys_prefix", f"{p}{{")
         object.__setattr__(self, "segment_jobs_key", f"{p}sj")
+        # The checkpoint of the reindex in progress (``indexer.reindex_state``).
+        object.__setattr__(self, "reindex_key", f"{p}rx")
 
     def object_key(self, project_id: str, kind: str, object_id: str) -> str:
         """Key of the envelope of one object (``kind``: an ``ObjectKind``)."""

@@ -93,6 +93,10 @@ class StoredDocument:
     version: int
 
 
+# ``(id, _source, version)`` of one stored document.
+StoredPage = tuple[str, dict[str, Any], int]
+
+
 @dataclass(frozen=True, slots=True)
 class _Item:
     kind: ObjectKind
@@ -126,13 +130,29 @@ class ElasticSink:
         self._refresh_interval = refresh_interval
         # Kind -> the index of a generation being loaded (empty: write through the aliases).
         self._write_target: dict[ObjectKind, str] = {}
+        # Kind -> the index every read and write of this sink uses instead of the alias
+        # (``pinned``: a reindex catching its generation up before it serves).
+        self._pinned: dict[ObjectKind, str] = {}
+
+    @property
+    def prefix(self) -> str:
+        return self._names.prefix
+
+    def pinned(self, generation: int, kinds: Sequence[ObjectKind]) -> ElasticSink:
+        """A sink on the same client whose reads and writes of ``kinds`` go to that
+        generation's indices instead of the aliases (other kinds: the aliases)."""
+        sink = ElasticSink(
+            self._client, self._names.prefix, refresh_interval=self._refresh_interval
+        )
+        sink._pinned = {kind: self._names.generation(kind, generation) for kind in kinds}
+        return sink
 
     @property
     def client(self) -> AsyncElasticsearch:
         return self._client
 
     def alias(self, kind: ObjectKind) -> str:
-        return self._names.alias(kind)
+        return self._pinned.get(kind) or self._names.alias(kind)
 
     @elasticsearch_boundary
     async def indices_ready(self) -> dict[str, Any] | None:
@@ -151,40 +171,100 @@ class ElasticSink:
         return None
 
     @elasticsearch_boundary
-    async def create_indices(self, generation: int, meta: dict[str, Any]) -> bool:
-        """Create a fresh generation of every index beside the one serving, and direct this
-        sink's writes at it (:meth:`switch_to` moves the aliases once it is loaded). Returns
-        whether an earlier generation serves meanwhile.
+    async def create_indices(
+        self,
+        generation: int,
+        meta: dict[str, Any],
+        *,
+        kinds: Sequence[ObjectKind] = INDEXED_KINDS,
+        loading: bool = False,
+    ) -> bool:
+        """Create a fresh generation of the indices of ``kinds`` beside the one serving, and
+        direct this sink's writes at it (:meth:`switch_to` moves the aliases once it is
+        loaded). Returns whether an earlier generation serves meanwhile.
 
         Without a serving generation (a first load, or aliases gone), the aliases point at
         the new one at once: there is nothing else to answer from. Generations left over by
         a load that died before its switch are deleted first, by name (clusters may refuse
-        wildcard deletes); the serving one stays.
+        wildcard deletes); the serving one stays. ``loading``: refresh is off until
+        :meth:`end_loading` (a bulk load then writes segments once, not every interval).
         """
         serving = await self._serving_indices()
-        new_names = {kind: self._names.generation(kind, generation) for kind in INDEXED_KINDS}
-        await self._delete_generations(keep=set(serving))
+        new_names = {kind: self._names.generation(kind, generation) for kind in kinds}
+        await self._delete_generations(keep=set(serving), kinds=kinds)
+        settings = index_settings("-1" if loading else self._refresh_interval)
         for kind, name in new_names.items():
             await self._client.indices.create(
                 index=name,
-                settings=index_settings(self._refresh_interval),
+                settings=settings,
                 mappings={**index_mappings(kind), "_meta": meta},
             )
         self._write_target = dict(new_names)
-        if len(serving) == len(INDEXED_KINDS):
+        serving_kinds = set(serving.values())
+        if all(self._names.alias(kind) in serving_kinds for kind in kinds):
             return True
-        await self.switch_to(generation)
+        await self.switch_to(generation, kinds=kinds)
         return False
 
     @elasticsearch_boundary
-    async def switch_to(self, generation: int) -> None:
-        """Point every alias at ``generation`` in one alias request (readers move from one
-        complete generation to the next at once), write through the aliases again, and
-        delete the generations that served before."""
+    async def end_loading(self, generation: int, kinds: Sequence[ObjectKind]) -> None:
+        """Put refresh back on a generation loaded with it off, and refresh it once."""
+        names = ",".join(self._names.generation(kind, generation) for kind in kinds)
+        await self._client.indices.put_settings(
+            index=names, settings={"index": {"refresh_interval": self._refresh_interval}}
+        )
+        await self._client.indices.refresh(index=names)
+
+    @elasticsearch_boundary
+    async def generation_exists(self, generation: int, kinds: Sequence[ObjectKind]) -> bool:
+        names = ",".join(self._names.generation(kind, generation) for kind in kinds)
+        return bool(await self._client.indices.exists(index=names))
+
+    @elasticsearch_boundary
+    async def delete_generation(self, generation: int, kinds: Sequence[ObjectKind]) -> list[str]:
+        """Delete the indices of a generation that does not serve; returns those deleted."""
+        serving = await self._serving_indices()
+        deleted: list[str] = []
+        for kind in kinds:
+            name = self._names.generation(kind, generation)
+            if name in serving:
+                continue
+            response = await self._client.options(ignore_status=404).indices.delete(index=name)
+            if response.meta.status == 200:
+                deleted.append(name)
+        return deleted
+
+    @elasticsearch_boundary
+    async def delete_idle_generations(self) -> list[str]:
+        """Delete every generation no alias points at; returns those deleted."""
+        serving = set(await self._serving_indices())
+        idle = [name for name in await self.generation_names() if name not in serving]
+        for name in idle:
+            await self._client.options(ignore_status=404).indices.delete(index=name)
+        return idle
+
+    @elasticsearch_boundary
+    async def generation_names(self) -> list[str]:
+        """Every index of every generation under this prefix, serving or not."""
+        found: list[str] = []
+        for kind in INDEXED_KINDS:
+            response = await self._client.indices.get(
+                index=self._names.generations_pattern(kind), expand_wildcards="all"
+            )
+            found.extend(response.body)
+        return sorted(found)
+
+    @elasticsearch_boundary
+    async def switch_to(
+        self, generation: int, *, kinds: Sequence[ObjectKind] = INDEXED_KINDS
+    ) -> None:
+        """Point the aliases of ``kinds`` at ``generation`` in one alias request (readers
+        move from one complete generation to the next at once), write through the aliases
+        again, and delete the generations of those kinds that served before."""
         serving = await self._serving_indices()
         actions: list[dict[str, Any]] = []
-        for kind in INDEXED_KINDS:
-            alias = self.alias(kind)
+        for kind in kinds:
+            alias = self._names.alias(kind)
             new_index = self._names.generation(kind, generation)
             for old_index in sorted(
                 index for (index, name) in serving.items() if name == alias and index != new_index
@@ -193,9 +273,8 @@ class ElasticSink:
             actions.append({"add": {"index": new_index, "alias": alias}})
         await self._client.indices.update_aliases(actions=actions)
         self._write_target = {}
-        await self._delete_generations(
-            keep={self._names.generation(kind, generation) for kind in INDEXED_KINDS}
-        )
+        keep = {self._names.generation(kind, generation) for kind in kinds}
+        await self._delete_generations(keep=keep, kinds=kinds)
 
     async def _serving_indices(self) -> dict[str, str]:
         """Index name -> alias, for every index behind one of this sink's aliases."""
@@ -211,8 +290,10 @@ class ElasticSink:
             if alias in self._names.aliases()
         }
 
-    async def _delete_generations(self, *, keep: set[str]) -> None:
-        for kind in INDEXED_KINDS:
+    async def _delete_generations(
+        self, *, keep: set[str], kinds: Sequence[ObjectKind] = INDEXED_KINDS
+    ) -> None:
+        for kind in kinds:
             found = await self._client.indices.get(
                 index=self._names.generations_pattern(kind), expand_wildcards="all"
             )
@@ -224,10 +305,16 @@ class ElasticSink:
         return self._write_target.get(kind) or self.alias(kind)
 
     @elasticsearch_boundary
-    async def set_meta(self, meta: dict[str, Any], *, serving: bool = False) -> None:
+    async def set_meta(
+        self,
+        meta: dict[str, Any],
+        *,
+        serving: bool = False,
+        kinds: Sequence[ObjectKind] = INDEXED_KINDS,
+    ) -> None:
         """Stamp ``meta`` on the generation being written (``serving``: on the one behind
         the aliases, whatever is being loaded)."""
-        for kind in INDEXED_KINDS:
+        for kind in kinds:
             index = self.alias(kind) if serving else self._target(kind)
             await self._client.indices.put_mapping(index=index, meta=meta)
 
@@ -457,6 +544,53 @@ class ElasticSink:
             if len(hits) < SCAN_PAGE:
                 return
             search_after = hits[-1]["sort"]
+
+    @elasticsearch_boundary
+    async def source_pages(
+        self, kind: ObjectKind, *, after: str | None, size: int = SCAN_PAGE
+    ) -> AsyncIterator[list[StoredPage]]:
+        """``(id, _source, version)`` of every document of a kind after ``after``, a page at
+        a time in id order (refreshed data only): what a copy into a new generation reads."""
+        search_after: list[Any] | None = None if after is None else [after]
+        while True:
+            page = await self._client.search(
+                index=self.alias(kind),
+                size=size,
+                sort=[{Field.ID: "asc"}],
+                search_after=search_after,
+                query={"match_all": {}},
+                version=True,
+            )
+            hits = page["hits"]["hits"]
+            if hits:
+                yield [(hit["_id"], hit["_source"], int(hit["_version"])) for hit in hits]
+            if len(hits) < size:
+                return
+            search_after = hits[-1]["sort"]
+
+    @elasticsearch_boundary
+    async def apply_sources(self, kind: ObjectKind, pages: Sequence[StoredPage]) -> BulkResult:
+        """Write stored ``_source`` documents as they are, each at its own version (a copy
+        between generations: a newer write already there wins, as for any write)."""
+        result = BulkResult()
+        target = self._target(kind)
+        items: list[_Item] = []
+        for object_id, source, version in pages:
+            action = {
+                "index": {
+                    "_index": target,
+                    "_id": object_id,
+                    "version": version,
+                    "version_type": "external_gte",
+                }
+            }
+            lines = orjson.dumps(action) + b"\n" + orjson.dumps(source) + b"\n"
+            owner = source.get(Field.PROJECT_ID)
+            project_id = None if owner is None else str(owner)
+            items.append(_Item(kind, object_id, project_id, version, lines))
+        for group in _groups(items, MAX_BULK_BYTES):
+            await self._send(group, result)
+        return result
 
     @elasticsearch_boundary
     async def count(self, kind: ObjectKind) -> int:

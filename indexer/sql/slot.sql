@@ -23,6 +23,9 @@ SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = %(slot)s)
 -- name: create_slot_exporting_snapshot
 CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT 'export')
 
+-- name: create_temporary_slot_exporting_snapshot
+CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')
+
 -- name: snapshot_reader_begin
 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY
 

@@ -149,6 +149,15 @@ def test_readapi_healthcheck_asks_for_readiness(services: dict[str, Any]) -> Non
     assert "/readyz" in probe and "/healthz" not in probe
 
 
+def test_indexer_healthcheck_asks_whether_the_loop_steps(services: dict[str, Any]) -> None:
+    indexer = services["indexer"]
+    probe = " ".join(indexer["healthcheck"]["test"])
+    env = _environment(indexer)
+    assert f"127.0.0.1:{env['LOYALTY_METRICS_PORT']}/healthz" in probe
+    # The probe runs inside the container: any bind address that includes loopback answers it.
+    assert env.get("LOYALTY_METRICS_HOST", "127.0.0.1") in ("127.0.0.1", "0.0.0.0")
+
+
 def _instructions() -> list[tuple[str, str]]:
     """The Dockerfile's instructions (keyword, arguments), continuation lines joined."""
     instructions: list[tuple[str, str]] = []
