@@ -167,7 +167,9 @@ class Reindexer:
                 log.info("catch-up slot created", extra={"slot": slot, "start": str(point)})
         generation = time.time_ns() // 1_000_000
         kinds = ordered_kinds(plan.kinds)
-        await self._search.create_indices(
+        # On a copy of the sink: creating indices points its writes at them, and this sink
+        # may be the running indexer's own (the upgrade path, ``indexer.upgrade``).
+        await self._search.pinned(generation, kinds).create_indices(
             generation,
             {**meta, "state": "reindexing", "mapping": MAPPING_VERSION},
             kinds=kinds,
@@ -179,6 +181,7 @@ class Reindexer:
             source=plan.source,
             slot=slot,
             started_at=time.time(),
+            mapping=MAPPING_VERSION,
         )
         await self._checkpoints.save(state)
         log.info(
@@ -195,6 +198,12 @@ class Reindexer:
         state = await self._checkpoints.load()
         if state is None:
             raise ReindexError("no reindex to resume")
+        if state.mapping != MAPPING_VERSION:
+            raise ReindexError(
+                f"the reindex in progress was started by a release with mapping version "
+                f"{state.mapping}, this one has {MAPPING_VERSION}: run with --abort, then "
+                f"start again"
+            )
         if not await self._search.generation_exists(state.generation, state.kinds):
             raise ReindexError(
                 f"generation {state.generation} is gone (an `indexer run` reload or a drop "

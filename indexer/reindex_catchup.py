@@ -20,13 +20,13 @@ from indexer.pgoutput import ChangeDecoder, Transaction
 from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.reindex_load import key_pages
 from indexer.reindex_state import ReindexState
-from indexer.runner import wait_until_visible
 from indexer.settings import IndexerSettings
 from indexer.sinks.elastic import ElasticSink, VersionedDelete
 from indexer.sinks.redis import RedisSink
 from indexer.slot import advance_slot, current_wal_lsn, peek_changes
 from indexer.snapshot import touched_rows
 from indexer.source import DocumentSource
+from indexer.visibility import wait_until_visible
 
 
 class CatchUp:

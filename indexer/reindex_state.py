@@ -63,6 +63,8 @@ class ReindexState:
     done: dict[str, int] = field(default_factory=dict)
     started_at: float = 0.0
     resumed: int = 0
+    # The release's mapping version: pages loaded by another release have another shape.
+    mapping: int = 0
 
     @property
     def rows_done(self) -> int:
@@ -91,6 +93,7 @@ def encode_state(state: ReindexState) -> bytes:
             "done": state.done,
             "started_at": state.started_at,
             "resumed": state.resumed,
+            "mapping": state.mapping,
         }
     )
 
@@ -109,6 +112,7 @@ def decode_state(blob: bytes | str) -> ReindexState:
             done={str(k): int(v) for k, v in (raw.get("done") or {}).items()},
             started_at=float(raw.get("started_at") or 0.0),
             resumed=int(raw.get("resumed") or 0),
+            mapping=int(raw.get("mapping") or 0),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"unreadable reindex checkpoint: {error}") from None

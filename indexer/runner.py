@@ -31,18 +31,16 @@ from typing import Any
 
 import psycopg
 
-from cache.boundary import translating
 from cache.errors import StoreUnavailable
 from cache.readmodel.indices import MAPPING_VERSION
 from cache.records import SegmentJob
 from cache.types import Lsn
 from indexer import metrics
 from indexer.changes import WATCHED_TABLES, TouchedObjects, collect_touched
-from indexer.errors import SlotError, SlotLost, SourceUnavailable, classify_postgres
+from indexer.errors import SlotError, SlotLost
 from indexer.lag import lag_seconds
 from indexer.pgoutput import ChangeDecoder, Transaction
 from indexer.quarantine import Quarantine
-from indexer.queries import query
 from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.recompute import Clock, SegmentClock, SegmentRecompute, wall_clock_us
 from indexer.retry import Backoff
@@ -60,6 +58,8 @@ from indexer.slot import (
 )
 from indexer.snapshot import initial_load, reload_cache
 from indexer.source import DocumentSource, connect
+from indexer.upgrade import BackgroundUpgrade
+from indexer.visibility import wait_until_visible
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,8 @@ class Indexer:
         self.loading = False
         # Test hook: awaited after the sinks applied a batch and before the slot advances.
         self.before_advance: BatchHook | None = None
+        # A release with another mapping version rebuilds beside the loop (``indexer.upgrade``).
+        self.upgrade = BackgroundUpgrade(settings, search, cache)
 
     def _now_us(self) -> int:
         return self.clock()
@@ -118,6 +120,7 @@ class Indexer:
         return self._conn
 
     async def close(self) -> None:
+        await self.upgrade.stop()
         await self.recompute.close()
         if self._conn is not None:
             await self._conn.close()
@@ -139,7 +142,18 @@ class Indexer:
             and meta.get("slot") == slot
             and meta.get("mapping") == MAPPING_VERSION
         )
-        if has_slot and complete:
+        # The same indices and slot under another release's mapping: they keep serving and
+        # taking changes while the new generation is built beside them.
+        upgrading = (
+            has_slot
+            and meta is not None
+            and meta.get("state") == "complete"
+            and meta.get("slot") == slot
+            and meta.get("mapping") != MAPPING_VERSION
+        )
+        if has_slot and (complete or upgrading):
+            if upgrading and meta is not None:
+                self.upgrade.start(meta.get("mapping"), MAPPING_VERSION)
             self.prepared_at = time.time()
             return
         if complete and lost is not None:
@@ -155,6 +169,7 @@ class Indexer:
             "initial load needed",
             extra={"slot_exists": has_slot, "index_meta": meta},
         )
+        await self.upgrade.discard()
         # Every commit before the load's consistent point is in the load, and that point is
         # taken after this instant.
         started = time.time()
@@ -362,19 +377,6 @@ class Indexer:
             except Exception:
                 log.debug("closing a broken connection failed", exc_info=True)
             self._conn = None
-
-
-async def wait_until_visible(conn: psycopg.AsyncConnection[Any], xids: list[int]) -> None:
-    """Wait (briefly: the window is the commit's own bookkeeping) until no transaction of a
-    decoded batch is still running for a new snapshot, so a rebuild reads its rows."""
-    for attempt in range(1000):
-        with translating(classify_postgres):
-            cursor = await conn.execute(query("transactions_still_invisible"), {"xids": xids})
-            row = await cursor.fetchone()
-        if row is None or not row[0]:
-            return
-        await asyncio.sleep(min(0.001 * (attempt + 1), 0.02))
-    raise SourceUnavailable("decoded transactions did not become visible")
 
 
 def _micros(moment: datetime) -> int:

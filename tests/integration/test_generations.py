@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -19,8 +20,12 @@ import pytest
 from prometheus_client import REGISTRY
 
 from cache.readmodel.indices import MAPPING_VERSION
+from cache.types import ObjectKind
+from indexer import rebuild
 from indexer.commands import gather_status
+from indexer.documents import Document
 from indexer.migrate import apply_migrations
+from indexer.reindex import Outcome
 from indexer.runner import Indexer
 from stack import config as stack_config
 from stack.postgres import Postgres
@@ -51,11 +56,11 @@ def _watch_the_switch(h: IndexerHarness) -> dict[str, Any]:
     search = h.clients.search
     switch = search.switch_to
 
-    async def observing(generation: int) -> None:
+    async def observing(generation: int, **options: Any) -> None:
         seen["serving"] = await _serving_index(h)
         count = await h.clients.elastic.count(index=f"{h.settings.es_index_prefix}vouchers")
         seen["documents"] = count["count"]
-        await switch(generation)
+        await switch(generation, **options)
 
     search.switch_to = observing  # type: ignore[method-assign]
     return seen
@@ -218,39 +223,62 @@ async def test_a_slot_invalidated_by_max_slot_wal_keep_size_is_rebuilt(
     await _recovers_from_a_lost_slot(h, invalidate, "invalidated")
 
 
-async def test_an_upgrade_changing_the_mapping_version_reloads_while_the_old_generation_serves(
+async def test_an_upgrade_changing_the_mapping_version_rebuilds_while_the_old_generation_serves(
     harness: IndexerHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A release whose mapping (or document shape) changed: ``indexer run`` finds the
-    indices' stamped version differs and builds the new generation beside the old one."""
+    """A release whose mapping and document shape changed: ``indexer run`` finds the
+    indices' stamped version differs and builds the new generation in the background while
+    the old one serves and the loop keeps applying changes; every document gets the new
+    shape."""
     h = harness
     await seed_base(h)
     await h.catch_up()
     await h.clients.search.refresh()  # what the reader counts from the start
     old_index = await _serving_index(h)
     seen = _watch_the_switch(h)
-    monkeypatch.setattr("indexer.runner.MAPPING_VERSION", MAPPING_VERSION + 1)
-    monkeypatch.setattr("indexer.snapshot.MAPPING_VERSION", MAPPING_VERSION + 1)
+    for module in ("indexer.runner", "indexer.snapshot", "indexer.reindex"):
+        monkeypatch.setattr(f"{module}.MAPPING_VERSION", MAPPING_VERSION + 1)
+    # The new release's vouchers carry a field the old ones lack.
+    build_voucher = rebuild._BUILDERS[ObjectKind.VOUCHER]
+
+    def reshaped(row: Any) -> Document:
+        document = build_voucher(row)
+        return dataclasses.replace(document, fields={**document.fields, "shape": 2})
+
+    monkeypatch.setitem(rebuild._BUILDERS, ObjectKind.VOUCHER, reshaped)
 
     reader = _Reader(h)
     upgraded = Indexer(h.settings, h.clients.search, h.clients.cache)
     try:
         await upgraded.prepare()
+        assert upgraded.upgrade.running and upgraded.prepared_at is not None
+        # Applied by the loop to the old generation, and caught up into the new one.
+        await h.execute("UPDATE vouchers SET code = 'SUMMER-2' WHERE id = 'v_1'")
+        async with asyncio.timeout(60):
+            while upgraded.upgrade.running:
+                await upgraded.step()
+                await asyncio.sleep(0.01)
+        outcome = await upgraded.upgrade.wait()
+        await upgraded.step()
     finally:
         await reader.stop()
         await upgraded.close()
 
+    assert outcome is Outcome.COMPLETE
     assert seen == {"serving": old_index, "documents": 3}
     assert (reader.counts, reader.errors) == ({3}, [])
-    # Its progress, as the metrics show it.
-    sample = REGISTRY.get_sample_value
-    assert sample("indexer_load_rows", {"table": "vouchers"}) == 3
-    assert sample("indexer_load_rows_expected", {"table": "customers"}) == 2
-    assert sample("indexer_loading") == 0
     meta = await h.clients.search.indices_ready()
     assert meta is not None and meta["mapping"] == MAPPING_VERSION + 1
     assert meta["state"] == "complete"
     assert await _serving_index(h) != old_index
+    assert not await h.clients.elastic.indices.exists(index=old_index)
+    await h.clients.search.refresh()
+    hits = await h.clients.elastic.search(
+        index=f"{h.settings.es_index_prefix}vouchers", size=10, query={"match_all": {}}
+    )
+    assert [hit["_source"].get("shape") for hit in hits["hits"]["hits"]] == [2, 2, 2]
+    doc = await h.es_doc("voucher", "v_1")
+    assert doc is not None and doc["doc"]["code"] == "SUMMER-2"
     assert (await h.verify()).ok
 
 

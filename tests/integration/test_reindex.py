@@ -202,6 +202,7 @@ async def test_full_reindex_while_reading_and_writing(api: ApiHarness) -> None:
     # The reader sends thousands of requests a minute: far over the default limit.
     await h.execute("UPDATE api_keys SET rate_limit_per_minute = 10000000 WHERE id = 'app_a'")
     await api.catch_up()
+    await h.clients.search.refresh()  # lists see the seed from the first request on
     before = await _serving_indices(h)
     stepper = _Stepper(h)
     reader = _Reader(api, VOUCHERS, CUSTOMERS)

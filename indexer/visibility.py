@@ -1,0 +1,29 @@
+"""Decoded transactions visible to a new snapshot: what a rebuild from the source needs.
+
+A commit is decoded from the WAL a moment before its transaction leaves the running set, so
+a rebuild started at once could read the rows as they were before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+
+from cache.boundary import translating
+from indexer.errors import SourceUnavailable, classify_postgres
+from indexer.queries import query
+
+
+async def wait_until_visible(conn: psycopg.AsyncConnection[Any], xids: list[int]) -> None:
+    """Wait (briefly: the window is the commit's own bookkeeping) until no transaction of a
+    decoded batch is still running for a new snapshot, so a rebuild reads its rows."""
+    for attempt in range(1000):
+        with translating(classify_postgres):
+            cursor = await conn.execute(query("transactions_still_invisible"), {"xids": xids})
+            row = await cursor.fetchone()
+        if row is None or not row[0]:
+            return
+        await asyncio.sleep(min(0.001 * (attempt + 1), 0.02))
+    raise SourceUnavailable("decoded transactions did not become visible")
