@@ -374,6 +374,9 @@ class Transaction:
     end_lsn: Lsn  # advance the slot here: advancing to commit_lsn would deliver it again
     commit_time: datetime
     changes: tuple[RowChange, ...]
+    # A part of a transaction too large to hold at once (``ChangeDecoder.take_part``): its
+    # changes are applied like a whole one's, but the slot cannot move past it.
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +417,26 @@ class ChangeDecoder:
     @property
     def in_transaction(self) -> bool:
         return self._begin is not None
+
+    def take_part(self, max_changes: int) -> Transaction | None:
+        """The changes of the open transaction so far, once there are ``max_changes`` of
+        them, as a partial :class:`Transaction` (its commit LSN and time are the Begin's); the
+        rest follows in later parts and in the one its Commit completes. A transaction
+        committed is visible to the source already, so its parts can be rebuilt as they
+        come: memory stays at one part whatever the transaction's size."""
+        begin = self._begin
+        if begin is None or len(self._changes) < max_changes:
+            return None
+        part = Transaction(
+            begin.xid,
+            begin.final_lsn,
+            begin.final_lsn,
+            begin.commit_time,
+            tuple(self._changes),
+            partial=True,
+        )
+        self._changes = []
+        return part
 
     def feed(self, data: bytes) -> Transaction | None:
         """Take one message; returns the transaction its Commit completes, else None."""

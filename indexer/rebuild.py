@@ -263,17 +263,14 @@ class Rebuilder:
         self._emit_events = emit_events
         # Epoch microseconds now: relative-date filters are evaluated at it.
         self._clock = clock if clock is not None else _wall_clock_us
+        self._existing_ids: ExistingIds | None = None
 
     async def expand(self, touched: TouchedObjects, existing_ids: ExistingIds | None) -> None:
-        """Resolve fan-out that needs the source, marking the objects it reaches."""
-        if touched.renamed_campaigns:
-            for row in await self._source.voucher_ids_of_campaigns(
-                sorted(touched.renamed_campaigns)
-            ):
-                # Vouchers of a campaign are found by their current campaign: a voucher that
-                # left the campaign was touched by its own change.
-                version = touched.renamed_campaigns[row["campaign_id"]]
-                touched.mark(ObjectKind.VOUCHER, row["id"], row["project_id"], version)
+        """Resolve fan-out that needs the source, marking the objects it reaches. The fan-out
+        that may reach millions (a renamed campaign's vouchers, everything after a truncate)
+        is not marked: :meth:`writes` streams it a chunk at a time, reading the index's ids
+        through ``existing_ids``."""
+        self._existing_ids = existing_ids
         if touched.static_segments:
             # Rows a client left in segment_members while the segment was auto-update count
             # from now on: those customers are rebuilt; the recompute job takes the segment
@@ -283,28 +280,48 @@ class Rebuilder:
             ):
                 version = touched.static_segments[row["segment_id"]]
                 touched.mark(ObjectKind.CUSTOMER, row["customer_id"], None, version)
-        if touched.truncated_tables:
-            version = max(touched.truncated_tables.values())
-            await self._mark_everything(touched, version, existing_ids)
 
-    async def _mark_everything(
-        self, touched: TouchedObjects, version: int, existing_ids: ExistingIds | None
-    ) -> None:
-        # A truncate names no rows: every object indexed, and every row still in the source,
-        # is rebuilt; whatever the source lacks is removed. Truncates are rare and this is
-        # the one answer that stays right whatever the cascade touched.
-        for kind in _KIND_OF_TABLE.values():
-            if existing_ids is not None:
-                async for object_id, project_id in existing_ids(kind):
-                    touched.mark(kind, object_id, project_id, version)
+    async def _fan_out(
+        self, touched: TouchedObjects
+    ) -> AsyncIterator[tuple[ObjectKind, dict[str, Mark]]]:
+        """Chunks of objects reached by fan-out too wide to hold: each renamed campaign's
+        vouchers (found by their current campaign: a voucher that left it was touched by its
+        own change), and after a truncate every row the source holds and every indexed
+        object it no longer holds (removed). A truncate names no rows, and this is the one
+        answer that stays right whatever the cascade touched."""
+        size = self._chunk_ids
+        for campaign_id, version in sorted(touched.renamed_campaigns.items()):
+            async for ids in self._source.voucher_id_chunks(campaign_id, size):
+                yield ObjectKind.VOUCHER, {object_id: Mark(None, version) for object_id in ids}
+        if not touched.truncated_tables:
+            return
+        version = max(touched.truncated_tables.values())
+        for table, kind in _KIND_OF_TABLE.items():
             async for ids in self._source.primary_key_chunks(
-                self._source.primary_keys_query(kind), self._chunk_ids
+                self._source.primary_keys_query(kind), size
             ):
-                for object_id in ids:
-                    touched.mark(kind, object_id, None, version)
-        async for ids in self._source.primary_key_chunks("primary_keys_api_keys", self._chunk_ids):
-            for app_id in ids:
-                touched.mark_api_key(app_id, None, version)
+                yield kind, {object_id: Mark(None, version) for object_id in ids}
+            if self._existing_ids is None:
+                continue
+            page: list[tuple[str, str]] = []
+            async for indexed in self._existing_ids(kind):
+                page.append(indexed)
+                if len(page) == size:
+                    yield kind, await self._gone(table, page, version)
+                    page = []
+            if page:
+                yield kind, await self._gone(table, page, version)
+
+    async def _gone(
+        self, table: str, indexed: list[tuple[str, str]], version: int
+    ) -> dict[str, Mark]:
+        """Of these indexed ``(id, project)``, those the source no longer holds."""
+        held = await self._source.owners(table, [object_id for object_id, _ in indexed])
+        return {
+            object_id: Mark(project_id, version)
+            for object_id, project_id in indexed
+            if object_id not in held
+        }
 
     async def writes(self, touched: TouchedObjects) -> AsyncIterator[SinkWrites]:
         """Chunks of writes covering every touched object, aliases and API key."""
@@ -338,6 +355,23 @@ class Rebuilder:
                 if len(out) >= self._chunk_ids:
                     await self._leave_old_projects(out)
                     self._leave_segments(out, touched, now_us)
+                    yield out
+                    out = SinkWrites()
+        async for kind, wide in self._fan_out(touched):
+            if wide:
+                await self._rebuild_chunk(kind, wide, out, filters, touched, now_us)
+            if len(out) >= self._chunk_ids:
+                await self._leave_old_projects(out)
+                self._leave_segments(out, touched, now_us)
+                yield out
+                out = SinkWrites()
+        if touched.truncated_tables:
+            version = max(touched.truncated_tables.values())
+            async for ids in self._source.primary_key_chunks(
+                "primary_keys_api_keys", self._chunk_ids
+            ):
+                await self._api_keys({app_id: Mark(None, version) for app_id in ids}, out)
+                if len(out) >= self._chunk_ids:
                     yield out
                     out = SinkWrites()
         if len(out):

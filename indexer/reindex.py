@@ -315,11 +315,15 @@ class Reindexer:
         signal before the switch (after it, the reindex always finishes)."""
         target = self._search.pinned(state.generation, state.kinds)
         catch_up = CatchUp(self._settings, self._cache)
-        async with await connect(self._settings.pg_dsn, autocommit=True) as conn:
+        dsn = self._settings.pg_dsn
+        async with (
+            await connect(dsn, autocommit=True) as conn,
+            await connect(dsn, autocommit=True) as peek_conn,
+        ):
             while True:
                 if self._stop.is_set():
                     return False
-                full, _ = await catch_up.step(conn, target, state)
+                full, _ = await catch_up.step(conn, peek_conn, target, state)
                 if not full:
                     break
             await self._search.end_loading(state.generation, state.kinds)
@@ -336,6 +340,6 @@ class Reindexer:
             )
             position = Lsn(0)
             while position < switched_at:
-                _, position = await catch_up.step(conn, target, state)
+                _, position = await catch_up.step(conn, peek_conn, target, state)
             await drop_slot(conn, state.slot)
         return True

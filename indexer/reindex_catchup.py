@@ -15,15 +15,16 @@ from typing import Any
 import psycopg
 
 from cache.types import Lsn, ObjectKind
+from indexer.batch_reader import read_batch
 from indexer.changes import TouchedObjects, collect_touched
-from indexer.pgoutput import ChangeDecoder, Transaction
+from indexer.pgoutput import Transaction
 from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.reindex_load import key_pages
 from indexer.reindex_state import ReindexState
 from indexer.settings import IndexerSettings
 from indexer.sinks.elastic import ElasticSink, VersionedDelete
 from indexer.sinks.redis import RedisSink
-from indexer.slot import advance_slot, current_wal_lsn, peek_changes
+from indexer.slot import advance_slot, current_wal_lsn, peek_change_pages
 from indexer.snapshot import touched_rows
 from indexer.source import DocumentSource
 from indexer.visibility import wait_until_visible
@@ -37,25 +38,27 @@ class CatchUp:
         self._cache = cache
 
     async def step(
-        self, conn: psycopg.AsyncConnection[Any], target: ElasticSink, state: ReindexState
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        peek_conn: psycopg.AsyncConnection[Any],
+        target: ElasticSink,
+        state: ReindexState,
     ) -> tuple[bool, Lsn]:
-        """One batch of the catch-up slot into the new generation; returns whether the
-        batch filled up and the slot's new position."""
-        settings = self._settings
+        """One batch of the catch-up slot into the new generation (read on ``peek_conn``,
+        rebuilt on ``conn``); returns whether the batch filled up and the slot's new
+        position."""
+        batch = self._settings.batch_changes
         upto = await current_wal_lsn(conn)
-        rows = await peek_changes(
-            conn, state.slot, settings.publication, settings.batch_changes, upto_lsn=upto
-        )
-        full = len(rows) >= settings.batch_changes
-        decoder = ChangeDecoder()
-        transactions: list[Transaction] = []
-        for _lsn, _xid, data in rows:
-            transaction = decoder.feed(data)
-            if transaction is not None:
-                transactions.append(transaction)
-        if transactions:
-            await self._apply_to_generation(conn, target, state.kinds, transactions)
-        position = upto if not full else transactions[-1].end_lsn
+
+        async def apply(group: list[Transaction]) -> None:
+            await self._apply_to_generation(conn, target, state.kinds, group)
+
+        async with peek_change_pages(
+            peek_conn, state.slot, self._settings.publication, batch, upto, page_rows=batch
+        ) as pages:
+            read = await read_batch(pages, batch, apply)
+        full = read.rows >= batch
+        position = upto if not full else read.transactions[-1].end_lsn
         await advance_slot(conn, state.slot, position)
         return full, position
 

@@ -36,10 +36,11 @@ from cache.readmodel.indices import MAPPING_VERSION
 from cache.records import SegmentJob
 from cache.types import Lsn
 from indexer import metrics
+from indexer.batch_reader import read_batch
 from indexer.changes import WATCHED_TABLES, TouchedObjects, collect_touched
 from indexer.errors import SlotError, SlotLost
 from indexer.lag import lag_seconds
-from indexer.pgoutput import ChangeDecoder, Transaction
+from indexer.pgoutput import Transaction
 from indexer.quarantine import Quarantine
 from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.recompute import Clock, SegmentClock, SegmentRecompute, wall_clock_us
@@ -52,7 +53,7 @@ from indexer.slot import (
     advance_slot,
     current_wal_lsn,
     ensure_publication,
-    peek_changes,
+    peek_change_pages,
     slot_lost,
     slot_status,
 )
@@ -86,6 +87,7 @@ class Indexer:
         self._search = search
         self._cache = cache
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._peek_conn: psycopg.AsyncConnection[Any] | None = None
         self._quarantine = Quarantine()
         # Epoch microseconds now, for relative-date segment filters (tests set their own).
         self.clock: Clock = wall_clock_us
@@ -119,12 +121,16 @@ class Indexer:
             self._conn = await connect(self._settings.pg_dsn, autocommit=True)
         return self._conn
 
+    async def _peek_connection(self) -> psycopg.AsyncConnection[Any]:
+        """The connection whose cursor reads a batch while the other rebuilds from it."""
+        if self._peek_conn is None or self._peek_conn.closed:
+            self._peek_conn = await connect(self._settings.pg_dsn, autocommit=True)
+        return self._peek_conn
+
     async def close(self) -> None:
         await self.upgrade.stop()
         await self.recompute.close()
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        await self._drop_connection()
 
     async def prepare(self) -> None:
         """Publication, slot and indices in place; runs the initial load when needed."""
@@ -191,28 +197,30 @@ class Indexer:
         started = time.perf_counter()
         started_at = time.time()
         upto = await current_wal_lsn(conn)
+        batch = self._settings.batch_changes
+        queued_jobs = False
+
+        async def apply(group: list[Transaction]) -> None:
+            nonlocal queued_jobs
+            queued_jobs = await self.apply(group) or queued_jobs
+
         try:
-            rows = await peek_changes(
-                conn,
+            async with peek_change_pages(
+                await self._peek_connection(),
                 self._settings.slot_name,
                 self._settings.publication,
-                self._settings.batch_changes,
-                upto_lsn=upto,
-            )
+                batch,
+                upto,
+                page_rows=batch,
+            ) as pages:
+                read = await read_batch(pages, batch, apply)
         except SlotError:
             lost = await slot_lost(conn, self._settings.slot_name)
             if lost is not None:
                 raise SlotLost(self._settings.slot_name, lost) from None
             raise
-        full = len(rows) >= self._settings.batch_changes
-        decoder = ChangeDecoder()
-        transactions: list[Transaction] = []
-        for _lsn, _xid, data in rows:
-            transaction = decoder.feed(data)
-            if transaction is not None:
-                transactions.append(transaction)
-        changes = sum(len(t.changes) for t in transactions)
-        queued_jobs = await self.apply(transactions) if transactions else False
+        transactions, changes = read.transactions, read.changes
+        full = read.rows >= batch
         if queued_jobs:
             # Before the watermark moves: a recompute that fits in one slice is seen by a
             # reader waiting for this batch; a longer one goes on between later batches.
@@ -371,12 +379,13 @@ class Indexer:
         await self.segment_clock.tick(int(self.watermark))
 
     async def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                await self._conn.close()
-            except Exception:
-                log.debug("closing a broken connection failed", exc_info=True)
-            self._conn = None
+        for conn in (self._conn, self._peek_conn):
+            if conn is not None:
+                try:
+                    await conn.close()
+                except Exception:
+                    log.debug("closing a broken connection failed", exc_info=True)
+        self._conn = self._peek_conn = None
 
 
 def _micros(moment: datetime) -> int:

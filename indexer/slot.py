@@ -237,6 +237,45 @@ async def peek_changes(
     return [(parse(lsn), xid, data) for lsn, xid, data in rows]
 
 
+@asynccontextmanager
+async def peek_change_pages(
+    conn: psycopg.AsyncConnection[Any],
+    slot_name: str,
+    publication: str,
+    upto_nchanges: int,
+    upto_lsn: Lsn,
+    page_rows: int,
+) -> AsyncIterator[AsyncIterator[list[ChangeRow]]]:
+    """:func:`peek_changes`, read ``page_rows`` rows at a time through a server-side cursor.
+
+    A batch holds whole transactions, so one transaction of a million rows is a million rows:
+    the server keeps the peek's result in a tuplestore (spilled to disk past ``work_mem``)
+    and this process holds one page of it. The cursor lives in a transaction on ``conn``,
+    which must be idle and used for nothing else until the block exits.
+    """
+    params = {
+        "slot": slot_name,
+        "publication": _checked(publication, "publication"),
+        "upto_nchanges": upto_nchanges,
+        "upto_lsn": str(upto_lsn),
+    }
+    action = f"peek slot {slot_name!r}"
+    parse = Lsn.parse
+    async with conn.transaction(), conn.cursor(name="peek_changes") as cursor:
+        with _Wrapped(action):
+            await cursor.execute(query("peek_changes"), params)
+
+        async def pages() -> AsyncIterator[list[ChangeRow]]:
+            while True:
+                with _Wrapped(action):
+                    rows = await cursor.fetchmany(page_rows)
+                if not rows:
+                    return
+                yield [(parse(lsn), xid, data) for lsn, xid, data in rows]
+
+        yield pages()
+
+
 async def advance_slot(conn: psycopg.AsyncConnection[Any], slot_name: str, lsn: Lsn) -> Lsn:
     """Confirm everything before ``lsn``; returns the slot's confirmed position after.
 

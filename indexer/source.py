@@ -116,10 +116,6 @@ class DocumentSource:
         return await self._fetch("api_keys_by_ids", {"ids": list(ids)})
 
     @postgres_boundary
-    async def voucher_ids_of_campaigns(self, campaign_ids: Sequence[str]) -> list[Row]:
-        return await self._fetch("voucher_ids_of_campaigns", {"ids": list(campaign_ids)})
-
-    @postgres_boundary
     async def customer_ids_of_segments(self, segment_ids: Sequence[str]) -> list[Row]:
         return await self._fetch("customer_ids_of_segments", {"ids": list(segment_ids)})
 
@@ -128,16 +124,18 @@ class DocumentSource:
         return await self._fetch("auto_segments_of_projects", {"project_ids": list(project_ids)})
 
     @postgres_boundary
-    async def primary_key_chunks(self, name: str, chunk_size: int) -> AsyncIterator[list[str]]:
-        """Primary keys of a table in order, through a server-side cursor: memory stays
-        bounded by one chunk whatever the table size."""
+    async def primary_key_chunks(
+        self, name: str, chunk_size: int, params: dict[str, Any] | None = None
+    ) -> AsyncIterator[list[str]]:
+        """The first column of a named query's rows (primary keys), through a server-side
+        cursor: memory stays bounded by one chunk whatever the table size."""
         # A server-side cursor lives in a transaction: a snapshot reader already has one;
         # on an autocommit connection a short one is opened for the scan.
         async with contextlib.AsyncExitStack() as stack:
             if self._conn.autocommit:
                 await stack.enter_async_context(self._conn.transaction())
             cursor = await stack.enter_async_context(self._conn.cursor(name=f"pk_{name}"))
-            await cursor.execute(_sql(name))
+            await cursor.execute(_sql(name), params)
             while True:
                 rows = await cursor.fetchmany(chunk_size)
                 if not rows:
@@ -194,6 +192,12 @@ class DocumentSource:
         cursor = await self._conn.execute(statement, params)
         row = await cursor.fetchone()
         return int(row[0]) if row else 0
+
+    def voucher_id_chunks(self, campaign_id: str, chunk_size: int) -> AsyncIterator[list[str]]:
+        """The ids of a campaign's vouchers, a chunk at a time."""
+        return self.primary_key_chunks(
+            "voucher_ids_of_campaign", chunk_size, {"campaign_id": campaign_id}
+        )
 
     def primary_keys_query(self, kind: ObjectKind) -> str:
         return _PRIMARY_KEYS[kind]

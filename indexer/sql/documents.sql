@@ -64,8 +64,9 @@ SELECT k.id, k.project_id, k.token_sha256, k.rate_limit_per_minute, k.revoked_at
 FROM api_keys k
 WHERE k.id = ANY(%(ids)s)
 
--- name: voucher_ids_of_campaigns
-SELECT v.id, v.project_id, v.campaign_id FROM vouchers v WHERE v.campaign_id = ANY(%(ids)s)
+-- name: voucher_ids_of_campaign
+-- Read through a server-side cursor, a chunk at a time: a campaign may hold millions.
+SELECT v.id FROM vouchers v WHERE v.campaign_id = %(campaign_id)s
 
 -- name: customer_ids_of_segments
 SELECT sm.segment_id, sm.customer_id FROM segment_members sm WHERE sm.segment_id = ANY(%(ids)s)

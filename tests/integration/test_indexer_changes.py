@@ -296,7 +296,8 @@ async def test_indices_of_an_older_mapping_are_loaded_again_at_start_up(
     harness: IndexerHarness,
 ) -> None:
     """Indices written before a mapping change (here: before the filter view) would answer
-    segment queries with nothing: a start-up finds their version and loads again."""
+    segment queries with nothing: a start-up finds their version and loads again (in the
+    background, as ``indexer reindex`` does)."""
     await seed_base(harness)
     await harness.catch_up()
     search = harness.clients.search
@@ -323,6 +324,8 @@ async def test_indices_of_an_older_mapping_are_loaded_again_at_start_up(
     upgraded = Indexer(harness.settings, search, harness.clients.cache)
     try:
         await upgraded.prepare()
+        assert upgraded.upgrade.running
+        await upgraded.upgrade.wait()
         after = await index_uuids()
         assert after and after != before  # a new index behind the alias
         loaded = await search.indices_ready()
