@@ -1,6 +1,7 @@
 """``indexer reindex`` at scale: documents/s, peak RSS and the read path while it runs.
 
-For each size (the one asked, then a tenth of it), a scratch database is created, migrated
+For each size (the one asked, then a tenth of it, or a half with ``--second-size-divisor 2``),
+a scratch database is created, migrated
 and seeded (``indexer seed``'s generator), then:
 
 1. ``indexer run`` starts and stays up: its initial load is the baseline (rows/s from its
@@ -16,7 +17,9 @@ and seeded (``indexer seed``'s generator), then:
    every 0.5 s: the derivative of ``rows_done`` is documents/s over time, the alias moving
    marks the switch. Wall time, exit status and the process's own peak RSS (``wait4``'s
    ``ru_maxrss``) are recorded;
-4. a table per size: the initial load's rows/s, each reindex's documents/s (over its load,
+4. both reindexes once more with the reader and the writer stopped: the reindex's own pace
+   on this machine (two cores shared with Elasticsearch, Postgres and Redis);
+5. a table per size: the initial load's rows/s, each reindex's documents/s (over its load,
    and end to end from process start to exit), its peak RSS, and the read path's requests,
    errors (status >= 500, a 404 of an object that exists, or no answer) and p50/p99 during
    each reindex and in the quiet window, with the issue's goals beside them.
@@ -26,6 +29,7 @@ second over one time axis, each alias switch marked); every figure, the checkpoi
 and the per-second read figures of both sizes go to ``bench/out/reindex.json``.
 
 Usage: PYTHONPATH=. python3 bench/reindex.py [--customers 100000] [--vouchers 1000000] [--keep]
+       [--second-size-divisor 10]
 Needs the local stack (``python -m stack.cli up``) and matplotlib (the ``bench`` extra). The
 subprocesses are stopped and the scratch database, indices (``breindex_*``) and Redis keys
 (``breindex:*``) removed at the end, also after an error or Ctrl-C; ``--keep`` keeps the
@@ -600,6 +604,7 @@ async def measure(
     redis = aioredis.Redis.from_url(settings.redis_url)
     traffic = Traffic(port, dsn, targets, args)
     runs: list[ReindexRun] = []
+    alone: list[ReindexRun] = []
     windows: dict[str, tuple[float, float]] = {}
     try:
         traffic.start(time.perf_counter())
@@ -622,6 +627,20 @@ async def measure(
             )
         # Reads against the new generation for a while, for the plot.
         await asyncio.sleep(args.pause_seconds)
+        await traffic.stop()
+        # The same reindexes again with no reader and no writer (``indexer run`` idle): the
+        # reindex's own pace on this machine, which the reads above share two cores with.
+        for source in SOURCES:
+            log(f"indexer reindex --source {source}, alone")
+            run = await run_reindex(
+                source, dsn, children, elastic, redis, traffic, indexer_pid, f"{tag}-alone"
+            )
+            alone.append(run)
+            log(
+                f"  exit {run.status}, {run.wall_seconds:.1f} s, "
+                f"{run.end_to_end_docs_per_second:,.0f} d/s end to end, peak RSS "
+                f"{run.peak_rss_mib:.0f} MiB"
+            )
     finally:
         await traffic.stop()
         await elastic.close()
@@ -630,6 +649,7 @@ async def measure(
         log(f"readapi serve exited during the run:\n{tail(api_log)}")
     return {
         "reindexes": {run.source: run.figures() for run in runs},
+        "alone": {run.source: run.figures() for run in alone},
         "reads": {
             name: read_stats(traffic.requests, start, end) for name, (start, end) in windows.items()
         },
@@ -726,6 +746,15 @@ def print_size(result: dict[str, Any]) -> None:
         switched = run["switched"]
         switch_text = "not seen" if switched is None else f"{switched - run['started']:.1f} s in"
         print(f"  {'  exit status, alias switch':<44}{run['status']:>11}  {switch_text}")
+    for source, run in result.get("alone", {}).items():
+        rate = run["end_to_end_docs_per_second"]
+        goal = goals[source]
+        print(
+            f"  {f'reindex --source {source} alone, end to end':<44}{rate:>11,.0f} d/s  "
+            f"{f'>= {goal:,}':<12}{verdict(rate >= goal)}"
+        )
+        rss = run["peak_rss_mib"]
+        print(f"  {'  peak RSS, exit status':<44}{rss:>11,.0f} MiB  status {run['status']}")
     print(
         f"  {'reads':<26}{'requests':>10}{'req/s':>7}{'errors':>8}{'non-2xx':>9}{'p50 ms':>9}"
         f"{'p99 ms':>9}"
@@ -847,6 +876,12 @@ def main() -> None:
     parser.add_argument("--dsn", default=IndexerSettings.from_env().pg_admin_dsn)
     parser.add_argument("--database", default="loyalty_bench_reindex")
     parser.add_argument("--keep", action="store_true", help="keep the last size's scratch data")
+    parser.add_argument(
+        "--second-size-divisor",
+        type=int,
+        default=10,
+        help="the second size is the first divided by this (2: RSS at two large sizes)",
+    )
     args = parser.parse_args()
 
     def terminated(signum: int, frame: FrameType | None) -> None:
@@ -859,7 +894,7 @@ def main() -> None:
     results = []
     for customers, vouchers in (
         (args.customers, args.vouchers),
-        (args.customers // 10, args.vouchers // 10),
+        (args.customers // args.second_size_divisor, args.vouchers // args.second_size_divisor),
     ):
         results.append(one_size(args, settings, customers, vouchers))
         (OUT / "reindex.json").write_text(json.dumps(results, indent=1, default=str))

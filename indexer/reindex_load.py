@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # Pages in flight between the reader and the writers, and writers sending at once: the
 # reader builds the next pages while two bulk requests are out.
-QUEUED_PAGES = 4
+QUEUED_PAGES = 2
 WRITERS = 2
 # How long ``--source index`` waits for the running indexer to reach the catch-up slot.
 INDEXER_WAIT_SECONDS = 60.0

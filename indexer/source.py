@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import orjson
 import psycopg
 import psycopg.types.json
 from psycopg import sql
@@ -56,6 +58,13 @@ def _json_float(text: str) -> float | str:
     return value if math.isfinite(value) else text
 
 
+# Numbers orjson would read otherwise than the rules above: integers of 16 digits or more
+# (past 2**63 they must become floats) and exponents of 3 digits (past a double's range).
+# Any other text orjson reads to the same values, several times faster.
+_SPECIAL_NUMBERS_TEXT = re.compile(r"\d{16,}|[eE][+-]?\d{3,}")
+_SPECIAL_NUMBERS_BYTES = re.compile(rb"\d{16,}|[eE][+-]?\d{3,}")
+
+
 def load_jsonb(data: str | bytes) -> Any:
     """Parse a jsonb value into what every sink can encode, identically in each.
 
@@ -64,6 +73,16 @@ def load_jsonb(data: str | bytes) -> Any:
     deep = too_deep(data)
     if deep is not None:
         return deep
+    special = (
+        _SPECIAL_NUMBERS_BYTES.search(data)
+        if isinstance(data, bytes)
+        else _SPECIAL_NUMBERS_TEXT.search(data)
+    )
+    if special is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # a lone surrogate escape, which jsonb keeps and orjson refuses
     return json.loads(data, parse_int=_json_int, parse_float=_json_float)
 
 

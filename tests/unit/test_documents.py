@@ -242,3 +242,4 @@ def test_json_nested_too_deep_makes_the_row_unindexable() -> None:
         segment_document(segment)
     within = load_jsonb("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH)
     assert voucher_document(voucher_row(metadata=within)).body["metadata"] == within
+
