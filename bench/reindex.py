@@ -62,7 +62,7 @@ import aiohttp
 import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
-from scratchdb import drop_database, percentile, seeded_database
+from scratchdb import clean_sinks, drop_database, percentile, seeded_database
 
 from cache.readmodel.keys import KeyLayout
 from indexer.reindex_state import CheckpointStore, Phase
@@ -246,26 +246,6 @@ async def wait_ready(port: int, process: subprocess.Popen[bytes], log_path: Path
                 pass
             await asyncio.sleep(0.2)
     raise RuntimeError(f"readapi serve did not become ready:\n{tail(log_path)}")
-
-
-async def clean_sinks(settings: IndexerSettings) -> None:
-    elastic = AsyncElasticsearch(settings.es_url)
-    redis = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        await elastic.options(ignore_status=404).indices.delete(
-            index=f"{ES_PREFIX}*", expand_wildcards="all"
-        )
-        batch: list[bytes] = []
-        async for key in redis.scan_iter(match=f"{REDIS_PREFIX}*", count=5000):
-            batch.append(key)
-            if len(batch) == 5000:
-                await redis.unlink(*batch)
-                batch = []
-        if batch:
-            await redis.unlink(*batch)
-    finally:
-        await elastic.close()
-        await redis.aclose()
 
 
 # -- the load on the read API and the source ------------------------------------------------
@@ -665,7 +645,7 @@ def one_size(
 ) -> dict[str, Any]:
     children = Children()
     try:
-        asyncio.run(clean_sinks(settings))
+        asyncio.run(clean_sinks(settings.es_url, settings.redis_url, ES_PREFIX, REDIS_PREFIX))
         log(f"seeding {customers} customers, {vouchers} vouchers")
         plan = SeedPlan(customers=customers, vouchers=vouchers)
         dsn, _ = seeded_database(args.dsn, args.database, plan)
@@ -703,7 +683,7 @@ def one_size(
         if not args.keep:
             log("clean-up: scratch database, indices, keys")
             drop_database(args.dsn, args.database)
-            asyncio.run(clean_sinks(settings))
+            asyncio.run(clean_sinks(settings.es_url, settings.redis_url, ES_PREFIX, REDIS_PREFIX))
 
 
 # -- the report ------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The scratch database the benches measure on: created, migrated, seeded, dropped.
+"""The scratch data the benches measure on: a database created, migrated, seeded and dropped,
+and the indices and keys of a bench prefix removed.
 
 Imported by the bench scripts as a sibling module (``python bench/<name>.py`` puts this folder
 first on the path).
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import psycopg
+import redis.asyncio as aioredis
+from elasticsearch import AsyncElasticsearch
 from psycopg import sql
 
 from indexer.migrate import apply_migrations
@@ -50,3 +53,25 @@ def seeded_database(admin_dsn: str, database: str, plan: SeedPlan) -> tuple[str,
     dsn = dsn_for(admin_dsn, database)
     apply_migrations(dsn)
     return dsn, seed_database(dsn, plan)
+
+
+async def clean_sinks(es_url: str, redis_url: str, es_prefix: str, redis_prefix: str) -> None:
+    """Delete a bench's indices and Redis keys: a run killed half way leaves millions of keys
+    that slow every later test."""
+    elastic = AsyncElasticsearch(es_url)
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        await elastic.options(ignore_status=404).indices.delete(
+            index=f"{es_prefix}*", expand_wildcards="all"
+        )
+        batch: list[bytes] = []
+        async for key in redis.scan_iter(match=f"{redis_prefix}*", count=5000):
+            batch.append(key)
+            if len(batch) == 5000:
+                await redis.unlink(*batch)
+                batch = []
+        if batch:
+            await redis.unlink(*batch)
+    finally:
+        await elastic.close()
+        await redis.aclose()

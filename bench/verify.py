@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
-from scratchdb import drop_database, seeded_database
+from scratchdb import clean_sinks, drop_database, seeded_database
 
 from cache.readmodel.documents import DOCUMENT_SCHEMA
 from cache.readmodel.indices import Field
@@ -188,30 +188,10 @@ async def damage(count: int) -> None:
         await redis.aclose()
 
 
-async def clean_sinks() -> None:
-    settings = IndexerSettings.from_env()
-    elastic = AsyncElasticsearch(settings.es_url)
-    redis = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        await elastic.options(ignore_status=404).indices.delete(
-            index=f"{ES_PREFIX}*", expand_wildcards="all"
-        )
-        batch: list[bytes] = []
-        async for key in redis.scan_iter(match=f"{REDIS_PREFIX}*", count=5000):
-            batch.append(key)
-            if len(batch) == 5000:
-                await redis.unlink(*batch)
-                batch = []
-        if batch:
-            await redis.unlink(*batch)
-    finally:
-        await elastic.close()
-        await redis.aclose()
-
-
 def one_size(args: argparse.Namespace, customers: int, vouchers: int) -> dict[str, Any]:
+    settings = IndexerSettings.from_env()
     log(f"seeding {customers} customers, {vouchers} vouchers")
-    asyncio.run(clean_sinks())
+    asyncio.run(clean_sinks(settings.es_url, settings.redis_url, ES_PREFIX, REDIS_PREFIX))
     # What ``indexer seed --customers C --vouchers V`` makes (the other counts at defaults).
     plan = SeedPlan(customers=customers, vouchers=vouchers)
     dsn, _ = seeded_database(args.dsn, args.database, plan)
@@ -227,7 +207,7 @@ def one_size(args: argparse.Namespace, customers: int, vouchers: int) -> dict[st
     after = run_verify(dsn)
     if not args.keep:
         drop_database(args.dsn, args.database)
-        asyncio.run(clean_sinks())
+        asyncio.run(clean_sinks(settings.es_url, settings.redis_url, ES_PREFIX, REDIS_PREFIX))
     checked = sum(kind["checked"] for kind in clean.report.get("kinds", {}).values())
     return {
         "customers": customers,

@@ -26,8 +26,8 @@ from indexer.reindex_state import ReindexError, ReindexState, Source
 from indexer.settings import IndexerSettings
 from indexer.sinks.elastic import ElasticSink, StoredPage, VersionedDelete
 from indexer.sinks.redis import RedisSink
-from indexer.slot import create_slot_with_snapshot, open_snapshot_reader, slot_status
-from indexer.snapshot import touched_rows
+from indexer.slot import slot_status
+from indexer.snapshot import snapshot_source, touched_rows
 from indexer.source import DocumentSource, connect
 from indexer.throttle import RowThrottle
 
@@ -160,42 +160,33 @@ class GenerationLoader:
         # A slot of its own only for the snapshot: it goes with its connection. A resumed
         # load reads at a newer point; the catch-up slot started before either.
         snapshot_slot = f"{state.slot}_s{os.getpid()}"
-        async with create_slot_with_snapshot(settings.pg_dsn, snapshot_slot, temporary=True) as (
+        async with snapshot_source(settings.pg_dsn, snapshot_slot, temporary=True) as (
             point,
-            snapshot,
+            source,
         ):
-            reader = await connect(settings.pg_dsn)
-            async with reader:
-                await open_snapshot_reader(reader, snapshot)
-                source = DocumentSource(reader)
-                totals = {
-                    TABLE_OF_KIND[kind]: await source.row_count(TABLE_OF_KIND[kind])
-                    for kind in state.kinds
-                }
-                rebuilder = Rebuilder(
-                    source, chunk_ids=settings.snapshot_chunk_rows, emit_events=False
-                )
-                reporter = self._reporter(state, totals)
-                try:
-                    for stage, kind, after in stages_left(state):
-                        async for ids in key_pages(
-                            source, stage, None, after, settings.snapshot_chunk_rows
-                        ):
-                            if self._stop.is_set():
-                                return
-                            chunks = [
-                                chunk
-                                async for chunk in rebuilder.writes(
-                                    touched_rows(kind, ids, int(point))
-                                )
-                            ]
-                            page = _Page(ledger.issue(), stage, kind, ids[-1], len(ids), chunks)
-                            await _put(queue, writers, page)
-                            self._count(reporter, stage, len(ids))
-                            await throttle.took(len(ids))
-                finally:
-                    reporter.close()
-                    await reader.rollback()
+            totals = {
+                TABLE_OF_KIND[kind]: await source.row_count(TABLE_OF_KIND[kind])
+                for kind in state.kinds
+            }
+            rebuilder = Rebuilder(source, chunk_ids=settings.snapshot_chunk_rows, emit_events=False)
+            reporter = self._reporter(state, totals)
+            try:
+                for stage, kind, after in stages_left(state):
+                    async for ids in key_pages(
+                        source, stage, None, after, settings.snapshot_chunk_rows
+                    ):
+                        if self._stop.is_set():
+                            return
+                        chunks = [
+                            chunk
+                            async for chunk in rebuilder.writes(touched_rows(kind, ids, point))
+                        ]
+                        page = _Page(ledger.issue(), stage, kind, ids[-1], len(ids), chunks)
+                        await _put(queue, writers, page)
+                        self._count(reporter, stage, len(ids))
+                        await throttle.took(len(ids))
+            finally:
+                reporter.close()
 
     async def _read_index(
         self,

@@ -13,6 +13,8 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -82,46 +84,38 @@ async def initial_load(
     show = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
     loaded = 0
-    async with create_slot_with_snapshot(settings.pg_dsn, settings.slot_name) as (
-        point,
-        snapshot_name,
-    ):
-        reader = await connect(settings.pg_dsn)
-        async with reader:
-            await open_snapshot_reader(reader, snapshot_name)
-            source = DocumentSource(reader)
-            rebuilder = Rebuilder(
-                source, chunk_ids=settings.snapshot_chunk_rows, emit_events=False
-            )
-            # Reading and building the next chunk overlaps with writing the previous one;
-            # the bounded queue keeps memory at a few chunks whatever the table size.
-            queue: asyncio.Queue[SinkWrites | None] = asyncio.Queue(maxsize=2)
-            writer = asyncio.create_task(_write_chunks(queue, search, cache, conn, quarantine))
-            totals = {table: await source.row_count(table) for table, _ in _TABLES}
-            for table, total in totals.items():
-                metrics.LOAD_ROWS_EXPECTED.labels(table).set(total)
-                metrics.LOAD_ROWS.labels(table).set(0)
-            reporter = Progress("initial load", totals, terminal=show, logger=log)
-            throttle = RowThrottle(settings.load_max_rows_per_second)
-            metrics.LOADING.set(1)
-            try:
-                for table, kind in _TABLES:
-                    async for ids in source.primary_key_chunks(
-                        f"primary_keys_{table}", settings.snapshot_chunk_rows
-                    ):
-                        async for chunk in rebuilder.writes(touched_rows(kind, ids, point)):
-                            await _put(queue, writer, chunk)
-                        loaded += len(ids)
-                        reporter(table, len(ids))
-                        metrics.LOAD_ROWS.labels(table).set(reporter.done)
-                        await throttle.took(len(ids))
-                await _put(queue, writer, None)
-                await writer
-            finally:
-                writer.cancel()
-                reporter.close()
-                metrics.LOADING.set(0)
-            await reader.rollback()
+    async with snapshot_source(settings.pg_dsn, settings.slot_name) as (point, source):
+        rebuilder = Rebuilder(
+            source, chunk_ids=settings.snapshot_chunk_rows, emit_events=False
+        )
+        # Reading and building the next chunk overlaps with writing the previous one;
+        # the bounded queue keeps memory at a few chunks whatever the table size.
+        queue: asyncio.Queue[SinkWrites | None] = asyncio.Queue(maxsize=2)
+        writer = asyncio.create_task(_write_chunks(queue, search, cache, conn, quarantine))
+        totals = {table: await source.row_count(table) for table, _ in _TABLES}
+        for table, total in totals.items():
+            metrics.LOAD_ROWS_EXPECTED.labels(table).set(total)
+            metrics.LOAD_ROWS.labels(table).set(0)
+        reporter = Progress("initial load", totals, terminal=show, logger=log)
+        throttle = RowThrottle(settings.load_max_rows_per_second)
+        metrics.LOADING.set(1)
+        try:
+            for table, kind in _TABLES:
+                async for ids in source.primary_key_chunks(
+                    f"primary_keys_{table}", settings.snapshot_chunk_rows
+                ):
+                    async for chunk in rebuilder.writes(touched_rows(kind, ids, point)):
+                        await _put(queue, writer, chunk)
+                    loaded += len(ids)
+                    reporter(table, len(ids))
+                    metrics.LOAD_ROWS.labels(table).set(reporter.done)
+                    await throttle.took(len(ids))
+            await _put(queue, writer, None)
+            await writer
+        finally:
+            writer.cancel()
+            reporter.close()
+            metrics.LOADING.set(0)
     # A load run again (after a crash half way through one, or after ``indexer drop``) finds
     # the earlier load's Redis values: those of objects, codes and keys gone since are older
     # than this load's point and would stay live for ever, as no change will come for them.
@@ -151,6 +145,25 @@ async def initial_load(
         },
     )
     return point
+
+
+@asynccontextmanager
+async def snapshot_source(
+    dsn: str, slot_name: str, *, temporary: bool = False
+) -> AsyncIterator[tuple[Lsn, DocumentSource]]:
+    """A new slot's consistent point and a source reading exactly as of it, through the
+    snapshot the slot exported (``temporary``: only the snapshot is wanted)."""
+    async with create_slot_with_snapshot(dsn, slot_name, temporary=temporary) as (
+        point,
+        snapshot_name,
+    ):
+        reader = await connect(dsn)
+        async with reader:
+            await open_snapshot_reader(reader, snapshot_name)
+            try:
+                yield point, DocumentSource(reader)
+            finally:
+                await reader.rollback()
 
 
 def touched_rows(kind: ObjectKind | None, ids: list[str], version: int) -> TouchedObjects:

@@ -87,14 +87,19 @@ async def _vouchers(h: IndexerHarness, count: int) -> None:
     )
 
 
+async def _seeded(h: IndexerHarness, monkeypatch: pytest.MonkeyPatch) -> _Observed:
+    """``seed_base`` and ``ROWS`` vouchers of camp_1, indexed; then watched."""
+    await seed_base(h)
+    await _vouchers(h, ROWS)
+    await h.catch_up()
+    return _Observed(h, monkeypatch)
+
+
 async def test_a_transaction_twenty_batches_long_is_applied_in_parts(
     small: IndexerHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = small
-    await seed_base(h)
-    await _vouchers(h, ROWS)
-    await h.catch_up()
-    observed = _Observed(h, monkeypatch)
+    observed = await _seeded(h, monkeypatch)
     await h.execute("UPDATE vouchers SET metadata = '{\"wave\": 2}' WHERE id LIKE 'bulk_%'")
     await h.catch_up()
 
@@ -115,10 +120,7 @@ async def test_a_renamed_campaign_reaches_its_vouchers_a_chunk_at_a_time(
     small: IndexerHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = small
-    await seed_base(h)
-    await _vouchers(h, ROWS)
-    await h.catch_up()
-    observed = _Observed(h, monkeypatch)
+    observed = await _seeded(h, monkeypatch)
     await h.execute("UPDATE campaigns SET name = 'Winter' WHERE id = 'camp_1'")
     await h.catch_up()
 
@@ -135,10 +137,7 @@ async def test_a_truncate_is_resolved_a_chunk_at_a_time(
     small: IndexerHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = small
-    await seed_base(h)
-    await _vouchers(h, ROWS)
-    await h.catch_up()
-    observed = _Observed(h, monkeypatch)
+    observed = await _seeded(h, monkeypatch)
     await h.execute("TRUNCATE vouchers CASCADE")
     await h.catch_up()
 
