@@ -249,8 +249,8 @@ def add_command(subparsers: Any) -> None:
         description="Capture changes from the slot and apply them to Elasticsearch and Redis. "
         "Creates publication, slot and indices (with an initial load) when absent. "
         "Serves /metrics and /healthz on LOYALTY_METRICS_HOST:LOYALTY_METRICS_PORT. "
-        "SIGTERM finishes the current batch, then exits; a load in progress is interrupted "
-        "after a few seconds and runs again on the next start.",
+        "SIGTERM finishes the current batch, then exits; a load in progress stops after the "
+        "pages in flight and goes on from its checkpoint at the next start.",
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -25,7 +25,7 @@ from indexer.settings import IndexerSettings
 from indexer.sinks.elastic import ElasticSink, VersionedDelete
 from indexer.sinks.redis import RedisSink
 from indexer.slot import advance_slot, current_wal_lsn, peek_change_pages
-from indexer.snapshot import touched_rows
+from indexer.snapshot_reader import touched_rows
 from indexer.source import DocumentSource
 from indexer.visibility import wait_until_visible
 

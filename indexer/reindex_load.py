@@ -27,7 +27,7 @@ from indexer.settings import IndexerSettings
 from indexer.sinks.elastic import ElasticSink, StoredPage, VersionedDelete
 from indexer.sinks.redis import RedisSink
 from indexer.slot import slot_status
-from indexer.snapshot import snapshot_source, touched_rows
+from indexer.snapshot_reader import snapshot_source, touched_rows
 from indexer.source import DocumentSource, connect
 from indexer.throttle import RowThrottle
 
@@ -111,14 +111,19 @@ class GenerationLoader:
         *,
         stop: asyncio.Event,
         terminal: bool,
+        quarantine: Quarantine | None = None,
+        what: str = "reindex",
     ) -> None:
+        """``quarantine``: the capture loop's, when it loads (it then knows the rows the load
+        quarantined); ``what`` names the work in progress bars and log lines."""
         self._settings = settings
         self._search = search
         self._cache = cache
         self._save = save
         self._stop = stop
         self._terminal = terminal
-        self._quarantine = Quarantine()
+        self._quarantine = quarantine if quarantine is not None else Quarantine()
+        self._what = what
         self.rows_read = 0
         # Test hook: awaited after each page both sinks acknowledged.
         self.after_page: Callable[[ReindexState], Awaitable[None]] | None = None
@@ -237,7 +242,7 @@ class GenerationLoader:
         for stage, total in totals.items():
             metrics.LOAD_ROWS_EXPECTED.labels(stage).set(total)
             metrics.LOAD_ROWS.labels(stage).set(state.done.get(stage, 0))
-        reporter = Progress("reindex", totals, terminal=self._terminal, logger=log)
+        reporter = Progress(self._what, totals, terminal=self._terminal, logger=log)
         if state.stage is not None and state.done.get(state.stage):
             reporter(state.stage, state.done[state.stage])  # where the checkpoint left off
         return reporter

@@ -21,7 +21,7 @@ from indexer.reindex_state import ReindexError, ordered_kinds
 from indexer.settings import IndexerSettings
 from indexer.sinks.elastic import ElasticSink, VersionedDelete
 from indexer.sinks.redis import RedisSink
-from indexer.snapshot import touched_rows
+from indexer.snapshot_reader import touched_rows
 from indexer.source import DocumentSource, connect
 from indexer.verify import Verifier
 from indexer.verify_report import VerifyReport, VerifyScope

@@ -110,6 +110,8 @@ class Indexer:
         self.loading = False
         # Test hook: awaited after the sinks applied a batch and before the slot advances.
         self.before_advance: BatchHook | None = None
+        # Set by ``run``: a load stops at it after the pages in flight.
+        self._stop = asyncio.Event()
         # A release with another mapping version rebuilds beside the loop (``indexer.upgrade``).
         self.upgrade = BackgroundUpgrade(settings, search, cache)
 
@@ -182,10 +184,17 @@ class Indexer:
         self.loading = True
         try:
             point = await initial_load(
-                self._settings, conn, self._search, self._cache, quarantine=self._quarantine
+                self._settings,
+                conn,
+                self._search,
+                self._cache,
+                quarantine=self._quarantine,
+                stop=self._stop,
             )
         finally:
             self.loading = False
+        if point is None:
+            return  # stopped; ``prepared_at`` stays None
         self.watermark = point
         self.applied_until = started
         self.prepared_at = time.time()
@@ -343,10 +352,13 @@ class Indexer:
         backoff = Backoff()
         state = "starting"
         prepared = False
+        self._stop = stop
         while not stop.is_set():
             try:
                 if not prepared:
                     await self.prepare()
+                    if self.prepared_at is None:
+                        continue  # a load stopped by ``stop``: it goes on at the next start
                     prepared = True
                 result = await self.step()
                 await self._tick_when_due()
