@@ -152,13 +152,15 @@ async def gather_status(settings: IndexerSettings) -> dict[str, Any]:
         out["indices"] = None if meta is None else {
             key: meta.get(key) for key in ("state", "mapping", "consistent_point")
         }
-        out["reindex"] = await _reindex_status(clients, settings)
+        layout = KeyLayout(settings.redis_key_prefix)
+        # Loads and reindexes in progress, as their checkpoints say (None: none).
+        out["load"] = await _checkpoint_status(clients, layout.load_key)
+        out["reindex"] = await _checkpoint_status(clients, layout.reindex_key)
     return out
 
 
-async def _reindex_status(clients: Clients, settings: IndexerSettings) -> dict[str, Any] | None:
-    """The reindex in progress, as its checkpoint says (None: none)."""
-    store = CheckpointStore(clients.redis, KeyLayout(settings.redis_key_prefix).reindex_key)
+async def _checkpoint_status(clients: Clients, key: str) -> dict[str, Any] | None:
+    store = CheckpointStore(clients.redis, key)
     try:
         state = await store.load()
     except CheckpointError as error:
