@@ -20,6 +20,7 @@ import pytest
 from cache.readmodel.indices import Field
 from cache.readmodel.keys import KeyLayout
 from cache.types import ObjectKind
+from indexer.commands import gather_status
 from indexer.reindex import (
     Outcome,
     Reindexer,
@@ -426,6 +427,9 @@ async def test_sigterm_pauses_a_reindex_and_abort_leaves_no_index_behind(
     status, out, _ = await _finish(process)
     assert status == 3 and "--resume" in out
     assert len(await _all_indices(harness)) == len(before) + 1  # the half-built vouchers
+    shown = (await gather_status(harness.settings))["reindex"]
+    assert shown["phase"] == "loading" and shown["kinds"] == "voucher"
+    assert shown["rows_done"] >= 2000 and shown["stage"] == "vouchers"
 
     status, _, err = await _finish(await _start(harness))
     assert status == 2 and "in progress" in err
