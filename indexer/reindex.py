@@ -71,7 +71,6 @@ from indexer.slot import (
     slot_lost,
 )
 from indexer.source import connect
-from indexer.throttle import RowThrottle
 from indexer.verify_report import VerifyReport
 
 log = logging.getLogger(__name__)
@@ -283,7 +282,7 @@ class Reindexer:
                 )
                 loader.after_page = self.after_page
                 try:
-                    state = await loader.load(state, RowThrottle(max_rows_per_second))
+                    state = await loader.load(state, max_rows_per_second)
                 finally:
                     self._rows_read += loader.rows_read
             finally:

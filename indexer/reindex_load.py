@@ -8,6 +8,7 @@ load killed at any moment goes on after its last finished page.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -128,9 +129,10 @@ class GenerationLoader:
         # Test hook: awaited after each page both sinks acknowledged.
         self.after_page: Callable[[ReindexState], Awaitable[None]] | None = None
 
-    async def load(self, state: ReindexState, throttle: RowThrottle) -> ReindexState:
-        """Load what the checkpoint says is left; returns the last checkpoint (the load
-        stopped early when ``stop`` is set)."""
+    async def load(self, state: ReindexState, rows_per_second: int = 0) -> ReindexState:
+        """Load what the checkpoint says is left, reading at most ``rows_per_second`` (0: no
+        cap); returns the last checkpoint (the load stopped early when ``stop`` is set)."""
+        throttle = RowThrottle(rows_per_second, sleep=self._pause)
         target = self._search.pinned(state.generation, state.kinds)
         ledger = PageLedger(self._save, state)
         queue: asyncio.Queue[_Page | None] = asyncio.Queue(maxsize=QUEUED_PAGES)
@@ -152,6 +154,11 @@ class GenerationLoader:
                 for writer in writers:
                     writer.cancel()
         return ledger.state
+
+    async def _pause(self, seconds: float) -> None:
+        """The throttle's sleep, cut short by ``stop``: a slow load stops as promptly."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
 
     async def _read_source(
         self,

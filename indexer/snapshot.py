@@ -36,7 +36,6 @@ from indexer.sinks.redis import RedisSink
 from indexer.slot import create_slot_with_snapshot, drop_slot, slot_exists, slot_lost, slot_status
 from indexer.snapshot_reader import touched_rows
 from indexer.source import DocumentSource
-from indexer.throttle import RowThrottle
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ async def initial_load(
     )
     metrics.LOADING.set(1)
     try:
-        state = await loader.load(state, RowThrottle(settings.load_max_rows_per_second))
+        state = await loader.load(state, settings.load_max_rows_per_second)
     finally:
         metrics.LOADING.set(0)
     if stop is not None and stop.is_set():
