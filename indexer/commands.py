@@ -152,10 +152,9 @@ async def gather_status(settings: IndexerSettings) -> dict[str, Any]:
         out["indices"] = None if meta is None else {
             key: meta.get(key) for key in ("state", "mapping", "consistent_point")
         }
-        layout = KeyLayout(settings.redis_key_prefix)
-        # Loads and reindexes in progress, as their checkpoints say (None: none).
-        out["load"] = await _checkpoint_status(clients, layout.load_key)
-        out["reindex"] = await _checkpoint_status(clients, layout.reindex_key)
+        # The reindex in progress, as its checkpoint says (None: none).
+        reindex_key = KeyLayout(settings.redis_key_prefix).reindex_key
+        out["reindex"] = await _checkpoint_status(clients, reindex_key)
     return out
 
 
@@ -252,7 +251,7 @@ def add_command(subparsers: Any) -> None:
         "Creates publication, slot and indices (with an initial load) when absent. "
         "Serves /metrics and /healthz on LOYALTY_METRICS_HOST:LOYALTY_METRICS_PORT. "
         "SIGTERM finishes the current batch, then exits; a load in progress stops after the "
-        "pages in flight and goes on from its checkpoint at the next start.",
+        "chunks in flight and runs again at the next start.",
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

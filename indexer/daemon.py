@@ -4,12 +4,12 @@ that is prompt even in the middle of a load.
 On SIGTERM the loop finishes the batch in progress, which takes well under a second. A load
 (first, or a reload into a new generation) does not look at the stop event and can run for
 minutes, longer than any supervisor waits before SIGKILL: it stops at the event after the
-pages in flight, and its checkpoint lets the next start go on from there. Should it not
-return within ``STOP_GRACE_SECONDS`` (a page stuck on a slow store), the task running the
-indexer is cancelled. That is safe too: a load builds a new generation beside the serving
-one, whose stamp it changed to ``replaced`` first, so the next start sees an unfinished load
-and goes on from the last page checkpointed; a batch cut short was not confirmed in the
-slot and is replayed, and every write is versioned, so the replay changes nothing.
+chunks in flight. Should it not return within ``STOP_GRACE_SECONDS`` (a chunk stuck on a
+slow store), the task running the indexer is cancelled. Both are safe: a load builds a new
+generation beside the serving one, whose stamp it changed to ``replaced`` first, so the next
+start sees an unfinished load and runs it again from a new snapshot; a batch cut short was
+not confirmed in the slot and is replayed, and every write is versioned, so the replay
+changes nothing.
 """
 
 from __future__ import annotations
@@ -88,8 +88,7 @@ async def supervise(indexer: Indexer, stop: asyncio.Event, *, grace: float) -> N
             await _cancel(task)
             if loading:
                 log.warning(
-                    "initial load interrupted by shutdown; it goes on from its checkpoint at "
-                    "the next start"
+                    "initial load interrupted by shutdown; it runs again at the next start"
                 )
             else:
                 log.warning(

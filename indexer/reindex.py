@@ -238,12 +238,8 @@ class Reindexer:
             removed.extend(await self._search.delete_generation(state.generation, state.kinds))
         else:
             # A checkpoint lost with Redis's data: any generation that does not serve is one
-            # a reindex left behind, but for the one an initial load is building.
-            loading = await CheckpointStore(
-                self._cache.store.redis, KeyLayout(self._settings.redis_key_prefix).load_key
-            ).load()
-            keep = None if loading is None else loading.generation
-            removed.extend(await self._search.delete_idle_generations(keep=keep))
+            # a reindex or an unfinished load left behind (a load starts over anyway).
+            removed.extend(await self._search.delete_idle_generations())
         async with await connect(self._settings.pg_dsn, autocommit=True) as conn:
             if await drop_slot(conn, slot):
                 removed.append(f"slot {slot}")

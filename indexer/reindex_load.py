@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -112,19 +113,14 @@ class GenerationLoader:
         *,
         stop: asyncio.Event,
         terminal: bool,
-        quarantine: Quarantine | None = None,
-        what: str = "reindex",
     ) -> None:
-        """``quarantine``: the capture loop's, when it loads (it then knows the rows the load
-        quarantined); ``what`` names the work in progress bars and log lines."""
         self._settings = settings
         self._search = search
         self._cache = cache
         self._save = save
         self._stop = stop
         self._terminal = terminal
-        self._quarantine = quarantine if quarantine is not None else Quarantine()
-        self._what = what
+        self._quarantine = Quarantine()
         self.rows_read = 0
         # Test hook: awaited after each page both sinks acknowledged.
         self.after_page: Callable[[ReindexState], Awaitable[None]] | None = None
@@ -249,7 +245,7 @@ class GenerationLoader:
         for stage, total in totals.items():
             metrics.LOAD_ROWS_EXPECTED.labels(stage).set(total)
             metrics.LOAD_ROWS.labels(stage).set(state.done.get(stage, 0))
-        reporter = Progress(self._what, totals, terminal=self._terminal, logger=log)
+        reporter = Progress("reindex", totals, terminal=self._terminal, logger=log)
         if state.stage is not None and state.done.get(state.stage):
             reporter(state.stage, state.done[state.stage])  # where the checkpoint left off
         return reporter
@@ -274,7 +270,11 @@ class GenerationLoader:
             for chunk in page.chunks or ():
                 deletes = [VersionedDelete(r.kind, r.object_id, r.version) for r in chunk.removed]
                 outcome, _ = await asyncio.gather(
-                    target.apply(chunk.documents, deletes), self._cache.apply(chunk)
+                    target.apply(chunk.documents, deletes),
+                    # Objects and aliases only: membership records are the running
+                    # indexer's (its recompute decides from them and the documents), and
+                    # a mapping or shape change does not change them.
+                    self._cache.apply(dataclasses.replace(chunk, memberships=[])),
                 )
                 await self._quarantine.settle(conn, chunk, outcome.refused)
             await ledger.finish(page.seq, (page.stage, page.after, page.rows))

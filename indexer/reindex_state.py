@@ -65,9 +65,6 @@ class ReindexState:
     resumed: int = 0
     # The release's mapping version: pages loaded by another release have another shape.
     mapping: int = 0
-    # An initial load's: whether a generation served when it began (its membership records
-    # are then emptied after the load where the load did not rewrite them).
-    replaces_serving: bool = False
 
     @property
     def rows_done(self) -> int:
@@ -97,7 +94,6 @@ def encode_state(state: ReindexState) -> bytes:
             "started_at": state.started_at,
             "resumed": state.resumed,
             "mapping": state.mapping,
-            "replaces_serving": state.replaces_serving,
         }
     )
 
@@ -117,7 +113,6 @@ def decode_state(blob: bytes | str) -> ReindexState:
             started_at=float(raw.get("started_at") or 0.0),
             resumed=int(raw.get("resumed") or 0),
             mapping=int(raw.get("mapping") or 0),
-            replaces_serving=bool(raw.get("replaces_serving")),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"unreadable reindex checkpoint: {error}") from None

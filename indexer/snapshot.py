@@ -1,41 +1,37 @@
-"""Initial load: a new slot, and a new generation of the indices and the cache filled from
-the source, then streaming from the slot's consistent point ``P``.
+"""Initial load: fill fresh indices and the cache from the slot's exported snapshot.
 
-The tables are read page by page through a snapshot taken at or after ``P`` (a temporary
-slot's), by the loader of ``indexer reindex`` (``indexer.reindex_load``): a change between
-``P`` and the snapshot comes again from the slot at its own version, which the newer snapshot
-document beats, so there is no gap. The load is checkpointed like a reindex: one killed or
-stopped goes on from its last page at the next start, at a newer snapshot. Memory stays at a
-few pages whatever the table size.
+Creating the slot exports a snapshot of exactly its consistent point. Reading every table
+through that snapshot, then streaming from the slot, leaves no gap and no overlap. Every
+snapshot document takes the consistent point as its version, so a stream change (always
+later) wins over it. Tables are read in primary-key chunks through server-side cursors:
+memory stays bounded by one chunk whatever the table size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 import psycopg
 
-from cache.readmodel.documents import INDEXED_KINDS
 from cache.readmodel.indices import MAPPING_VERSION
-from cache.readmodel.keys import KeyLayout
 from cache.records import Envelope, MembershipMode, MembershipUpdate, VersionedWrite
 from cache.types import Lsn, ObjectKind
 from indexer import metrics
+from indexer.progress import Progress
 from indexer.quarantine import Quarantine
-from indexer.rebuild import Rebuilder
-from indexer.reindex_load import GenerationLoader
-from indexer.reindex_state import KIND_ORDER, CheckpointError, CheckpointStore, ReindexState, Source
+from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.settings import IndexerSettings
-from indexer.sinks.elastic import ElasticSink
+from indexer.sinks.elastic import ElasticSink, VersionedDelete
 from indexer.sinks.redis import RedisSink
-from indexer.slot import create_slot_with_snapshot, drop_slot, slot_exists, slot_lost, slot_status
-from indexer.snapshot_reader import touched_rows
+from indexer.slot import drop_slot, slot_exists
+from indexer.snapshot_reader import snapshot_source, touched_rows
 from indexer.source import DocumentSource
+from indexer.throttle import RowThrottle
 
 log = logging.getLogger(__name__)
 
@@ -60,113 +56,13 @@ async def initial_load(
     quarantine: Quarantine | None = None,
     stop: asyncio.Event | None = None,
 ) -> Lsn | None:
-    """Create the slot and a new generation of the indices, load everything; returns the
-    slot's consistent point, or None when ``stop`` was set first (the load goes on from its
-    checkpoint at the next call).
+    """Recreate the slot and the indices, load everything; returns the consistent point, or
+    None when ``stop`` was set first (the generation stays unfinished: the next start loads
+    again, from a new snapshot).
 
-    A load saves a checkpoint after each page both sinks acknowledged (``KeyLayout.load_key``,
-    as a reindex does): one killed, or stopped by a signal, goes on where it stopped, as long
-    as its slot and its generation are still there. Rows that cannot become a document are
-    recorded in the quarantine (on ``conn``), like the capture loop's."""
-    checkpoints = CheckpointStore(cache.store.redis, KeyLayout(settings.redis_key_prefix).load_key)
-    state = await _resumable(settings, conn, search, checkpoints)
-    if state is None:
-        state = await _start_load(settings, conn, search, cache, checkpoints)
-    else:
-        log.info(
-            "initial load resumed",
-            extra={
-                "generation": state.generation,
-                "stage": state.stage,
-                "rows_done": state.rows_done,
-            },
-        )
-    point = (await slot_status(conn, settings.slot_name)).confirmed_flush_lsn
-    started = time.perf_counter()
-    loader = GenerationLoader(
-        settings,
-        search,
-        cache,
-        checkpoints.save,
-        stop=stop if stop is not None else asyncio.Event(),
-        terminal=sys.stderr.isatty() if progress is None else progress,
-        quarantine=quarantine,
-        what="initial load",
-    )
-    metrics.LOADING.set(1)
-    try:
-        state = await loader.load(state, settings.load_max_rows_per_second)
-    finally:
-        metrics.LOADING.set(0)
-    if stop is not None and stop.is_set():
-        log.info("initial load stopped; it goes on from its checkpoint at the next start")
-        return None
-    await _load_api_keys(conn, cache, point, settings.snapshot_chunk_rows)
-    # A load run again (after ``indexer drop``, or after a lost slot) finds the earlier
-    # load's Redis values: those of objects, codes and keys gone since are older than this
-    # load's point and would stay live for ever, as no change will come for them. Pages a
-    # resumed load read at a later snapshot are newer than the point: kept.
-    await retire_older_cache_values(cache, point)
-    if state.replaces_serving:
-        await _retire_memberships(cache, point)
-    await search.end_loading(state.generation, INDEXED_KINDS)
-    await search.pinned(state.generation, INDEXED_KINDS).set_meta(
-        {
-            "slot": settings.slot_name,
-            "state": "complete",
-            "consistent_point": str(point),
-            "mapping": MAPPING_VERSION,
-        }
-    )
-    # Readers move to the new generation in one alias request, once it is complete.
-    await search.switch_to(state.generation)
-    await cache.set_watermark(point)
-    await checkpoints.clear()
-    elapsed = time.perf_counter() - started
-    log.info(
-        "initial load complete",
-        extra={
-            "rows": loader.rows_read,
-            "rows_before_restart": state.rows_done - loader.rows_read,
-            "seconds": round(elapsed, 2),
-            "rows_per_second": round(loader.rows_read / elapsed) if elapsed else None,
-            "consistent_point": str(point),
-        },
-    )
-    return point
-
-
-async def _resumable(
-    settings: IndexerSettings,
-    conn: psycopg.AsyncConnection[Any],
-    search: ElasticSink,
-    checkpoints: CheckpointStore,
-) -> ReindexState | None:
-    """The checkpoint of a load that can go on: same slot (still there, never advanced: its
-    position is the load's point), same mapping, its generation still there."""
-    try:
-        state = await checkpoints.load()
-    except CheckpointError as error:
-        log.warning("load checkpoint unreadable, loading again", extra={"reason": str(error)})
-        return None
-    if (
-        state is None
-        or state.slot != settings.slot_name
-        or state.mapping != MAPPING_VERSION
-        or await slot_lost(conn, settings.slot_name) is not None
-        or not await search.generation_exists(state.generation, INDEXED_KINDS)
-    ):
-        return None
-    return replace(state, resumed=state.resumed + 1)
-
-
-async def _start_load(
-    settings: IndexerSettings,
-    conn: psycopg.AsyncConnection[Any],
-    search: ElasticSink,
-    cache: RedisSink,
-    checkpoints: CheckpointStore,
-) -> ReindexState:
+    Rows that cannot become a document are recorded in the quarantine (on ``conn``) at the
+    consistent point, like the capture loop's."""
+    quarantine = quarantine if quarantine is not None else Quarantine()
     serving_meta = await search.indices_ready()
     if serving_meta is not None:
         # Marked first: a load that dies before its switch must run again on restart, not
@@ -177,10 +73,9 @@ async def _start_load(
         await drop_slot(conn, settings.slot_name)
     # Milliseconds: a reload within the second of the previous load gets a name of its own.
     generation = time.time_ns() // 1_000_000
-    serving = await search.pinned(generation, INDEXED_KINDS).create_indices(
+    serving = await search.create_indices(
         generation,
         {"slot": settings.slot_name, "state": "loading", "mapping": MAPPING_VERSION},
-        loading=True,
     )
     if not serving:
         # Membership records and counters are rebuilt by the load, silently (no customer
@@ -188,34 +83,108 @@ async def _start_load(
         # With a generation serving, they serve too: the load rewrites each record in place
         # and the records it did not reach are emptied after it (``_retire_memberships``).
         await cache.membership.reset_all()
-    # The slot first: the load reads at a snapshot taken after its consistent point, and a
-    # change in between comes again from the slot at its own version, which a newer
-    # snapshot document beats.
-    async with create_slot_with_snapshot(settings.pg_dsn, settings.slot_name) as (point, _):
-        log.info("initial load needed", extra={"generation": generation, "point": str(point)})
-    state = ReindexState(
-        generation=generation,
-        kinds=KIND_ORDER,
-        source=Source.POSTGRES,
-        slot=settings.slot_name,
-        started_at=time.time(),
-        mapping=MAPPING_VERSION,
-        replaces_serving=serving,
+    show = sys.stderr.isatty() if progress is None else progress
+    started = time.perf_counter()
+    loaded = 0
+    async with snapshot_source(settings.pg_dsn, settings.slot_name) as (point, source):
+        rebuilder = Rebuilder(
+            source, chunk_ids=settings.snapshot_chunk_rows, emit_events=False
+        )
+        # Reading and building the next chunk overlaps with writing the previous one;
+        # the bounded queue keeps memory at a few chunks whatever the table size.
+        queue: asyncio.Queue[SinkWrites | None] = asyncio.Queue(maxsize=2)
+        writer = asyncio.create_task(_write_chunks(queue, search, cache, conn, quarantine))
+        totals = {table: await source.row_count(table) for table, _ in _TABLES}
+        for table, total in totals.items():
+            metrics.LOAD_ROWS_EXPECTED.labels(table).set(total)
+            metrics.LOAD_ROWS.labels(table).set(0)
+        reporter = Progress("initial load", totals, terminal=show, logger=log)
+        stopping = stop if stop is not None else asyncio.Event()
+
+        async def pause(seconds: float) -> None:
+            # The throttle's sleep ends at ``stop``: a slow load stops as promptly.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=seconds)
+
+        throttle = RowThrottle(settings.load_max_rows_per_second, sleep=pause)
+        metrics.LOADING.set(1)
+        try:
+            for table, kind in _TABLES:
+                async for ids in source.primary_key_chunks(
+                    f"primary_keys_{table}", settings.snapshot_chunk_rows
+                ):
+                    if stopping.is_set():
+                        break
+                    async for chunk in rebuilder.writes(touched_rows(kind, ids, point)):
+                        await _put(queue, writer, chunk)
+                    loaded += len(ids)
+                    reporter(table, len(ids))
+                    metrics.LOAD_ROWS.labels(table).set(reporter.done)
+                    await throttle.took(len(ids))
+            await _put(queue, writer, None)
+            await writer
+            if stopping.is_set():
+                log.info("initial load stopped; it runs again at the next start")
+                return None
+        finally:
+            writer.cancel()
+            reporter.close()
+            metrics.LOADING.set(0)
+    # A load run again (after a crash half way through one, or after ``indexer drop``) finds
+    # the earlier load's Redis values: those of objects, codes and keys gone since are older
+    # than this load's point and would stay live for ever, as no change will come for them.
+    await retire_older_cache_values(cache, point)
+    if serving:
+        await _retire_memberships(cache, point)
+    await search.refresh()
+    await search.set_meta(
+        {
+            "slot": settings.slot_name,
+            "state": "complete",
+            "consistent_point": str(point),
+            "mapping": MAPPING_VERSION,
+        }
     )
-    await checkpoints.save(state)
-    return state
+    # Readers move to the new generation in one alias request, once it is complete.
+    await search.switch_to(generation)
+    await cache.set_watermark(point)
+    elapsed = time.perf_counter() - started
+    log.info(
+        "initial load complete",
+        extra={
+            "rows": loaded,
+            "seconds": round(elapsed, 2),
+            "rows_per_second": round(loaded / elapsed) if elapsed else None,
+            "consistent_point": str(point),
+        },
+    )
+    return point
 
 
-async def _load_api_keys(
-    conn: psycopg.AsyncConnection[Any], cache: RedisSink, point: Lsn, chunk_ids: int
+async def _put(
+    queue: asyncio.Queue[SinkWrites | None], writer: asyncio.Task[None], item: SinkWrites | None
 ) -> None:
-    """API key records (Redis only), as they are now, at the load's point: a change since
-    comes from the slot at its own, later version."""
-    source = DocumentSource(conn)
-    rebuilder = Rebuilder(source, chunk_ids=chunk_ids, emit_events=False)
-    async for ids in source.primary_key_chunks("primary_keys_api_keys", chunk_ids):
-        async for chunk in rebuilder.writes(touched_rows(None, ids, int(point))):
-            await cache.apply(chunk)
+    """Queue a chunk, surfacing the writer's failure instead of waiting on a full queue."""
+    put = asyncio.ensure_future(queue.put(item))
+    done, _ = await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
+    if put in done:
+        return
+    put.cancel()
+    writer.result()  # raises the writer's error
+    raise RuntimeError("snapshot writer stopped before the end of the snapshot")
+
+
+async def _write_chunks(
+    queue: asyncio.Queue[SinkWrites | None],
+    search: ElasticSink,
+    cache: RedisSink,
+    conn: psycopg.AsyncConnection[Any],
+    quarantine: Quarantine,
+) -> None:
+    while (chunk := await queue.get()) is not None:
+        deletes = [VersionedDelete(r.kind, r.object_id, r.version) for r in chunk.removed]
+        result, _ = await asyncio.gather(search.apply(chunk.documents, deletes), cache.apply(chunk))
+        await quarantine.settle(conn, chunk, result.refused)
 
 
 async def retire_older_cache_values(cache: RedisSink, point: Lsn) -> int:

@@ -124,7 +124,6 @@ class KeyLayout:
     project_keys_prefix: str = field(init=False, repr=False, compare=False)
     segment_jobs_key: str = field(init=False, repr=False, compare=False)
     reindex_key: str = field(init=False, repr=False, compare=False)
-    load_key: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if "{" in self.prefix or "}" in self.prefix:
@@ -139,8 +138,6 @@ class KeyLayout:
         object.__setattr__(self, "segment_jobs_key", f"{p}sj")
         # The checkpoint of the reindex in progress (``indexer.reindex_state``).
         object.__setattr__(self, "reindex_key", f"{p}rx")
-        # The checkpoint of the initial load (or reload) in progress.
-        object.__setattr__(self, "load_key", f"{p}lx")
 
     def object_key(self, project_id: str, kind: str, object_id: str) -> str:
         """Key of the envelope of one object (``kind``: an ``ObjectKind``)."""

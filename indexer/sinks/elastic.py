@@ -235,12 +235,9 @@ class ElasticSink:
         return deleted
 
     @elasticsearch_boundary
-    async def delete_idle_generations(self, *, keep: int | None = None) -> list[str]:
-        """Delete every generation no alias points at, but for generation ``keep``; returns
-        those deleted."""
+    async def delete_idle_generations(self) -> list[str]:
+        """Delete every generation no alias points at; returns those deleted."""
         serving = set(await self._serving_indices())
-        if keep is not None:
-            serving |= {self._names.generation(kind, keep) for kind in INDEXED_KINDS}
         idle = [name for name in await self.generation_names() if name not in serving]
         for name in idle:
             await self._client.options(ignore_status=404).indices.delete(index=name)

@@ -270,7 +270,7 @@ async def test_sigterm_during_the_initial_load_exits_0_and_the_next_start_loads(
 
             assert slow.terminate(timeout=WITHIN) == 0, slow.log_tail()
             log = slow.log_path.read_text()
-            # Stopped between two pages, its checkpoint kept for the next start.
+            # Stopped between two chunks; the next start loads again into a new generation.
             assert "initial load stopped" in log or "initial load interrupted" in log, log
             assert "initial load complete" not in log, log
             meta = await clients.search.indices_ready()
@@ -284,7 +284,6 @@ async def test_sigterm_during_the_initial_load_exits_0_and_the_next_start_loads(
                 return answer is not None and answer[0] == 200
 
             await eventually(healthy, within=WITHIN * 2, what="second start loaded and ok")
-            assert "initial load resumed" in then.log_path.read_text(), then.log_tail()
             meta = await clients.search.indices_ready()
             assert meta is not None and meta.get("state") == "complete", meta
             problems = await check_converged(fault_env.settings, clients)
