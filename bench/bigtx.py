@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -52,7 +51,7 @@ from typing import Any
 import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
-from scratchdb import clean_sinks, drop_database, seeded_database
+from scratchdb import bench_env, clean_sinks, drop_database, log, seeded_database
 
 from cache.readmodel.codec import decode_envelope
 from cache.readmodel.indices import Field, MetadataPair
@@ -76,22 +75,10 @@ WAITING = "indexer waiting for a dependency"
 RELOAD = "initial load needed"
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def env_for(dsn: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "LOYALTY_PG_DSN": dsn,
-        "LOYALTY_PG_ADMIN_DSN": dsn,
-        "LOYALTY_ES_INDEX_PREFIX": ES_PREFIX,
-        "LOYALTY_REDIS_KEY_PREFIX": REDIS_PREFIX,
-        "LOYALTY_SLOT_NAME": SLOT,
-        "LOYALTY_PUBLICATION": PUBLICATION,
-        "LOYALTY_METRICS_PORT": "0",
-    }
+    return bench_env(
+        dsn, es_prefix=ES_PREFIX, redis_prefix=REDIS_PREFIX, slot=SLOT, publication=PUBLICATION
+    )
 
 
 def memory_mib(pid: int) -> dict[str, float] | None:

@@ -62,7 +62,7 @@ import aiohttp
 import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
-from scratchdb import clean_sinks, drop_database, percentile, seeded_database
+from scratchdb import bench_env, clean_sinks, drop_database, log, percentile, seeded_database
 
 from cache.readmodel.keys import KeyLayout
 from indexer.reindex_state import CheckpointStore, Phase
@@ -90,23 +90,10 @@ GOAL_RSS_MIB = 500
 SOURCES = ("postgres", "index")
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def env_for(dsn: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "LOYALTY_PG_DSN": dsn,
-        "LOYALTY_PG_ADMIN_DSN": dsn,
-        "LOYALTY_ES_INDEX_PREFIX": ES_PREFIX,
-        "LOYALTY_REDIS_KEY_PREFIX": REDIS_PREFIX,
-        "LOYALTY_SLOT_NAME": SLOT,
-        "LOYALTY_PUBLICATION": PUBLICATION,
-        "LOYALTY_METRICS_PORT": "0",
-        "LOYALTY_REINDEX_METRICS_PORT": "0",
-    }
+    return bench_env(
+        dsn, es_prefix=ES_PREFIX, redis_prefix=REDIS_PREFIX, slot=SLOT, publication=PUBLICATION
+    )
 
 
 def free_port() -> int:

@@ -7,7 +7,11 @@ first on the path).
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import psycopg
 import redis.asyncio as aioredis
@@ -17,6 +21,31 @@ from psycopg import sql
 from indexer.migrate import apply_migrations
 from indexer.seed import SeedReport, seed_database
 from indexer.seed_rows import SeedPlan
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def bench_env(
+    dsn: str, *, es_prefix: str, redis_prefix: str, slot: str, publication: str
+) -> dict[str, str]:
+    """The environment of the indexer and API processes a bench starts: its own database,
+    index and key prefixes, slot and publication, and no metrics listeners."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "LOYALTY_PG_DSN": dsn,
+        "LOYALTY_PG_ADMIN_DSN": dsn,
+        "LOYALTY_ES_INDEX_PREFIX": es_prefix,
+        "LOYALTY_REDIS_KEY_PREFIX": redis_prefix,
+        "LOYALTY_SLOT_NAME": slot,
+        "LOYALTY_PUBLICATION": publication,
+        "LOYALTY_METRICS_PORT": "0",
+        "LOYALTY_REINDEX_METRICS_PORT": "0",
+    }
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
-from scratchdb import clean_sinks, drop_database, seeded_database
+from scratchdb import bench_env, clean_sinks, drop_database, log, seeded_database
 
 from cache.readmodel.documents import DOCUMENT_SCHEMA
 from cache.readmodel.indices import Field
@@ -59,22 +59,14 @@ class Run:
     report: dict[str, Any]
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def env_for(dsn: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "LOYALTY_PG_DSN": dsn,
-        "LOYALTY_PG_ADMIN_DSN": dsn,
-        "LOYALTY_ES_INDEX_PREFIX": ES_PREFIX,
-        "LOYALTY_REDIS_KEY_PREFIX": REDIS_PREFIX,
-        "LOYALTY_SLOT_NAME": "bverify_slot",
-        "LOYALTY_PUBLICATION": "bverify_pub",
-        "LOYALTY_METRICS_PORT": "0",
-    }
+    return bench_env(
+        dsn,
+        es_prefix=ES_PREFIX,
+        redis_prefix=REDIS_PREFIX,
+        slot="bverify_slot",
+        publication="bverify_pub",
+    )
 
 
 def run_verify(dsn: str, *args: str) -> Run:
