@@ -45,13 +45,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
-from scratchdb import bench_env, clean_sinks, drop_database, log, seeded_database
+from scratchdb import bench_env, clean_sinks, drop_database, log, seeded_database, unwind_on_sigterm
 
 from cache.readmodel.codec import decode_envelope
 from cache.readmodel.indices import Field, MetadataPair
@@ -523,11 +522,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the last size's scratch data")
     args = parser.parse_args()
 
-    def terminated(signum: int, frame: FrameType | None) -> None:
-        # As Ctrl-C does: unwinds through the clean-up of ``one_size``.
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminated)
+    unwind_on_sigterm()
     settings = IndexerSettings.from_env()
     OUT.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []

@@ -55,14 +55,21 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import aiohttp
 import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
-from scratchdb import bench_env, clean_sinks, drop_database, log, percentile, seeded_database
+from scratchdb import (
+    bench_env,
+    clean_sinks,
+    drop_database,
+    log,
+    percentile,
+    seeded_database,
+    unwind_on_sigterm,
+)
 
 from cache.readmodel.keys import KeyLayout
 from indexer.reindex_state import CheckpointStore, Phase
@@ -851,11 +858,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    def terminated(signum: int, frame: FrameType | None) -> None:
-        # As Ctrl-C does: unwinds through the clean-up of ``one_size``.
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminated)
+    unwind_on_sigterm()
     settings = IndexerSettings.from_env()
     OUT.mkdir(parents=True, exist_ok=True)
     results = []

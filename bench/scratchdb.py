@@ -8,10 +8,12 @@ first on the path).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 import psycopg
 import redis.asyncio as aioredis
@@ -27,6 +29,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, through a bench's clean-up of its scratch data."""
+
+    def terminated(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def bench_env(

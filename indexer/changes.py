@@ -8,8 +8,9 @@ that touched the object: that is the version its rebuilt document is written wit
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from cache.types import ObjectKind
@@ -126,6 +127,28 @@ def _changed(change: RowChangeLike, column: str) -> bool:
     if change.old is None or change.new is None:
         return True
     return bool(_get(change.old, column) != _get(change.new, column))
+
+
+class TransactionLike(Protocol):
+    """What folding a decoded transaction needs: ``indexer.pgoutput.Transaction``."""
+
+    @property
+    def commit_lsn(self) -> int: ...
+    @property
+    def commit_time(self) -> datetime: ...
+    @property
+    def changes(self) -> Sequence[RowChangeLike]: ...
+
+
+def touched_by(transactions: Iterable[TransactionLike]) -> TouchedObjects:
+    """The objects whole transactions (or parts of one) touch, each change at its commit's
+    LSN, with each commit's time (when the membership transitions it causes occurred)."""
+    touched = TouchedObjects()
+    for transaction in transactions:
+        lsn = int(transaction.commit_lsn)
+        touched.commit_times[lsn] = int(transaction.commit_time.timestamp() * 1_000_000)
+        collect_touched(((lsn, change) for change in transaction.changes), touched)
+    return touched
 
 
 def collect_touched(

@@ -16,7 +16,7 @@ import psycopg
 
 from cache.types import Lsn, ObjectKind
 from indexer.batch_reader import read_batch
-from indexer.changes import TouchedObjects, collect_touched
+from indexer.changes import touched_by
 from indexer.pgoutput import Transaction
 from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.reindex_load import key_pages
@@ -69,11 +69,7 @@ class CatchUp:
         kinds: Sequence[ObjectKind],
         transactions: list[Transaction],
     ) -> None:
-        touched = TouchedObjects()
-        for transaction in transactions:
-            collect_touched(
-                ((int(transaction.commit_lsn), c) for c in transaction.changes), touched
-            )
+        touched = touched_by(transactions)
         if not touched:
             return
         await wait_until_visible(conn, [t.xid for t in transactions])

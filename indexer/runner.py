@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -37,7 +36,7 @@ from cache.records import SegmentJob
 from cache.types import Lsn
 from indexer import metrics
 from indexer.batch_reader import read_batch
-from indexer.changes import WATCHED_TABLES, TouchedObjects, collect_touched
+from indexer.changes import WATCHED_TABLES, touched_by
 from indexer.errors import SlotError, SlotLost
 from indexer.lag import lag_seconds
 from indexer.pgoutput import Transaction
@@ -298,14 +297,10 @@ class Indexer:
         """Apply whole transactions, in commit order, to both sinks; returns whether they
         queued a segment recompute."""
         conn = await self._connection()
-        touched = TouchedObjects()
         for transaction in transactions:
-            touched.commit_times[int(transaction.commit_lsn)] = _micros(transaction.commit_time)
             for change in transaction.changes:
                 metrics.CHANGES.labels(change.table).inc()
-            collect_touched(
-                ((int(transaction.commit_lsn), c) for c in transaction.changes), touched
-            )
+        touched = touched_by(transactions)
         if not touched:
             return False
         await wait_until_visible(conn, [t.xid for t in transactions])
@@ -398,10 +393,6 @@ class Indexer:
                 except Exception:
                     log.debug("closing a broken connection failed", exc_info=True)
         self._conn = self._peek_conn = None
-
-
-def _micros(moment: datetime) -> int:
-    return int(moment.timestamp() * 1_000_000)
 
 
 def _count_written(chunk: SinkWrites) -> None:

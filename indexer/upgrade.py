@@ -107,7 +107,7 @@ class BackgroundUpgrade:
                 await backoff.wait(self._stop)
                 if self._stop.is_set():
                     return None
-            except (ReindexError, Exception):
+            except Exception:  # a bug or a refusal: one line, and the old generation serves
                 log.exception("upgrade failed; the old generation keeps serving until restart")
                 return None
         log.error("upgrade gave up after repeated outages; it runs again on the next start")
