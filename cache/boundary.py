@@ -11,6 +11,7 @@ Postgres's classifier lives in ``indexer/source.py``: only the indexer may impor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -112,8 +113,11 @@ def boundary(store: str, classify: Classifier) -> Callable[[F], F]:
             @functools.wraps(function)
             async def generator_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
                 try:
-                    async for item in function(*args, **kwargs):
-                        yield item
+                    # Closed here when the caller stops early, not whenever the collector
+                    # gets to it: a generator may hold a cursor or a transaction open.
+                    async with contextlib.aclosing(function(*args, **kwargs)) as items:
+                        async for item in items:
+                            yield item
                 except Exception as error:
                     _raise_classified(classify, error)
                     raise

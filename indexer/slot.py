@@ -36,6 +36,7 @@ from psycopg import pq, sql
 from cache.types import Lsn
 from indexer.errors import SlotError, SourceUnavailable, classify_postgres
 from indexer.queries import query
+from indexer.source import server_cursor
 
 # Slot names are limited to these by Postgres; publication names are held to the same rule
 # because the publication_names option downcases unquoted names.
@@ -261,19 +262,24 @@ async def peek_change_pages(
     }
     action = f"peek slot {slot_name!r}"
     parse = Lsn.parse
-    async with conn.transaction(), conn.cursor(name="peek_changes") as cursor:
-        with _Wrapped(action):
-            await cursor.execute(query("peek_changes"), params)
+    # The way out talks to the server too (CLOSE, COMMIT): a source gone mid-batch fails
+    # there as well, and must reach the caller as an outage like any other peek error.
+    with _Wrapped(action):
+        async with conn.transaction(), server_cursor(conn, "peek_changes") as cursor:
+            with _Wrapped(action):
+                await cursor.execute(query("peek_changes"), params)
 
-        async def pages() -> AsyncIterator[list[ChangeRow]]:
-            while True:
-                with _Wrapped(action):
-                    rows = await cursor.fetchmany(page_rows)
-                if not rows:
-                    return
-                yield [(parse(lsn), xid, data) for lsn, xid, data in rows]
+            async def pages() -> AsyncIterator[list[ChangeRow]]:
+                while True:
+                    with _Wrapped(action):
+                        rows = await cursor.fetchmany(page_rows)
+                    if not rows:
+                        return
+                    yield [(parse(lsn), xid, data) for lsn, xid, data in rows]
 
-        yield pages()
+            yield pages()
+
+
 
 
 async def advance_slot(conn: psycopg.AsyncConnection[Any], slot_name: str, lsn: Lsn) -> Lsn:

@@ -108,6 +108,28 @@ async def connect(dsn: str, *, autocommit: bool = False) -> AnyConnection:
     return conn
 
 
+@contextlib.asynccontextmanager
+async def server_cursor(
+    conn: psycopg.AsyncConnection[Any], name: str
+) -> AsyncIterator[psycopg.AsyncServerCursor[Any]]:
+    """A named cursor that ends closed even when its connection broke under it.
+
+    psycopg marks a server-side cursor closed only once its CLOSE went through, and one
+    collected while open warns. A connection that failed the CLOSE is of no further use:
+    closing it lets the cursor close locally before the error goes on.
+    """
+    cursor = conn.cursor(name=name)
+    try:
+        yield cursor
+    finally:
+        try:
+            await cursor.close()
+        except psycopg.Error:
+            await conn.close()
+            await cursor.close()
+            raise
+
+
 class DocumentSource:
     """Document rows and fan-out ids, read on one connection (a snapshot's, or a live one)."""
 
@@ -153,7 +175,7 @@ class DocumentSource:
         async with contextlib.AsyncExitStack() as stack:
             if self._conn.autocommit:
                 await stack.enter_async_context(self._conn.transaction())
-            cursor = await stack.enter_async_context(self._conn.cursor(name=f"pk_{name}"))
+            cursor = await stack.enter_async_context(server_cursor(self._conn, f"pk_{name}"))
             await cursor.execute(_sql(name), params)
             while True:
                 rows = await cursor.fetchmany(chunk_size)

@@ -7,6 +7,8 @@ commit is flushed, and therefore decodable, by the time it returns.
 
 from __future__ import annotations
 
+import gc
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -24,6 +26,7 @@ from indexer.slot import (
     drop_slot,
     ensure_publication,
     open_snapshot_reader,
+    peek_change_pages,
     peek_changes,
     slot_exists,
     slot_status,
@@ -309,3 +312,35 @@ async def test_driver_errors_are_wrapped(conn: Conn, pg_dsn: str, slot: str,
     with pytest.raises(SourceUnavailable):
         await current_wal_lsn(closed)
 
+
+
+@pytest.mark.parametrize("read_pages", [1, 2], ids=["mid-read", "after-reading"])
+async def test_a_source_gone_mid_batch_is_an_outage_and_leaves_no_open_cursor(
+    conn: Conn, writer: Conn, pg_dsn: str, slot: str, publication: str, read_pages: int
+) -> None:
+    """The source shuts down while a batch is being read or applied: leaving the block talks
+    to the server (CLOSE, then the end of the transaction) and fails. That failure is an
+    outage the capture loop retries, not a driver error that ends it; and the cursor ends
+    closed, not left for the collector to find open."""
+    await ensure_publication(conn, publication, ["projects"])
+    await create_slot(pg_dsn, slot)
+    await add_projects(writer, "a1", "a2", "a3")
+    peeker = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+    upto = await current_wal_lsn(conn)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SourceUnavailable, match="peek slot"):
+            async with peek_change_pages(peeker, slot, publication, 100, upto, 3) as pages:
+                read = 0
+                async for _page in pages:
+                    read += 1
+                    if read == read_pages:
+                        await conn.execute(
+                            "SELECT pg_terminate_backend(%s)", (peeker.info.backend_pid,)
+                        )
+                        if read_pages == 1:
+                            continue  # the next page's read meets the closed connection
+                        break
+        gc.collect()
+    assert peeker.closed
+    assert not [w for w in caught if "still open" in str(w.message)]
