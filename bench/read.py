@@ -1,4 +1,4 @@
-"""Read path benchmark: the voucher lookup against the framework's ceiling and a naive baseline.
+"""Read path benchmark: the voucher lookup against the framework's ceiling and plain baselines.
 
 Runs in one go on this machine, with its own data:
 
@@ -6,29 +6,41 @@ Runs in one go on this machine, with its own data:
    seed``) and given a benchmark key with a limit high enough never to throttle;
 2. ``indexer run`` indexes it into Elasticsearch and Redis under unique prefixes, until its
    watermark passes the last commit; then it is stopped;
-3. each server is started alone, as one process pinned to one core (``taskset``), and
-   loaded with ``wrk`` (pinned to the other core) at a fixed concurrency for ``--duration``:
+3. each server is one process pinned to one core (``taskset``), loaded with ``wrk`` (pinned
+   to the other core) at a fixed concurrency for ``--duration``; the scenarios
+   (``--scenarios``, default all):
    - ceiling: a bare aiohttp endpoint answering a constant JSON body of a voucher's size;
    - hot: ``readapi serve --workers 1``, one voucher code again and again (L1 hits);
-   - cold-l2: the same with L1 off (max age 1 ms), codes in turn (Redis per request);
+   - naive: an aiohttp app answering the lookup from Postgres per request (psycopg pool);
+   - cold-l2: the read API with L1 off (max age 1 ms), codes in turn (Redis per request);
+   - plain-redis: the plainest Redis-backed handler a user could write, to compare the L1
+     miss with: aiohttp + uvloop + ``redis.asyncio`` (hiredis), one ``GET`` of the code's
+     key per request answered as is; the keys (under their own prefix) hold each code's
+     voucher JSON as the read API answers it, fetched once before the rounds; codes in turn
+     as for cold-l2;
    - cold-es: L1 off and the benchmark project's Redis documents deleted first, unique codes
      (alias miss, Elasticsearch search and realtime GET, Redis fill per request);
-   - naive: an aiohttp app answering the lookup from Postgres per request (psycopg pool);
-   ceiling, hot and naive run side by side and are loaded in turn for ``--rounds`` rounds
-   (the order reversed every other round); the median of each is reported, and the ratios
-   are taken within each round, between runs seconds apart, and their median reported: on a
-   shared machine whose speed drifts by tens of percent over a minute, a ratio of runs far
-   apart in time measures the drift as much as the servers;
+   ceiling, hot, naive, cold-l2 and plain-redis run side by side (all up at once, pinned to
+   the same core) and are loaded in turn for ``--rounds`` rounds (the order reversed every
+   other round); the median of each is reported, and the ratios are taken within each
+   round, between runs seconds apart, and their median reported: on a shared machine whose
+   speed drifts by tens of percent over a minute, a ratio of runs far apart in time measures
+   the drift as much as the servers; cold-es runs once, after the rounds;
 4. the hot lookup runs again at half its peak rate (wrk's ``delay()`` hook throttles each
    connection) to read its p99 when not saturated.
 
-Prints a table of requests/s, p50 and p99, and the ratios hot/ceiling and hot/naive.
-Everything it created (database, indices, Redis keys) is removed at the end.
+Prints a table of requests/s, p50, p99 and non-2xx answers of every run (the median round of
+each scenario run in rounds, every round's rate in its note), then the per-round ratios and
+their medians: hot/ceiling, hot/naive and cold-l2/plain-redis (each when both ran), and the
+p99 at half peak.
+Everything it created (database, indices, Redis keys) is removed at the end, also when a run
+fails or the bench is stopped (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import re
 import shutil
@@ -41,7 +53,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +61,7 @@ from typing import Any
 import psycopg
 import redis
 from elasticsearch import Elasticsearch
+from scratchdb import unwind_on_sigterm
 
 from cache.config import DEFAULT_ES_URL, DEFAULT_REDIS_URL
 from indexer.settings import DEFAULT_PG_ADMIN_DSN
@@ -126,6 +139,33 @@ asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 '''
 
+# The plainest Redis-backed lookup: one GET of the code's key per request, its bytes
+# answered as they are. The URL comes from the environment (LOYALTY_REDIS_URL), not the
+# command line, which ``ps`` shows with its password.
+PLAIN_REDIS_APP = '''
+import os, sys, uvloop, asyncio
+import redis.asyncio as aioredis
+from aiohttp import web
+PREFIX = sys.argv[2]
+NOT_FOUND = b'{"error": "not_found"}'
+async def handler(request):
+    body = await request.app["redis"].get(PREFIX + request.match_info["code"])
+    if body is None:
+        return web.Response(status=404, body=NOT_FOUND, content_type="application/json")
+    return web.Response(body=body, content_type="application/json")
+async def redis_ctx(app):
+    client = aioredis.Redis.from_url(os.environ["LOYALTY_REDIS_URL"], decode_responses=False)
+    await client.ping()
+    app["redis"] = client
+    yield
+    await client.aclose()
+app = web.Application()
+app.cleanup_ctx.append(redis_ctx)
+app.router.add_get("/v1/vouchers/{code}", handler)
+asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+'''
+
 # wrk script: the benchmark key's headers, and the request path taken in turn from a file.
 WRK_SCRIPT = '''
 local paths = {}
@@ -181,9 +221,14 @@ def dsn_for(database: str) -> str:
     return psycopg.conninfo.make_conninfo(PG_DSN, dbname=database)
 
 
-def wait_http(port: int, path: str = "/", timeout: float = 60.0) -> None:
+def wait_http(
+    port: int, path: str = "/", timeout: float = 60.0,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server for port {port} exited with status {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
                 sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -199,19 +244,25 @@ def wait_http(port: int, path: str = "/", timeout: float = 60.0) -> None:
 
 @contextmanager
 def server(cmd: Sequence[str], env: dict[str, str], port: int, ready_path: str) -> Iterator[None]:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_http(port, ready_path)
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    # stderr goes to a file, not a pipe nobody reads (a chatty server would block on a full
+    # one mid-run), and its end is shown when the server does not come up.
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errors)
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+            try:
+                wait_http(port, ready_path, proc=proc)
+            except RuntimeError as exc:
+                errors.seek(0)
+                tail = errors.read()[-3000:].decode(errors="replace")
+                raise RuntimeError(f"{exc}; its stderr ends with:\n{tail}") from None
+            yield
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def parse_latency(text: str, percentile: str) -> float:
@@ -257,6 +308,9 @@ class Scratch:
         self.database = f"bench_read_{tag}"
         self.es_prefix = f"bench{tag}_"
         self.redis_prefix = f"bench{tag}:"
+        # The plain-redis server's keys: outside the read model's prefix, so nothing of the
+        # read API or indexer ever sees them.
+        self.plain_prefix = f"bplain:{uuid.uuid4().hex}:"
         self.slot = f"bench_slot_{tag}"
         self.publication = f"bench_pub_{tag}"
         self.dsn = dsn_for(self.database)
@@ -279,6 +333,18 @@ class Scratch:
             admin.execute(f'CREATE DATABASE "{self.database}"')
 
     def drop(self) -> None:
+        """Every step is tried even when one before it failed; the first failure is raised."""
+        failures: list[BaseException] = []
+        for step in (self._drop_database, self._drop_indices, self._drop_keys):
+            try:
+                step()
+            except Exception as exc:
+                log(f"clean-up: {step.__name__} failed: {exc!r}")
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    def _drop_database(self) -> None:
         with psycopg.connect(dsn_for("postgres"), autocommit=True) as admin:
             for (slot,) in admin.execute(
                 "SELECT slot_name FROM pg_replication_slots WHERE database = %s",
@@ -286,12 +352,19 @@ class Scratch:
             ).fetchall():
                 admin.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+    def _drop_indices(self) -> None:
         es = Elasticsearch(ES_URL)
-        es.options(ignore_status=404).indices.delete(
-            index=f"{self.es_prefix}*", expand_wildcards="all"
-        )
-        es.close()
+        try:
+            es.options(ignore_status=404).indices.delete(
+                index=f"{self.es_prefix}*", expand_wildcards="all"
+            )
+        finally:
+            es.close()
+
+    def _drop_keys(self) -> None:
         delete_keys(self.redis_prefix + "*")
+        delete_keys(self.plain_prefix + "*")
 
 
 def delete_keys(pattern: str) -> int:
@@ -307,6 +380,40 @@ def delete_keys(pattern: str) -> int:
         deleted += int(client.delete(*batch))
     client.close()
     return deleted
+
+
+def voucher_bodies(port: int, codes: Sequence[str]) -> list[bytes]:
+    """Each code's voucher JSON as the read API on ``port`` answers it (one keep-alive
+    connection, the benchmark key)."""
+    headers = {"X-App-Id": BENCH_APP_ID, "X-App-Token": BENCH_TOKEN}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    bodies: list[bytes] = []
+    try:
+        for code in codes:
+            conn.request("GET", f"/v1/vouchers/{code}", headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"voucher {code!r}: HTTP {response.status}: {body[:200]!r}")
+            bodies.append(body)
+    finally:
+        conn.close()
+    return bodies
+
+
+def write_plain_bodies(prefix: str, codes: Sequence[str], bodies: Sequence[bytes]) -> None:
+    """``prefix + code`` -> body for every code, pipelined in chunks."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        for start in range(0, len(codes), 1000):
+            pipe = client.pipeline(transaction=False)
+            for code, body in zip(
+                codes[start : start + 1000], bodies[start : start + 1000], strict=True
+            ):
+                pipe.set(prefix + code, body)
+            pipe.execute()
+    finally:
+        client.close()
 
 
 def current_wal_lsn(dsn: str) -> int:
@@ -365,30 +472,75 @@ def prepare_data(scratch: Scratch, args: argparse.Namespace) -> tuple[str, list[
     return project_id, codes
 
 
+# Scenario -> the name its runs carry in the table.
+RUN_NAMES = {
+    "ceiling": "ceiling (bare aiohttp)",
+    "hot": "hot lookup (L1)",
+    "naive": "naive (Postgres per request)",
+    "cold-l2": "cold lookup (L1 off, Redis)",
+    "plain-redis": "plain Redis (aiohttp + GET)",
+    "cold-es": "cold lookup (L1 off, ES + fill)",
+}
+SCENARIOS = tuple(RUN_NAMES)
+# Run side by side over the rounds, in this order (reversed every other round); cold-es
+# deletes the Redis documents the others read, so it runs once, after the rounds.
+ROUND_SCENARIOS = ("ceiling", "hot", "naive", "cold-l2", "plain-redis")
+HALF_PEAK = "hot lookup at half peak"
+# Ratios printed when both of their scenarios ran: (top, bottom, label, as a percentage?, goal).
+RATIOS = (
+    ("hot", "ceiling", "hot lookup / ceiling", True, "goal >= 70%"),
+    ("hot", "naive", "hot lookup / naive", False, "goal >= 5x"),
+    ("cold-l2", "plain-redis", "cold-l2 / plain-redis", True, "the L1 miss against one GET"),
+)
+
+
+def scenario_list(text: str) -> list[str]:
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in SCENARIOS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose among {', '.join(SCENARIOS)}"
+        )
+    return chosen
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench/read.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--duration", type=int, default=3,
+    parser.add_argument("--duration", type=positive, default=3,
                         help="seconds per run (default 3: short runs keep a round's runs "
                         "close in time)")
-    parser.add_argument("--connections", type=int, default=64,
+    parser.add_argument("--connections", type=positive, default=64,
                         help="wrk connections (default 64)")
-    parser.add_argument("--vouchers", type=int, default=20_000,
+    parser.add_argument("--vouchers", type=positive, default=20_000,
                         help="vouchers to seed (default 20000)")
     parser.add_argument("--server-core", type=int, default=0,
                         help="core the server under test is pinned to (default 0)")
     parser.add_argument("--wrk-core", type=int, default=1,
                         help="core wrk is pinned to (default 1)")
-    parser.add_argument("--rounds", type=int, default=11,
-                        help="rounds of ceiling, hot and naive runs, medians reported "
-                        "(default 11)")
+    parser.add_argument("--rounds", type=positive, default=11,
+                        help="rounds of the side-by-side runs (ceiling, hot, naive, cold-l2, "
+                        "plain-redis: those chosen), medians reported (default 11)")
+    parser.add_argument("--scenarios", type=scenario_list, default=list(SCENARIOS),
+                        metavar="NAME[,NAME...]",
+                        help="comma-separated scenarios to run, among "
+                        f"{', '.join(SCENARIOS)} (default all)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch data")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("bench/read.py: wrk is not installed", file=sys.stderr)
         return 2
+    unwind_on_sigterm()
     scratch = Scratch()
     scratch.create()
     try:
@@ -406,6 +558,15 @@ def run_all(
 ) -> tuple[list[Result], Samples]:
     """Every result to print, and the side-by-side runs of each server in round order."""
     tmp = Path(tempfile.mkdtemp(prefix="bench_read_"))
+    try:
+        return run_scenarios(scratch, codes, args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_scenarios(
+    scratch: Scratch, codes: list[str], args: argparse.Namespace, tmp: Path
+) -> tuple[list[Result], Samples]:
     script = tmp / "bench.lua"
     script.write_text(WRK_SCRIPT)
     hot_paths = tmp / "hot.txt"
@@ -414,6 +575,8 @@ def run_all(
     all_paths.write_text("".join(f"/v1/vouchers/{code}\n" for code in codes))
     core, wrk_core = args.server_core, args.wrk_core
     env = scratch.env()
+    cold_env = {**env, "LOYALTY_L1_MAX_AGE_MS": "1"}
+    wanted = set(args.scenarios)
     results: list[Result] = []
 
     def load(name: str, port: int, paths: Path, delay_ms: int = 0, conns: int | None = None
@@ -425,60 +588,95 @@ def run_all(
             f"p99 {result.p99_ms:.2f} ms, non-2xx {result.non_2xx}")
         return result
 
-    # Ceiling, hot lookup and naive baseline run side by side (three servers up, all pinned
-    # to the same core) and are loaded in turn for ``--rounds`` rounds: a drift of the
-    # machine's speed then hits all three alike, and the median of each is reported.
     body_size = 400
     api_cmd = ["readapi", "serve", "--workers", "1", "--log-level", "WARNING"]
-    ceiling_port, hot_port, naive_port = free_port(), free_port(), free_port()
-    ceiling_cmd = pinned(
-        [sys.executable, "-c", CEILING_APP, str(ceiling_port), str(body_size)], core
-    )
-    naive_cmd = pinned([sys.executable, "-c", NAIVE_APP, str(naive_port), scratch.dsn], core)
+
+    def started(scenario: str, port: int) -> tuple[list[str], dict[str, str], str, Path]:
+        """The command, environment, readiness path and request paths of a scenario."""
+        if scenario == "ceiling":
+            cmd = [sys.executable, "-c", CEILING_APP, str(port), str(body_size)]
+            return cmd, env, "/v1/vouchers/x", hot_paths
+        if scenario == "hot":
+            return [*api_cmd, "--port", str(port)], env, "/readyz", hot_paths
+        if scenario == "naive":
+            cmd = [sys.executable, "-c", NAIVE_APP, str(port), scratch.dsn]
+            return cmd, env, "/v1/vouchers/x", all_paths
+        if scenario == "plain-redis":
+            cmd = [sys.executable, "-c", PLAIN_REDIS_APP, str(port), scratch.plain_prefix]
+            return cmd, env, "/v1/vouchers/x", all_paths
+        # cold-l2 and cold-es: the read API with L1 off.
+        return [*api_cmd, "--port", str(port)], cold_env, "/readyz", all_paths
+
+    def fill_plain_redis(api_port: int) -> str:
+        """Writes every code's voucher JSON, as the read API on ``api_port`` answers it,
+        under the plain-redis prefix; returns a note on the bodies' sizes."""
+        log(f"plain-redis: fetch {len(codes)} vouchers from the read API and write them")
+        bodies = voucher_bodies(api_port, codes)
+        write_plain_bodies(scratch.plain_prefix, codes, bodies)
+        sizes = sorted(len(body) for body in bodies)
+        return (f"bodies {sizes[0]}-{sizes[-1]} B, median {sizes[len(sizes) // 2]} "
+                f"(ceiling {body_size} B)")
+
+    # The servers run in rounds side by side (all up at once, pinned to the same core) and
+    # are loaded in turn for ``--rounds`` rounds: a drift of the machine's speed then hits
+    # them all alike, and the median of each is reported.
+    in_rounds = [scenario for scenario in ROUND_SCENARIOS if scenario in wanted]
     samples: Samples = {}
-    with (
-        server(ceiling_cmd, env, ceiling_port, "/v1/vouchers/x"),
-        server(pinned([*api_cmd, "--port", str(hot_port)], core), env, hot_port, "/readyz"),
-        server(naive_cmd, env, naive_port, "/v1/vouchers/x"),
-    ):
-        servers = [
-            ("ceiling (bare aiohttp)", ceiling_port, hot_paths),
-            ("hot lookup (L1)", hot_port, hot_paths),
-            ("naive (Postgres per request)", naive_port, all_paths),
-        ]
+    notes: dict[str, str] = {}
+    with ExitStack() as stack:
+        servers: list[tuple[str, int, Path]] = []
+        for scenario in in_rounds:
+            if scenario == "plain-redis":
+                # Through the cold-l2 server when it is up (L1 off: nothing kept), else
+                # through one started for this alone.
+                cold_l2 = [port for name, port, _ in servers if name == "cold-l2"]
+                if cold_l2:
+                    notes[scenario] = fill_plain_redis(cold_l2[0])
+                else:
+                    port = free_port()
+                    cmd, server_env, ready, _paths = started("cold-l2", port)
+                    with server(cmd, server_env, port, ready):
+                        notes[scenario] = fill_plain_redis(port)
+            port = free_port()
+            cmd, server_env, ready, paths = started(scenario, port)
+            stack.enter_context(server(pinned(cmd, core), server_env, port, ready))
+            servers.append((scenario, port, paths))
         for round_number in range(1, args.rounds + 1):
             # Reversed every other round: no server always runs right after another.
-            for name, port, paths in servers if round_number % 2 else servers[::-1]:
-                samples.setdefault(name, []).append(
-                    load(f"{name} [round {round_number}]", port, paths)
+            for scenario, port, paths in servers if round_number % 2 else servers[::-1]:
+                samples.setdefault(RUN_NAMES[scenario], []).append(
+                    load(f"{RUN_NAMES[scenario]} [round {round_number}]", port, paths)
                 )
-        for name, _port, _paths in servers:
-            results.append(median_run(name, samples[name]))
-        hot = results[1]
-        # Half the peak rate: each connection waits ``delay`` ms after every answer, so the
-        # rate is connections / (delay + latency); a short calibration run fixes the count.
-        target = hot.rps / 2
-        delay_ms = 5
-        conns = max(1, round(target * (delay_ms + 0.5) / 1000))
-        calibration = run_wrk("calibration", hot_port, hot_paths, script, connections=conns,
-                              seconds=3, wrk_core=wrk_core, delay_ms=delay_ms)
-        conns = max(1, round(conns * target / max(calibration.rps, 1.0)))
-        half = load("hot lookup at half peak", hot_port, hot_paths, delay_ms=delay_ms,
-                    conns=conns)
-        half.note = f"target {target:,.0f}/s: {conns} conns, {delay_ms} ms pause each"
-        results.append(half)
+        for scenario, _port, _paths in servers:
+            result = median_run(RUN_NAMES[scenario], samples[RUN_NAMES[scenario]])
+            if scenario in notes:
+                result.note += f"; {notes[scenario]}"
+            results.append(result)
+        hot_ports = [port for scenario, port, _ in servers if scenario == "hot"]
+        if hot_ports:
+            hot_port = hot_ports[0]
+            hot = next(r for r in results if r.name == RUN_NAMES["hot"])
+            # Half the peak rate: each connection waits ``delay`` ms after every answer, so
+            # the rate is connections / (delay + latency); a short calibration run fixes the
+            # count.
+            target = hot.rps / 2
+            delay_ms = 5
+            conns = max(1, round(target * (delay_ms + 0.5) / 1000))
+            calibration = run_wrk("calibration", hot_port, hot_paths, script,
+                                  connections=conns, seconds=3, wrk_core=wrk_core,
+                                  delay_ms=delay_ms)
+            conns = max(1, round(conns * target / max(calibration.rps, 1.0)))
+            half = load(HALF_PEAK, hot_port, hot_paths, delay_ms=delay_ms, conns=conns)
+            half.note = f"target {target:,.0f}/s: {conns} conns, {delay_ms} ms pause each"
+            results.append(half)
 
-    cold_env = {**env, "LOYALTY_L1_MAX_AGE_MS": "1"}
-    port = free_port()
-    with server(pinned([*api_cmd, "--port", str(port)], core), cold_env, port, "/readyz"):
-        results.append(load("cold lookup (L1 off, Redis)", port, all_paths))
-    deleted = delete_keys(f"{scratch.redis_prefix}{{*}}:v*")
-    log(f"deleted {deleted} voucher documents and aliases from Redis")
-    port = free_port()
-    with server(pinned([*api_cmd, "--port", str(port)], core), cold_env, port, "/readyz"):
-        results.append(load("cold lookup (L1 off, ES + fill)", port, all_paths))
-
-    shutil.rmtree(tmp, ignore_errors=True)
+    if "cold-es" in wanted:
+        deleted = delete_keys(f"{scratch.redis_prefix}{{*}}:v*")
+        log(f"deleted {deleted} voucher documents and aliases from Redis")
+        port = free_port()
+        cmd, server_env, ready, paths = started("cold-es", port)
+        with server(pinned(cmd, core), server_env, port, ready):
+            results.append(load(RUN_NAMES["cold-es"], port, paths))
     return results, samples
 
 
@@ -505,20 +703,24 @@ def print_table(results: list[Result], samples: Samples, args: argparse.Namespac
     for r in results:
         print(f"{r.name:<34}{r.rps:>10,.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.non_2xx:>9}  "
               f"{r.note}")
-    hot = by_name["hot lookup (L1)"]
-    ceiling = by_name["ceiling (bare aiohttp)"]
-    naive = by_name["naive (Postgres per request)"]
-    half = by_name["hot lookup at half peak"]
-    to_ceiling = round_ratios(samples, hot.name, ceiling.name)
-    to_naive = round_ratios(samples, hot.name, naive.name)
-    print()
-    print("ratios within each round: " + " / ".join(f"{r:.0%}" for r in to_ceiling)
-          + " (hot/ceiling); " + " / ".join(f"{r:.1f}x" for r in to_naive) + " (hot/naive)")
-    print(f"hot lookup / ceiling: {statistics.median(to_ceiling):.0%} median of rounds, "
-          f"{hot.rps / ceiling.rps:.0%} of the medians (goal >= 70%)")
-    print(f"hot lookup / naive:   {statistics.median(to_naive):.1f}x median of rounds, "
-          f"{hot.rps / naive.rps:.1f}x of the medians (goal >= 5x)")
-    print(f"p99 at half peak:     {half.p99_ms:.2f} ms (goal < 5 ms)")
+    ratios = [
+        (f"{top}/{bottom}", round_ratios(samples, RUN_NAMES[top], RUN_NAMES[bottom]),
+         by_name[RUN_NAMES[top]].rps / by_name[RUN_NAMES[bottom]].rps, label,
+         "{:.0%}" if percent else "{:.1f}x", goal)
+        for top, bottom, label, percent, goal in RATIOS
+        if RUN_NAMES[top] in samples and RUN_NAMES[bottom] in samples
+    ]
+    if ratios:
+        print()
+        print("ratios within each round: " + "; ".join(
+            " / ".join(shown.format(r) for r in per_round) + f" ({pair})"
+            for pair, per_round, _of_medians, _label, shown, _goal in ratios
+        ))
+    for _pair, per_round, of_medians, label, shown, goal in ratios:
+        print(f"{label + ':':<24}{shown.format(statistics.median(per_round))} median of rounds, "
+              f"{shown.format(of_medians)} of the medians ({goal})")
+    if HALF_PEAK in by_name:
+        print(f"{'p99 at half peak:':<24}{by_name[HALF_PEAK].p99_ms:.2f} ms (goal < 5 ms)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_VERSION = (1 << 64) - 1
 
@@ -33,6 +33,17 @@ class Envelope:
     @property
     def is_tombstone(self) -> bool:
         return self.data is None
+
+
+class Served(NamedTuple):
+    """An object's or alias's envelope as a lookup reads it (``codec.decode_served``):
+    ``body`` the stored JSON of a live object, ``match`` its code or source_id, ``target``
+    the object id a live alias names; all ``None`` for a tombstone."""
+
+    version: int
+    body: bytes | None
+    match: str | None
+    target: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,8 @@ ADVANCE_WATERMARK = LuaScript.from_package("advance_watermark")
 LEASE_TOKENS = LuaScript.from_package("lease_tokens")
 MEMBERSHIP = LuaScript.from_package("membership")
 SEGMENT_JOB = LuaScript.from_package("segment_job")
-ALL_SCRIPTS = (VERSIONED_SET, ADVANCE_WATERMARK, LEASE_TOKENS, MEMBERSHIP, SEGMENT_JOB)
+LOOKUP = LuaScript.from_package("lookup")
+ALL_SCRIPTS = (VERSIONED_SET, ADVANCE_WATERMARK, LEASE_TOKENS, MEMBERSHIP, SEGMENT_JOB, LOOKUP)
 
 
 async def load_all(redis: Redis) -> None:

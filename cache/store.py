@@ -155,6 +155,18 @@ class CacheStore:
         return None if blob is None else decode_envelope(blob)
 
     @redis_boundary
+    async def lookup(
+        self, id_key: str, alias_key: str, target_head: str
+    ) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """The stored values of an object by id, of an alias, and of the object that alias
+        names (``target_head`` + its target id), in one round trip (``cache/lua/lookup.lua``);
+        ``None`` where absent. Decode them with ``codec.decode_served``."""
+        by_id, alias, target = await scripts.LOOKUP.run(
+            self.redis, (id_key, alias_key), (target_head,)
+        )
+        return by_id, alias, target
+
+    @redis_boundary
     async def get_object(self, project_id: str, kind: str, object_id: str) -> Envelope | None:
         return await self.get(self.layout.object_key(project_id, kind, object_id))
 

@@ -28,16 +28,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from cache.errors import CacheDecodeError, CacheError, CacheUnavailable, SearchUnavailable
 from cache.l1 import L1Cache
+from cache.readmodel.codec import decode_served
 from cache.readmodel.documents import ALIAS_OF_KIND, ALIAS_SPECS, DOCUMENT_SCHEMA, AliasKind
 from cache.readmodel.indices import Field
 from cache.readmodel.keys import ProjectKeys
-from cache.records import Envelope
+from cache.records import Envelope, Served
 from cache.singleflight import SingleFlight
 from cache.store import CacheStore
 from cache.types import ObjectKind
@@ -76,7 +77,8 @@ ABSENT = CachedObject(None, None, 0)
 @dataclass(slots=True)
 class LookupHooks:
     """Test hooks, awaited with the Redis key concerned: ``after_read`` between the read of
-    L2 or Elasticsearch and the fill/install, ``before_source`` before an Elasticsearch read."""
+    L2 or Elasticsearch and the fill/install (a voucher's or customer's one-call read names
+    its alias key), ``before_source`` before an Elasticsearch read."""
 
     after_read: Hook | None = None
     before_source: Hook | None = None
@@ -137,21 +139,138 @@ class ObjectLookups:
             self._layers[0] += 1
         return value.body
 
-    async def voucher(self, project_id: str, code_or_id: str, *, fresh: bool) -> CachedObject:
+    async def voucher(
+        self, keys: ProjectKeys, project_id: str, code_or_id: str, *, fresh: bool
+    ) -> CachedObject:
         """A code match wins over an id match."""
+        alias_key = keys.voucher_code + code_or_id
+        id_key = keys.voucher + code_or_id
+        if self._use_l1 and not fresh:
+            cached = self._pair_in_l1(id_key, alias_key, keys.voucher, code_or_id, by_id=False)
+            if cached is not None:
+                return cached
+        found = await self._pair_from_redis(
+            id_key, alias_key, keys.voucher, code_or_id, by_id=False
+        )
+        if found is not None:
+            return found
         by_code = await self._by_alias(AliasKind.VOUCHER_CODE, project_id, code_or_id, fresh)
         if by_code.body is not None:
             return by_code
         return await self.by_id(ObjectKind.VOUCHER, project_id, code_or_id, fresh=fresh)
 
-    async def customer(self, project_id: str, id_or_source: str, *, fresh: bool) -> CachedObject:
+    async def customer(
+        self, keys: ProjectKeys, project_id: str, id_or_source: str, *, fresh: bool
+    ) -> CachedObject:
         """An id match wins over a source_id match."""
+        alias_key = keys.customer_source_id + id_or_source
+        id_key = keys.customer + id_or_source
+        if self._use_l1 and not fresh:
+            cached = self._pair_in_l1(id_key, alias_key, keys.customer, id_or_source, by_id=True)
+            if cached is not None:
+                return cached
+        found = await self._pair_from_redis(
+            id_key, alias_key, keys.customer, id_or_source, by_id=True
+        )
+        if found is not None:
+            return found
         by_id = await self.by_id(ObjectKind.CUSTOMER, project_id, id_or_source, fresh=fresh)
         if by_id.body is not None:
             return by_id
         return await self._by_alias(
             AliasKind.CUSTOMER_SOURCE_ID, project_id, id_or_source, fresh
         )
+
+    # -- a value that is an id or an alias: L1, then one Redis call ---------------------------
+
+    def _pair_in_l1(
+        self, id_key: str, alias_key: str, head: str, value: str, *, by_id: bool
+    ) -> CachedObject | None:
+        """The answer L1 alone gives for ``value`` as an id and as an alias (``by_id``: the
+        id wins), or ``None`` when it cannot decide."""
+        l1 = self._l1
+        as_id = l1.get(id_key)
+        if by_id:
+            if as_id is None:
+                return None  # the id decides first, and L1 does not know it
+            if as_id.value.body is not None:
+                self._layers[0] += 1
+                return cast(CachedObject, as_id.value)
+        alias = l1.get(alias_key)
+        if alias is None:
+            return None
+        target = alias.value.target
+        if target is not None:
+            entry = l1.get(head + target)
+            if entry is None or entry.value.match != value:
+                return None  # unknown here, or a stale alias: the full lookup decides
+            self._layers[0] += 1
+            return cast(CachedObject, entry.value)
+        # No object holds the value as an alias: the id decides, if L1 knows it.
+        if as_id is None:
+            return None
+        self._layers[0] += 1
+        return cast(CachedObject, as_id.value)
+
+    async def _pair_from_redis(
+        self, id_key: str, alias_key: str, head: str, value: str, *, by_id: bool
+    ) -> CachedObject | None:
+        """The answer Redis gives for ``value`` as an id and as an alias, read in one call
+        (``CacheStore.lookup``), with what it read installed in L1; ``None`` when Redis does
+        not decide it (an outage, a key it lacks, a stale alias): the layered reads do.
+
+        No single-flight here: the shared read would cost a task and a future to save one
+        call that costs the same."""
+        gate = self._redis_gate
+        if not gate.should_try():
+            return None
+        token = self._l1.begin_fill(alias_key)
+        try:
+            stored_id, stored_alias, stored_target = await self._store.lookup(
+                id_key, alias_key, head
+            )
+            as_id = None if stored_id is None else decode_served(stored_id)
+            alias = None if stored_alias is None else decode_served(stored_alias)
+            target = None if stored_target is None else decode_served(stored_target)
+        except CacheUnavailable as error:
+            gate.failed(error)
+            self._metrics.dependency_errors.labels("redis").inc()
+            return None
+        except CacheDecodeError:
+            return None  # not something the indexer wrote: the layered reads decide
+        except CacheError as error:
+            log.error("redis refused a lookup", extra={"key": id_key, "error": str(error)})
+            return None
+        gate.succeeded()
+        if self.hooks.after_read is not None:
+            await self.hooks.after_read(alias_key)
+        id_object = None if as_id is None else _served_object(as_id, _id_of(id_key, head))
+        if id_object is not None:
+            self._install(id_key, id_object, token)
+        if by_id:
+            if id_object is None:
+                return None  # the id decides first, and Redis does not know it
+            if id_object.body is not None:
+                self._layers[1] += 1
+                return id_object
+        if alias is None:
+            return None
+        if alias.body is not None:
+            return None  # an object where an alias belongs: not ours to serve
+        self._install(alias_key, CachedAlias(alias.target, alias.version), token)
+        if alias.target is not None:
+            if target is None:
+                return None
+            found = _served_object(target, alias.target)
+            self._install(head + alias.target, found, token)
+            if found.body is None or found.match != value:
+                return None
+            self._layers[1] += 1
+            return found
+        if id_object is None:
+            return None
+        self._layers[1] += 1
+        return id_object
 
     async def by_id(
         self, kind: ObjectKind, project_id: str, object_id: str, *, fresh: bool
@@ -316,7 +435,7 @@ class ObjectLookups:
 
     def _install(self, key: str, value: CachedObject | CachedAlias, token: int) -> None:
         if self._use_l1:
-            self._l1.install(key, value, value.version, token)
+            self._l1.install(key, value, value.version, token, _payload_size(value))
 
     async def _hook_after_read(self, key: str) -> None:
         if self.hooks.after_read is not None:
@@ -343,3 +462,26 @@ def _object_of(kind: ObjectKind, envelope: Envelope) -> CachedObject:
     if envelope.is_tombstone:
         return CachedObject(None, None, envelope.version)
     return _present(kind, envelope.data, envelope.version)
+
+
+def _served_object(served: Served, object_id: str) -> CachedObject:
+    """An object's stored value as L1 keeps it (an alias's value is no object: absent)."""
+    if served.body is None:
+        return CachedObject(None, None, served.version)
+    return CachedObject(served.body, served.match, served.version, object_id)
+
+
+def _id_of(key: str, head: str) -> str:
+    return key[len(head) :]
+
+
+def _payload_size(value: CachedObject | CachedAlias) -> int:
+    """The bytes an L1 entry holds beyond what ``L1Cache`` charges for any entry: the body
+    and the short strings beside it (an id or code: their text, ~50 bytes of header each)."""
+    if isinstance(value, CachedAlias):
+        return 0 if value.target is None else 50 + len(value.target)
+    size = 0 if value.body is None else len(value.body)
+    for text in (value.match, value.object_id):
+        if text is not None:
+            size += 50 + len(text)
+    return size

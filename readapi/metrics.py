@@ -166,6 +166,11 @@ class ApiMetrics:
         self.l1_entries = Gauge(
             "readapi_l1_entries", "Entries held in the in-process object cache", registry=r,
         )
+        self.l1_bytes = Gauge(
+            "readapi_l1_bytes",
+            "Bytes the in-process object cache accounts for (its bound: LOYALTY_L1_MAX_BYTES)",
+            registry=r,
+        )
         self.invalidation_connected = Gauge(
             "readapi_invalidation_connected",
             "1 while subscribed to the invalidation channel (L1 on), else 0", registry=r,

@@ -183,7 +183,7 @@ async def get_voucher(request: web.Request, caller: Caller, fresh_at: int | None
         no_query(request.query)
     code = path_id(request.match_info["code"], "code")
     found = await _services(request).lookups.voucher(
-        caller.project_id, code, fresh=fresh_at is not None
+        caller.keys, caller.project_id, code, fresh=fresh_at is not None
     )
     if found.body is None:
         raise not_found("Voucher")
@@ -194,7 +194,7 @@ async def get_customer(request: web.Request, caller: Caller, fresh_at: int | Non
     no_query(request.query)
     customer_id = path_id(request.match_info["id"], "id")
     found = await _services(request).lookups.customer(
-        caller.project_id, customer_id, fresh=fresh_at is not None
+        caller.keys, caller.project_id, customer_id, fresh=fresh_at is not None
     )
     if found.body is None:
         raise not_found("Customer")
@@ -242,7 +242,7 @@ async def _customer_id(request: web.Request, caller: Caller, fresh_at: int | Non
     """The id of the customer named by ``{id}`` (an id, else a source_id), or 404."""
     value = path_id(request.match_info["id"], "id")
     found = await _services(request).lookups.customer(
-        caller.project_id, value, fresh=fresh_at is not None
+        caller.keys, caller.project_id, value, fresh=fresh_at is not None
     )
     if found.body is None or found.object_id is None:
         raise not_found("Customer")

@@ -120,7 +120,10 @@ class Services:
         es_gate = DependencyGate("elasticsearch", settings.dependency_retry_seconds)
         watermark = WatermarkHolder()
         search = SearchReader(elastic, settings.es_index_prefix, es_gate, watermark=watermark)
-        l1: L1Cache[Any] = L1Cache(settings.l1_max_entries, settings.l1_max_age_ms / 1000)
+        # Objects: bounded by bytes only (``install`` is told each body's size).
+        l1: L1Cache[Any] = L1Cache(
+            None, settings.l1_max_age_ms / 1000, max_bytes=settings.l1_max_bytes,
+        )
         key_l1: L1Cache[KeyEntry] = L1Cache(settings.key_cache_entries, KEY_L1_MAX_AGE_SECONDS)
         key_misses: L1Cache[KeyEntry] = L1Cache(KEY_MISSES_MAX_ENTRIES, KEY_L1_MAX_AGE_SECONDS)
         listener = InvalidationListener(redis, layout)
@@ -206,6 +209,7 @@ class Services:
                 (), lambda: {(): float(failures.throttled)},
             )
         m.l1_entries.set_function(lambda: len(self.l1))
+        m.l1_bytes.set_function(lambda: self.l1.size_bytes)
         m.watermark.set_function(lambda: float(self.watermark.value or 0))
         m.invalidation_connected.set_function(lambda: 1.0 if self.listener.connected else 0.0)
 

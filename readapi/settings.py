@@ -32,7 +32,7 @@ from cache.config import (
     environment_help,
     integer,
 )
-from cache.l1 import DEFAULT_MAX_AGE_MS, DEFAULT_MAX_ENTRIES
+from cache.l1 import DEFAULT_MAX_AGE_MS, DEFAULT_MAX_BYTES
 
 __all__ = ["ENVIRONMENT_HELP", "SETTINGS", "ApiSettings", "SettingsError"]
 
@@ -44,9 +44,12 @@ RATE_LIMIT_DEFAULT = Setting(
     "rate_limit_default", "LOYALTY_RATE_LIMIT_DEFAULT", integer(0, 2**31 - 1), 600,
     "requests per key and minute when the key has no limit",
 )
-L1_MAX_ENTRIES = Setting(
-    "l1_max_entries", "LOYALTY_L1_MAX_ENTRIES", integer(1, 100_000_000), DEFAULT_MAX_ENTRIES,
-    "in-process cache size, entries",
+# Per worker process, 1 MiB to 64 GiB; the default (64 MiB, see ``cache.l1.DEFAULT_MAX_BYTES``)
+# suits a 2-core machine of a few GiB running 2 workers: ~1 KB voucher bodies, some 45,000 of
+# them per worker, the rest read from Redis.
+L1_MAX_BYTES = Setting(
+    "l1_max_bytes", "LOYALTY_L1_MAX_BYTES", integer(1 << 20, 64 << 30), DEFAULT_MAX_BYTES,
+    "in-process object cache size, bytes per process",
 )
 L1_MAX_AGE_MS = Setting(
     "l1_max_age_ms", "LOYALTY_L1_MAX_AGE_MS", integer(1, 3_600_000), DEFAULT_MAX_AGE_MS,
@@ -101,7 +104,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     *STORE_SETTINGS,
     API_PORT,
     RATE_LIMIT_DEFAULT,
-    L1_MAX_ENTRIES,
+    L1_MAX_BYTES,
     L1_MAX_AGE_MS,
     CURSOR_SECRET,
     MISS_TTL_SECONDS,
@@ -118,7 +121,7 @@ ENVIRONMENT_HELP = environment_help(SETTINGS)
 class ApiSettings(StoreSettings):
     port: int = API_PORT.default
     rate_limit_default: int = RATE_LIMIT_DEFAULT.default
-    l1_max_entries: int = L1_MAX_ENTRIES.default
+    l1_max_bytes: int = L1_MAX_BYTES.default
     l1_max_age_ms: int = L1_MAX_AGE_MS.default
     cursor_secret: str = CURSOR_SECRET.default
     miss_ttl_seconds: float = MISS_TTL_SECONDS.default

@@ -9,6 +9,12 @@ so ``cache/lua/versioned_set.lua`` reads the version from bytes 5-12 of the stor
 without decoding the document (see the comment there). Decoders raise ``CacheDecodeError``
 on anything this module did not write; nothing here does I/O.
 
+An API object (an ``Envelope`` of ``DOCUMENT_SCHEMA`` whose data is a dict) is stored as
+``SERVED_SCHEMA`` with data ``[JSON bytes, match]``: ``decode_served`` hands a lookup the
+response body as stored, and ``decode_envelope`` turns it back into the same ``Envelope``
+(data a dict again) for everyone else. Envelopes written before, data a msgpack map, are
+read by both.
+
 Segment membership (``cache/membership.py``; written by ``cache/lua/membership.lua`` and
 ``cache/lua/segment_job.lua``, read here). Versions travel and are stored as 16 lower-case
 hex digits, which the scripts compare as two 32-bit halves (Lua numbers are doubles):
@@ -32,8 +38,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgpack
+import orjson
 
 from cache.errors import CacheDecodeError
+from cache.readmodel.documents import DOCUMENT_SCHEMA, SERVED_SCHEMA, match_of
 from cache.records import (
     MAX_VERSION,
     ApiKeyRecord,
@@ -45,6 +53,7 @@ from cache.records import (
     SegmentEvent,
     SegmentEventType,
     SegmentJob,
+    Served,
 )
 
 # fixmap with 3 entries, fixstr "v", uint64 marker: the prefix the Lua scripts check.
@@ -69,16 +78,30 @@ def _check_version(version: int) -> int:
 
 def encode_envelope(envelope: Envelope) -> bytes:
     """Bytes of ``envelope`` in the fixed layout above (raises ``TypeError`` on data that
-    msgpack cannot hold)."""
+    msgpack cannot hold); an API object is stored ready to serve (module notes)."""
     version = _check_version(envelope.version)
+    schema, data = envelope.schema, envelope.data
+    if schema == DOCUMENT_SCHEMA and type(data) is dict:
+        schema, data = SERVED_SCHEMA, [orjson.dumps(data), match_of(data)]
     return b"".join((
         ENVELOPE_HEAD,
         version.to_bytes(8, "big"),
         _SCHEMA_KEY,
-        msgpack.packb(envelope.schema),
+        msgpack.packb(schema),
         _DATA_KEY,
-        msgpack.packb(envelope.data),
+        msgpack.packb(data),
     ))
+
+
+def _served_data(data: Any) -> tuple[bytes, str | None]:
+    if (
+        type(data) is not list
+        or len(data) != 2
+        or type(data[0]) is not bytes
+        or not (data[1] is None or type(data[1]) is str)
+    ):
+        raise CacheDecodeError("served document data is not [JSON bytes, match]")
+    return data[0], data[1]
 
 
 def decode_envelope(blob: bytes) -> Envelope:
@@ -95,7 +118,42 @@ def decode_envelope(blob: bytes) -> Envelope:
         raise CacheDecodeError(f"envelope version is not an unsigned 64-bit int: {version!r}")
     if type(schema) is not int or "d" not in obj:
         raise CacheDecodeError("envelope lacks an int schema or a data entry")
+    if schema == SERVED_SCHEMA:
+        body, _match = _served_data(obj["d"])
+        try:
+            return Envelope(version, DOCUMENT_SCHEMA, orjson.loads(body))
+        except orjson.JSONDecodeError as exc:
+            raise CacheDecodeError(f"served document is not JSON: {exc}") from exc
     return Envelope(version, schema, obj["d"])
+
+
+def decode_served(blob: bytes) -> Served:
+    """What a lookup needs of an object's or alias's envelope, without decoding the object:
+    its version and, for an API object, the stored response body and match; for an alias,
+    the target id; for a tombstone, neither. Raises ``CacheDecodeError`` like
+    ``decode_envelope``."""
+    try:
+        obj = msgpack.unpackb(blob)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise CacheDecodeError(f"not a msgpack value: {exc}") from exc
+    if type(obj) is not dict or len(obj) != 3:
+        raise CacheDecodeError("envelope is not a map of v, s, d")
+    version, schema, data = obj.get("v"), obj.get("s"), obj.get("d")
+    if type(version) is not int or not 0 <= version <= MAX_VERSION:
+        raise CacheDecodeError(f"envelope version is not an unsigned 64-bit int: {version!r}")
+    if schema == SERVED_SCHEMA:
+        body, match = _served_data(data)
+        return Served(version, body, match, None)
+    if schema != DOCUMENT_SCHEMA:
+        raise CacheDecodeError(f"not a document envelope: schema {schema!r}")
+    if data is None:
+        return Served(version, None, None, None)
+    if type(data) is str:
+        return Served(version, None, None, data)
+    if type(data) is dict:
+        # Written before objects were stored ready to serve: encoded here, once per fill.
+        return Served(version, orjson.dumps(data), match_of(data), None)
+    raise CacheDecodeError("document envelope data is neither an object nor an alias")
 
 
 def envelope_version(head: object) -> int | None:

@@ -25,16 +25,20 @@ from readapi.worker_metrics import WorkerMetrics
 def test_settings_from_env_and_bounds() -> None:
     settings = ApiSettings.from_env({
         "LOYALTY_API_PORT": "9000", "LOYALTY_RATE_LIMIT_DEFAULT": "30",
-        "LOYALTY_L1_MAX_ENTRIES": "10", "LOYALTY_L1_MAX_AGE_MS": "250",
+        "LOYALTY_L1_MAX_BYTES": "2097152", "LOYALTY_L1_MAX_AGE_MS": "250",
         "LOYALTY_CURSOR_SECRET": "s", "LOYALTY_ES_INDEX_PREFIX": "x_",
         "LOYALTY_REDIS_KEY_PREFIX": "y:",
     })
-    assert (settings.port, settings.rate_limit_default, settings.l1_max_entries) == (9000, 30, 10)
+    assert (settings.port, settings.rate_limit_default, settings.l1_max_bytes) == (
+        9000, 30, 2097152)
+    assert ApiSettings.from_env({}).l1_max_bytes == 64 * 1024 * 1024
     assert settings.l1_max_age_ms == 250 and settings.cursor_secret == "s"
     assert settings.es_index_prefix == "x_" and settings.redis_key_prefix == "y:"
     assert not any("pg" in name for name in vars(settings))
     for name, value in (("LOYALTY_API_PORT", "70000"), ("LOYALTY_L1_MAX_AGE_MS", "0"),
-                        ("LOYALTY_RATE_LIMIT_DEFAULT", "many")):
+                        ("LOYALTY_RATE_LIMIT_DEFAULT", "many"),
+                        ("LOYALTY_L1_MAX_BYTES", str((1 << 20) - 1)),
+                        ("LOYALTY_L1_MAX_BYTES", str((64 << 30) + 1))):
         with pytest.raises(SettingsError):
             ApiSettings.from_env({name: value})
 
@@ -140,6 +144,7 @@ def test_worker_metrics_add_up_counters_and_label_gauges(tmp_path: Path) -> None
     mine.requests.observe("/v1/vouchers/{code}", "GET", 404, 7.0)
     mine.fills.labels("written").inc(1)
     mine.l1_entries.set(2)
+    mine.l1_bytes.set(4096)
     text = WorkerMetrics(tmp_path, mine.registry).render().decode()
     assert ('readapi_requests_total{method="GET",route="/v1/vouchers/{code}",status="200"} 3.0'
             in text)
@@ -150,6 +155,7 @@ def test_worker_metrics_add_up_counters_and_label_gauges(tmp_path: Path) -> None
     assert 'readapi_fills_total{result="written"} 4.0' in text
     assert f'readapi_l1_entries{{worker="{os.getpid()}"}} 2.0' in text
     assert 'readapi_l1_entries{worker="other"} 7.0' in text
+    assert f'readapi_l1_bytes{{worker="{os.getpid()}"}} 4096.0' in text
     # A file being replaced or broken costs its figures, not the scrape.
     (tmp_path / "broken.json").write_bytes(b"{not json")
     assert b"readapi_fills_total" in WorkerMetrics(tmp_path, mine.registry).render()

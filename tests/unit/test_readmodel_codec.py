@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import msgpack
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from cache.readmodel.codec import (
     decode_membership,
     decode_segment_event,
     decode_segment_job,
+    decode_served,
     decode_watermark,
     encode_envelope,
     encode_invalidation,
@@ -39,6 +41,7 @@ from cache.readmodel.codec import (
     segment_job_value,
     version_hex,
 )
+from cache.readmodel.documents import DOCUMENT_SCHEMA, SERVED_SCHEMA, match_of
 from cache.records import (
     MAX_VERSION,
     ApiKeyRecord,
@@ -58,15 +61,16 @@ json_like: st.SearchStrategy[Any] = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**63), max_value=MAX_VERSION)
-    | st.floats(allow_nan=False)
+    # Finite: an API object comes from JSON, which holds no infinity (and JSON writes none).
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-envelopes = st.builds(
-    Envelope, versions, st.integers(min_value=0, max_value=1000), json_like | st.binary()
-)
+# SERVED_SCHEMA is the codec's own: what it writes an API object as, never given.
+schemas = st.integers(min_value=0, max_value=1000).filter(lambda schema: schema != SERVED_SCHEMA)
+envelopes = st.builds(Envelope, versions, schemas, json_like | st.binary())
 
 
 @given(envelopes)
@@ -80,7 +84,56 @@ def test_envelope_is_a_plain_msgpack_map_with_a_fixed_header(envelope: Envelope)
     assert blob[:4] == ENVELOPE_HEAD
     assert int.from_bytes(blob[4:12], "big") == envelope.version
     expected = {"v": envelope.version, "s": envelope.schema, "d": envelope.data}
+    if envelope.schema == DOCUMENT_SCHEMA and isinstance(envelope.data, dict):
+        # An API object is stored ready to serve: its JSON and its code or source_id.
+        served = [orjson.dumps(envelope.data), match_of(envelope.data)]
+        expected = {"v": envelope.version, "s": SERVED_SCHEMA, "d": served}
     assert msgpack.unpackb(blob) == expected
+
+
+@given(versions, st.dictionaries(st.text(max_size=8), json_like, max_size=6))
+def test_an_api_object_is_stored_as_its_response_body(version: int, body: dict[str, Any]) -> None:
+    blob = encode_envelope(Envelope(version, DOCUMENT_SCHEMA, body))
+    served = decode_served(blob)
+    assert served.version == version and served.target is None
+    assert served.body is not None and orjson.loads(served.body) == body
+    assert decode_envelope(blob) == Envelope(version, DOCUMENT_SCHEMA, body)
+
+
+def test_served_values_of_objects_aliases_and_tombstones() -> None:
+    voucher = {"id": "v_1", "object": "voucher", "code": "SUMMER", "metadata": {"code": "x"}}
+    customer = {"id": "c_1", "object": "customer", "source_id": "ext-1"}
+    campaign = {"id": "camp_1", "object": "campaign", "code": "not an alias"}
+    assert decode_served(encode_envelope(Envelope(3, DOCUMENT_SCHEMA, voucher))).match == "SUMMER"
+    assert decode_served(encode_envelope(Envelope(3, DOCUMENT_SCHEMA, customer))).match == "ext-1"
+    assert decode_served(encode_envelope(Envelope(3, DOCUMENT_SCHEMA, campaign))).match is None
+    assert decode_served(encode_envelope(Envelope(4, DOCUMENT_SCHEMA, "v_1"))) == (
+        4, None, None, "v_1"
+    )
+    assert decode_served(encode_envelope(Envelope.tombstone(5))) == (5, None, None, None)
+    # Written before objects were stored ready to serve: a msgpack map, encoded on read.
+    legacy = msgpack.packb({"v": 6, "s": DOCUMENT_SCHEMA, "d": voucher})
+    assert decode_served(legacy) == (6, orjson.dumps(voucher), "SUMMER", None)
+    assert decode_envelope(legacy) == Envelope(6, DOCUMENT_SCHEMA, voucher)
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        msgpack.packb({"v": 1, "s": SERVED_SCHEMA, "d": {"not": "served"}}),
+        msgpack.packb({"v": 1, "s": SERVED_SCHEMA, "d": [b"{}", 7]}),
+        msgpack.packb({"v": 1, "s": SERVED_SCHEMA, "d": ["{}", None]}),
+        msgpack.packb({"v": 1, "s": DOCUMENT_SCHEMA, "d": [1, 2]}),
+        msgpack.packb({"v": 1, "s": 41, "d": "x"}),
+        b"\xc1",
+    ],
+)
+def test_served_values_refuse_what_the_codec_did_not_write(blob: bytes) -> None:
+    with pytest.raises(CacheDecodeError):
+        decode_served(blob)
+    if blob != b"\xc1" and msgpack.unpackb(blob)["s"] == SERVED_SCHEMA:
+        with pytest.raises(CacheDecodeError):
+            decode_envelope(blob)
 
 
 def test_tombstone() -> None:
@@ -96,7 +149,7 @@ def test_lsn_is_a_version() -> None:
 
 
 def test_envelopes_written_by_another_msgpack_writer_are_read() -> None:
-    assert decode_envelope(msgpack.packb({"d": [1], "v": 3, "s": 2})) == Envelope(3, 2, [1])
+    assert decode_envelope(msgpack.packb({"d": [1], "v": 3, "s": 5})) == Envelope(3, 5, [1])
 
 
 @pytest.mark.parametrize("version", [-1, MAX_VERSION + 1])
