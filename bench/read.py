@@ -1,4 +1,5 @@
-"""Read path benchmark: the voucher lookup against the framework's ceiling and plain baselines.
+"""Read path benchmark: the voucher lookup against the framework's ceiling and plain baselines,
+and the list endpoints against a plain Postgres handler.
 
 Runs in one go on this machine, with its own data:
 
@@ -8,7 +9,7 @@ Runs in one go on this machine, with its own data:
    watermark passes the last commit; then it is stopped;
 3. each server is one process pinned to one core (``taskset``), loaded with ``wrk`` (pinned
    to the other core) at a fixed concurrency for ``--duration``; the scenarios
-   (``--scenarios``, default all):
+   (``--scenarios``; default the lookup ones, ceiling to cold-es):
    - ceiling: a bare aiohttp endpoint answering a constant JSON body of a voucher's size;
    - hot: ``readapi serve --workers 1``, one voucher code again and again (L1 hits);
    - naive: an aiohttp app answering the lookup from Postgres per request (psycopg pool);
@@ -20,8 +21,20 @@ Runs in one go on this machine, with its own data:
      as for cold-l2;
    - cold-es: L1 off and the benchmark project's Redis documents deleted first, unique codes
      (alias miss, Elasticsearch search and realtime GET, Redis fill per request);
-   ceiling, hot, naive, cold-l2 and plain-redis run side by side (all up at once, pinned to
-   the same core) and are loaded in turn for ``--rounds`` rounds (the order reversed every
+   - list-api: ``readapi serve --workers 1``, ``GET /v1/vouchers?campaign_id=C&limit=10``
+     again and again, C being the campaign with the most vouchers in the benchmark project
+     (ties: the first id in code point order);
+   - list-naive: the same path on ``NAIVE_LIST_APP``, a plain aiohttp + uvloop + psycopg
+     pool handler (below);
+   - search-api: ``readapi serve --workers 1``, ``GET /v1/customers?q=W&limit=10`` again and
+     again, W being the most common word of the project's customer names (lower-cased,
+     ASCII letters only, at least 3 of them, so that Elasticsearch's standard analyzer and
+     Postgres's text parser cut it alike; ties: the first in code point order);
+   - search-naive: the same path on ``NAIVE_LIST_APP``;
+   the list scenarios run only when named, e.g. ``--scenarios
+   list-api,list-naive,search-api,search-naive`` (add lookup ones to the list to run both);
+   every scenario but cold-es runs side by side (all chosen servers up at once, pinned to
+   the same core) and is loaded in turn for ``--rounds`` rounds (the order reversed every
    other round); the median of each is reported, and the ratios are taken within each
    round, between runs seconds apart, and their median reported: on a shared machine whose
    speed drifts by tens of percent over a minute, a ratio of runs far apart in time measures
@@ -29,10 +42,46 @@ Runs in one go on this machine, with its own data:
 4. the hot lookup runs again at half its peak rate (wrk's ``delay()`` hook throttles each
    connection) to read its p99 when not saturated.
 
+The naive list handler (``NAIVE_LIST_APP``) is what a user would write with aiohttp and a
+psycopg pool, with the indexes it needs: per request, on one pooled connection, the key's
+row (as the naive lookup), the page (``limit + 1`` rows, for ``has_more``) and the exact
+``total`` (``count(*)`` with the same filter), the objects built in the API's shape and
+serialized with orjson (timestamps in UTC with a ``Z``; ``next_cursor`` is the last
+object's ``created_at`` and id in base64, unsigned, and never read back: the bench loads
+first pages only). Both lists are in the API's order, ``created_at`` descending then ``id``
+descending in code point order (``COLLATE "C"``, whatever the database's collation):
+
+- ``/v1/vouchers?campaign_id=C&limit=N``: the campaign's vouchers of the key's project
+  (``LEFT JOIN campaigns`` for the name), served by the index ``(project_id, campaign_id,
+  created_at DESC, id COLLATE "C" DESC)``, which also answers the count (index only);
+- ``/v1/customers?q=W&limit=N``: the API's search (every word of ``q`` among the words of
+  name, email and source_id, or the email equal to ``q`` case-insensitively, or the
+  source_id equal to ``q``) as Postgres full-text search, no extension needed:
+  ``to_tsvector('simple', name || ' ' || email || ' ' || source_id) @@
+  plainto_tsquery('simple', q) OR lower(email) = lower(q) OR source_id = q`` (each column
+  coalesced to ``''``: ``CUSTOMER_TSVECTOR``), served by a GIN index on that ``to_tsvector``
+  expression, an index ``(project_id, lower(email))`` and the
+  schema's unique ``(project_id, source_id)``; the page's ``summary`` and ``loyalty`` are
+  aggregated for its rows only (``LEFT JOIN LATERAL`` on redemptions and loyalty cards, by
+  the schema's indexes), as the indexer computes them. Postgres's text parser is not
+  Elasticsearch's standard tokenizer: to Postgres an e-mail address is one word (to
+  Elasticsearch, its local part and its domain), ``O'Brien`` two words (one), a hyphenated
+  word one word besides its parts (its parts only); hence the choice of W above, a word
+  both cut alike.
+
+The bench creates these indexes in the scratch database before the rounds when a naive list
+scenario runs, then runs ``VACUUM (ANALYZE)`` on the two tables (what autovacuum would have
+done on a database in use: statistics, and the visibility map the index-only count needs),
+and prints how long each took. Before the rounds it also fetches the first page from both
+servers of a pair run together (list-api and list-naive, search-api and search-naive) and
+compares ``total``, ``has_more`` and the ids of the page: a difference is printed as a
+warning with both totals (the comparison is then not like for like), not a failure.
+
 Prints a table of requests/s, p50, p99 and non-2xx answers of every run (the median round of
 each scenario run in rounds, every round's rate in its note), then the per-round ratios and
-their medians: hot/ceiling, hot/naive and cold-l2/plain-redis (each when both ran), and the
-p99 at half peak.
+their medians: hot/ceiling, hot/naive, cold-l2/plain-redis, list-api/list-naive and
+search-api/search-naive (each when both ran), the p99 at half peak, and, when list scenarios
+ran, the paths loaded, the page comparison and the index build times.
 Everything it created (database, indices, Redis keys) is removed at the end, also when a run
 fails or the bench is stopped (Ctrl-C or SIGTERM).
 """
@@ -41,6 +90,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import re
 import shutil
@@ -51,6 +101,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -138,6 +189,182 @@ app.router.add_get("/v1/vouchers/{code}", handler)
 asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 '''
+
+# The words of a customer the naive search matches ``q`` against: name, email and
+# source_id, as the API's ``search_text``. The same expression in the GIN index and in the
+# handler's WHERE, or the planner would not use the index.
+CUSTOMER_TSVECTOR = (
+    "to_tsvector('simple', coalesce(name, '') || ' ' || coalesce(email, '') || ' ' "
+    "|| coalesce(source_id, ''))"
+)
+# The indexes the naive list handler needs, created in the scratch database before the
+# rounds: (name, statement).
+NAIVE_LIST_INDEXES = (
+    ("bench_vouchers_campaign_order_idx",
+     "CREATE INDEX bench_vouchers_campaign_order_idx ON vouchers "
+     '(project_id, campaign_id, created_at DESC, id COLLATE "C" DESC)'),
+    ("bench_customers_words_idx",
+     f"CREATE INDEX bench_customers_words_idx ON customers USING gin (({CUSTOMER_TSVECTOR}))"),
+    ("bench_customers_email_lower_idx",
+     "CREATE INDEX bench_customers_email_lower_idx ON customers (project_id, lower(email))"),
+)
+# The tables VACUUM (ANALYZE) runs on once those indexes are built.
+NAIVE_LIST_TABLES = ("vouchers", "customers")
+
+# A plain list handler over Postgres: the key's row, one page (limit + 1 rows) and the exact
+# total per request, on one pooled connection; objects in the API's shape, orjson.
+NAIVE_LIST_APP = """
+import sys, base64, hashlib, hmac, uvloop, asyncio, orjson
+from aiohttp import web
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+KEY = "SELECT project_id, token_sha256, revoked_at FROM api_keys WHERE id = %(app)s"
+VOUCHERS = '''
+SELECT v.id, v.code, c.name AS campaign, v.campaign_id, v.type, v.discount, v.gift_amount,
+       v.gift_balance, v.loyalty_points, v.loyalty_balance, v.start_date, v.expiration_date,
+       v.active, v.redemption_quantity, v.redeemed_quantity, v.holder_id, v.metadata,
+       v.created_at, v.updated_at
+FROM vouchers v LEFT JOIN campaigns c ON c.id = v.campaign_id
+WHERE v.project_id = %(project)s AND v.campaign_id = %(campaign)s
+ORDER BY v.created_at DESC, v.id COLLATE "C" DESC
+LIMIT %(size)s
+'''
+VOUCHERS_TOTAL = '''
+SELECT count(*) AS total FROM vouchers
+WHERE project_id = %(project)s AND campaign_id = %(campaign)s
+'''
+MATCH = '''
+project_id = %(project)s
+AND (@TSVECTOR@ @@ plainto_tsquery('simple', %(q)s)
+     OR lower(email) = lower(%(q)s) OR source_id = %(q)s)
+'''
+CUSTOMERS = '''
+SELECT p.id, p.source_id, p.name, p.email, p.phone, p.address, p.metadata, p.created_at,
+       p.updated_at, r.total_redeemed, r.total_succeeded, r.total_failed, r.redeemed_amount,
+       r.redeemed_points, l.points AS loyalty_points
+FROM (
+    SELECT id, source_id, name, email, phone, address, metadata, created_at, updated_at
+    FROM customers WHERE ''' + MATCH + '''
+    ORDER BY created_at DESC, id COLLATE "C" DESC
+    LIMIT %(size)s
+) p
+LEFT JOIN LATERAL (
+    SELECT count(*) AS total_redeemed,
+           count(*) FILTER (WHERE result = 'SUCCESS') AS total_succeeded,
+           count(*) FILTER (WHERE result = 'FAILURE') AS total_failed,
+           coalesce(sum(amount) FILTER (WHERE result = 'SUCCESS'), 0)::bigint
+               AS redeemed_amount,
+           coalesce(sum(points) FILTER (WHERE result = 'SUCCESS'), 0)::bigint
+               AS redeemed_points
+    FROM redemptions WHERE customer_id = p.id
+) r ON true
+LEFT JOIN LATERAL (
+    SELECT coalesce(sum(loyalty_balance), 0)::bigint AS points
+    FROM vouchers WHERE holder_id = p.id AND type = 'LOYALTY_CARD'
+) l ON true
+ORDER BY p.created_at DESC, p.id COLLATE "C" DESC
+'''
+CUSTOMERS_TOTAL = "SELECT count(*) AS total FROM customers WHERE " + MATCH
+def limit_of(request):
+    text = request.query.get("limit", "10")
+    if not (text.isascii() and text.isdigit() and len(text) <= 3 and 1 <= int(text) <= 100):
+        return None
+    return int(text)
+async def project_of(conn, request):
+    key = await (await conn.execute(KEY, {"app": request.headers.get("X-App-Id", "")})
+                 ).fetchone()
+    token = request.headers.get("X-App-Token", "").encode()
+    if key is None or key["revoked_at"] is not None or not hmac.compare_digest(
+            hashlib.sha256(token).hexdigest(), key["token_sha256"]):
+        return None
+    return key["project_id"]
+async def read_page(request, sql, total_sql, args):
+    async with request.app["pool"].connection() as conn:
+        project = await project_of(conn, request)
+        if project is None:
+            return None, None
+        args["project"] = project
+        rows = await (await conn.execute(sql, args)).fetchall()
+        total = (await (await conn.execute(total_sql, args)).fetchone())["total"]
+    return rows, total
+def answer(ref, objects, rows, limit, total):
+    has_more = len(rows) > limit
+    cursor = None
+    if has_more:
+        last = rows[limit - 1]
+        cursor = base64.urlsafe_b64encode(
+            (last["created_at"].isoformat() + "|" + last["id"]).encode()).decode()
+    body = {"object": "list", "data_ref": ref, ref: objects, "total": total,
+            "has_more": has_more, "next_cursor": cursor}
+    return web.Response(body=orjson.dumps(body, default=str, option=orjson.OPT_UTC_Z),
+                        content_type="application/json")
+def pair(first, second, a, b):
+    return None if first is None and second is None else {a: first, b: second}
+def voucher(row):
+    return {
+        "id": row["id"], "code": row["code"], "object": "voucher",
+        "campaign": row["campaign"], "campaign_id": row["campaign_id"], "type": row["type"],
+        "discount": row["discount"],
+        "gift": pair(row["gift_amount"], row["gift_balance"], "amount", "balance"),
+        "loyalty_card": pair(row["loyalty_points"], row["loyalty_balance"], "points",
+                             "balance"),
+        "start_date": row["start_date"], "expiration_date": row["expiration_date"],
+        "active": row["active"],
+        "redemption": {"quantity": row["redemption_quantity"],
+                       "redeemed_quantity": row["redeemed_quantity"]},
+        "holder_id": row["holder_id"], "metadata": row["metadata"],
+        "created_at": row["created_at"], "updated_at": row["updated_at"],
+    }
+def customer(row):
+    return {
+        "id": row["id"], "source_id": row["source_id"], "object": "customer",
+        "name": row["name"], "email": row["email"], "phone": row["phone"],
+        "address": row["address"], "metadata": row["metadata"],
+        "summary": {"redemptions": {
+            "total_redeemed": row["total_redeemed"],
+            "total_succeeded": row["total_succeeded"],
+            "total_failed": row["total_failed"],
+            "gift": {"redeemed_amount": row["redeemed_amount"]},
+            "loyalty_card": {"redeemed_points": row["redeemed_points"]}}},
+        "loyalty": {"points": row["loyalty_points"]},
+        "created_at": row["created_at"], "updated_at": row["updated_at"],
+    }
+async def vouchers(request):
+    campaign, limit = request.query.get("campaign_id", ""), limit_of(request)
+    if not campaign or limit is None:
+        return web.Response(status=400)
+    rows, total = await read_page(request, VOUCHERS, VOUCHERS_TOTAL,
+                                  {"campaign": campaign, "size": limit + 1})
+    if rows is None:
+        return web.Response(status=401)
+    return answer("vouchers", [voucher(row) for row in rows[:limit]], rows, limit, total)
+async def customers(request):
+    q, limit = request.query.get("q", "").strip(" \\t\\n\\r"), limit_of(request)
+    if not q or limit is None:
+        return web.Response(status=400)
+    rows, total = await read_page(request, CUSTOMERS, CUSTOMERS_TOTAL,
+                                  {"q": q, "size": limit + 1})
+    if rows is None:
+        return web.Response(status=401)
+    return answer("customers", [customer(row) for row in rows[:limit]], rows, limit, total)
+async def utc(conn):
+    # Timestamps come back in UTC, which orjson writes with a Z, as the API does.
+    await conn.execute("SET TIME ZONE 'UTC'")
+async def pool_ctx(app):
+    pool = AsyncConnectionPool(sys.argv[2], min_size=8, max_size=8, open=False,
+                               configure=utc,
+                               kwargs={"row_factory": dict_row, "autocommit": True})
+    await pool.open()
+    app["pool"] = pool
+    yield
+    await pool.close()
+app = web.Application()
+app.cleanup_ctx.append(pool_ctx)
+app.router.add_get("/v1/vouchers", vouchers)
+app.router.add_get("/v1/customers", customers)
+asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+""".replace("@TSVECTOR@", CUSTOMER_TSVECTOR)
 
 # The plainest Redis-backed lookup: one GET of the code's key per request, its bytes
 # answered as they are. The URL comes from the environment (LOYALTY_REDIS_URL), not the
@@ -472,6 +699,134 @@ def prepare_data(scratch: Scratch, args: argparse.Namespace) -> tuple[str, list[
     return project_id, codes
 
 
+@dataclass
+class ListTargets:
+    """What the list scenarios ask for: a campaign and a search text of the benchmark
+    project, and how many objects each matches in Postgres."""
+
+    campaign_id: str
+    campaign_vouchers: int
+    search_text: str
+    search_names: int
+    limit: int = 10
+
+    @property
+    def list_path(self) -> str:
+        query = urllib.parse.urlencode({"campaign_id": self.campaign_id, "limit": self.limit})
+        return f"/v1/vouchers?{query}"
+
+    @property
+    def search_path(self) -> str:
+        query = urllib.parse.urlencode({"q": self.search_text, "limit": self.limit})
+        return f"/v1/customers?{query}"
+
+
+def list_targets(dsn: str, project_id: str) -> ListTargets:
+    """The campaign with the most vouchers in the project, and the word found in the most
+    customer names of the project (lower-cased; ASCII letters only, at least 3, which
+    Elasticsearch's standard analyzer and Postgres's text parser cut alike); ties: the
+    first in code point order."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        campaign = conn.execute(
+            "SELECT campaign_id, count(*) FROM vouchers "
+            "WHERE project_id = %s AND campaign_id IS NOT NULL "
+            "GROUP BY campaign_id ORDER BY count(*) DESC, campaign_id COLLATE \"C\" LIMIT 1",
+            (project_id,),
+        ).fetchone()
+        word = conn.execute(
+            "SELECT lower(word), count(DISTINCT id) FROM customers, "
+            "regexp_split_to_table(name, '[[:space:]]+') AS word "
+            "WHERE project_id = %s AND word ~ '^[A-Za-z]{3,}$' "
+            "GROUP BY lower(word) ORDER BY count(DISTINCT id) DESC, lower(word) COLLATE \"C\" "
+            "LIMIT 1",
+            (project_id,),
+        ).fetchone()
+    if campaign is None:
+        raise RuntimeError(f"no voucher of project {project_id} belongs to a campaign")
+    if word is None:
+        raise RuntimeError(f"no customer name of project {project_id} has a plain word")
+    return ListTargets(str(campaign[0]), int(campaign[1]), str(word[0]), int(word[1]))
+
+
+def build_naive_list_indexes(dsn: str) -> str:
+    """Creates the indexes of the naive list handler and runs VACUUM (ANALYZE) on their
+    tables; returns what it did and how long each step took."""
+    steps: list[str] = []
+    started = time.monotonic()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for name, statement in NAIVE_LIST_INDEXES:
+            began = time.monotonic()
+            conn.execute(statement)
+            steps.append(f"{name} {time.monotonic() - began:.2f} s")
+        began = time.monotonic()
+        conn.execute(f"VACUUM (ANALYZE) {', '.join(NAIVE_LIST_TABLES)}")
+        steps.append(f"VACUUM (ANALYZE) {', '.join(NAIVE_LIST_TABLES)} "
+                     f"{time.monotonic() - began:.2f} s")
+    return f"{time.monotonic() - started:.2f} s in all: " + "; ".join(steps)
+
+
+def fetch_page(port: int, path: str) -> tuple[int, bytes]:
+    """Status and body of one GET with the benchmark key."""
+    headers = {"X-App-Id": BENCH_APP_ID, "X-App-Token": BENCH_TOKEN}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def page_summary(status: int, body: bytes, data_ref: str) -> tuple[Any, bool | None, list[Any]]:
+    """(total, has_more, ids of the page) of a list answer; (None, None, []) if it is not
+    one."""
+    if status != 200:
+        return None, None, []
+    try:
+        page = json.loads(body)
+        return page["total"], page["has_more"], [item["id"] for item in page[data_ref]]
+    except (ValueError, KeyError, TypeError):
+        return None, None, []
+
+
+def compare_pages(label: str, path: str, api_port: int, naive_port: int, data_ref: str) -> str:
+    """Fetches ``path`` from both servers and says whether they answer the same page
+    (``total``, ``has_more``, the ids in order); a difference is a warning, not a failure."""
+    api_status, api_body = fetch_page(api_port, path)
+    naive_status, naive_body = fetch_page(naive_port, path)
+    api_total, api_more, api_ids = page_summary(api_status, api_body, data_ref)
+    naive_total, naive_more, naive_ids = page_summary(naive_status, naive_body, data_ref)
+    sizes = f"bodies: API {len(api_body):,} B, naive {len(naive_body):,} B"
+    problems: list[str] = []
+    if api_status != 200 or naive_status != 200:
+        problems.extend(
+            f"HTTP {status} from {side}: {body[:300]!r}"
+            for side, status, body in (("the API", api_status, api_body),
+                                       ("naive", naive_status, naive_body))
+            if status != 200
+        )
+    elif api_total is None or naive_total is None:
+        problems.append("an answer is not a list page")
+    else:
+        if api_total != naive_total:
+            problems.append("totals differ")
+        if api_more != naive_more:
+            problems.append(f"has_more differs (API {api_more}, naive {naive_more})")
+        if api_ids != naive_ids:
+            common = min(len(api_ids), len(naive_ids))
+            at = next((i for i in range(common) if api_ids[i] != naive_ids[i]), common)
+            problems.append(f"ids of the page differ from position {at} "
+                            f"({len(api_ids)} on the API's page, {len(naive_ids)} on naive's)")
+    if problems:
+        line = (f"WARNING: {label} pages differ, the comparison is not like for like: "
+                f"{'; '.join(problems)}; total: API {api_total}, naive {naive_total}; {sizes}")
+    else:
+        line = (f"{label} pages agree: total {api_total}, has_more {api_more}, "
+                f"the same {len(api_ids)} ids in the same order; {sizes}")
+    log(line)
+    return line
+
+
 # Scenario -> the name its runs carry in the table.
 RUN_NAMES = {
     "ceiling": "ceiling (bare aiohttp)",
@@ -480,17 +835,35 @@ RUN_NAMES = {
     "cold-l2": "cold lookup (L1 off, Redis)",
     "plain-redis": "plain Redis (aiohttp + GET)",
     "cold-es": "cold lookup (L1 off, ES + fill)",
+    "list-api": "list by campaign (API, ES)",
+    "list-naive": "list by campaign (naive Postgres)",
+    "search-api": "customer search (API, ES)",
+    "search-naive": "customer search (naive Postgres)",
 }
 SCENARIOS = tuple(RUN_NAMES)
+# The list scenarios run only when named in --scenarios.
+LIST_SCENARIOS = ("list-api", "list-naive", "search-api", "search-naive")
+DEFAULT_SCENARIOS = tuple(name for name in SCENARIOS if name not in LIST_SCENARIOS)
 # Run side by side over the rounds, in this order (reversed every other round); cold-es
 # deletes the Redis documents the others read, so it runs once, after the rounds.
-ROUND_SCENARIOS = ("ceiling", "hot", "naive", "cold-l2", "plain-redis")
+ROUND_SCENARIOS = ("ceiling", "hot", "naive", "cold-l2", "plain-redis", *LIST_SCENARIOS)
 HALF_PEAK = "hot lookup at half peak"
-# Ratios printed when both of their scenarios ran: (top, bottom, label, as a percentage?, goal).
+# Ratios printed when both of their scenarios ran: (top, bottom, label, format, goal).
 RATIOS = (
-    ("hot", "ceiling", "hot lookup / ceiling", True, "goal >= 70%"),
-    ("hot", "naive", "hot lookup / naive", False, "goal >= 5x"),
-    ("cold-l2", "plain-redis", "cold-l2 / plain-redis", True, "the L1 miss against one GET"),
+    ("hot", "ceiling", "hot lookup / ceiling", "{:.0%}", "goal >= 70%"),
+    ("hot", "naive", "hot lookup / naive", "{:.1f}x", "goal >= 5x"),
+    ("cold-l2", "plain-redis", "cold-l2 / plain-redis", "{:.0%}",
+     "the L1 miss against one GET"),
+    ("list-api", "list-naive", "list-api / list-naive", "{:.2f}x",
+     "voucher list by campaign against plain SQL"),
+    ("search-api", "search-naive", "search-api / search-naive", "{:.2f}x",
+     "customer search against plain SQL"),
+)
+# The pairs whose first pages are compared before the rounds:
+# (label, API scenario, naive scenario, data_ref).
+PAGE_PAIRS = (
+    ("list", "list-api", "list-naive", "vouchers"),
+    ("search", "search-api", "search-naive", "customers"),
 )
 
 
@@ -529,12 +902,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wrk-core", type=int, default=1,
                         help="core wrk is pinned to (default 1)")
     parser.add_argument("--rounds", type=positive, default=11,
-                        help="rounds of the side-by-side runs (ceiling, hot, naive, cold-l2, "
-                        "plain-redis: those chosen), medians reported (default 11)")
-    parser.add_argument("--scenarios", type=scenario_list, default=list(SCENARIOS),
+                        help="rounds of the side-by-side runs (every chosen scenario but "
+                        "cold-es), medians reported (default 11)")
+    parser.add_argument("--scenarios", type=scenario_list, default=list(DEFAULT_SCENARIOS),
                         metavar="NAME[,NAME...]",
                         help="comma-separated scenarios to run, among "
-                        f"{', '.join(SCENARIOS)} (default all)")
+                        f"{', '.join(SCENARIOS)} (default the lookup ones: "
+                        f"{','.join(DEFAULT_SCENARIOS)}); the list scenarios run only when "
+                        f"named, e.g. --scenarios {','.join(LIST_SCENARIOS)}")
     parser.add_argument("--keep", action="store_true", help="keep the scratch data")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -544,29 +919,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     scratch = Scratch()
     scratch.create()
     try:
-        _project_id, codes = prepare_data(scratch, args)
-        results, samples = run_all(scratch, codes, args)
+        project_id, codes = prepare_data(scratch, args)
+        targets = None
+        if set(args.scenarios) & set(LIST_SCENARIOS):
+            targets = list_targets(scratch.dsn, project_id)
+            log(f"list: campaign {targets.campaign_id} ({targets.campaign_vouchers} vouchers); "
+                f"search: {targets.search_text!r} (in {targets.search_names} customer names)")
+        results, samples, remarks = run_all(scratch, codes, targets, args)
     finally:
         if not args.keep:
             scratch.drop()
-    print_table(results, samples, args)
+    print_table(results, samples, remarks, args)
     return 0
 
 
 def run_all(
-    scratch: Scratch, codes: list[str], args: argparse.Namespace
-) -> tuple[list[Result], Samples]:
-    """Every result to print, and the side-by-side runs of each server in round order."""
+    scratch: Scratch, codes: list[str], targets: ListTargets | None, args: argparse.Namespace
+) -> tuple[list[Result], Samples, list[str]]:
+    """Every result to print, the side-by-side runs of each server in round order, and the
+    lines to print after the table."""
     tmp = Path(tempfile.mkdtemp(prefix="bench_read_"))
     try:
-        return run_scenarios(scratch, codes, args, tmp)
+        return run_scenarios(scratch, codes, targets, args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_scenarios(
-    scratch: Scratch, codes: list[str], args: argparse.Namespace, tmp: Path
-) -> tuple[list[Result], Samples]:
+    scratch: Scratch, codes: list[str], targets: ListTargets | None,
+    args: argparse.Namespace, tmp: Path,
+) -> tuple[list[Result], Samples, list[str]]:
     script = tmp / "bench.lua"
     script.write_text(WRK_SCRIPT)
     hot_paths = tmp / "hot.txt"
@@ -578,6 +960,17 @@ def run_scenarios(
     cold_env = {**env, "LOYALTY_L1_MAX_AGE_MS": "1"}
     wanted = set(args.scenarios)
     results: list[Result] = []
+    remarks: list[str] = []
+    # The list scenarios load one fixed path each.
+    list_paths = tmp / "list.txt"
+    search_paths = tmp / "search.txt"
+    if targets is not None:
+        list_paths.write_text(f"{targets.list_path}\n")
+        search_paths.write_text(f"{targets.search_path}\n")
+        remarks.append(f"list paths: GET {targets.list_path} (the campaign with the most "
+                       f"vouchers in the bench project: {targets.campaign_vouchers}); "
+                       f"GET {targets.search_path} (the commonest word of the project's "
+                       f"customer names: in {targets.search_names} names)")
 
     def load(name: str, port: int, paths: Path, delay_ms: int = 0, conns: int | None = None
              ) -> Result:
@@ -604,6 +997,13 @@ def run_scenarios(
         if scenario == "plain-redis":
             cmd = [sys.executable, "-c", PLAIN_REDIS_APP, str(port), scratch.plain_prefix]
             return cmd, env, "/v1/vouchers/x", all_paths
+        if scenario in ("list-api", "search-api"):
+            paths = list_paths if scenario == "list-api" else search_paths
+            return [*api_cmd, "--port", str(port)], env, "/readyz", paths
+        if scenario in ("list-naive", "search-naive"):
+            cmd = [sys.executable, "-c", NAIVE_LIST_APP, str(port), scratch.dsn]
+            paths = list_paths if scenario == "list-naive" else search_paths
+            return cmd, env, "/v1/vouchers", paths
         # cold-l2 and cold-es: the read API with L1 off.
         return [*api_cmd, "--port", str(port)], cold_env, "/readyz", all_paths
 
@@ -623,6 +1023,12 @@ def run_scenarios(
     in_rounds = [scenario for scenario in ROUND_SCENARIOS if scenario in wanted]
     samples: Samples = {}
     notes: dict[str, str] = {}
+    if wanted & {"list-naive", "search-naive"}:
+        # Before the naive list servers start: their first plans see the indexes.
+        log("naive list indexes: create, then VACUUM (ANALYZE)")
+        built = build_naive_list_indexes(scratch.dsn)
+        log(f"naive list indexes: {built}")
+        remarks.append(f"naive list indexes: {built}")
     with ExitStack() as stack:
         servers: list[tuple[str, int, Path]] = []
         for scenario in in_rounds:
@@ -641,6 +1047,15 @@ def run_scenarios(
             cmd, server_env, ready, paths = started(scenario, port)
             stack.enter_context(server(pinned(cmd, core), server_env, port, ready))
             servers.append((scenario, port, paths))
+        ports = {scenario: port for scenario, port, _paths in servers}
+        for label, api, naive, data_ref in PAGE_PAIRS:
+            # The comparison is only fair when both answer the same page.
+            if targets is not None and api in ports and naive in ports:
+                path = targets.list_path if label == "list" else targets.search_path
+                remarks.append(compare_pages(label, path, ports[api], ports[naive], data_ref))
+            elif api in ports or naive in ports:
+                missing = naive if api in ports else api
+                remarks.append(f"{label} pages not compared: {missing} did not run")
         for round_number in range(1, args.rounds + 1):
             # Reversed every other round: no server always runs right after another.
             for scenario, port, paths in servers if round_number % 2 else servers[::-1]:
@@ -677,7 +1092,7 @@ def run_scenarios(
         cmd, server_env, ready, paths = started("cold-es", port)
         with server(pinned(cmd, core), server_env, port, ready):
             results.append(load(RUN_NAMES["cold-es"], port, paths))
-    return results, samples
+    return results, samples, remarks
 
 
 def round_ratios(samples: Samples, top: str, bottom: str) -> list[float]:
@@ -694,7 +1109,9 @@ def median_run(name: str, runs: list[Result]) -> Result:
     return chosen
 
 
-def print_table(results: list[Result], samples: Samples, args: argparse.Namespace) -> None:
+def print_table(
+    results: list[Result], samples: Samples, remarks: list[str], args: argparse.Namespace
+) -> None:
     by_name = {r.name: r for r in results}
     print()
     print(f"wrk -t1 -c{args.connections} -d{args.duration}s --latency; server pinned to core "
@@ -705,9 +1122,8 @@ def print_table(results: list[Result], samples: Samples, args: argparse.Namespac
               f"{r.note}")
     ratios = [
         (f"{top}/{bottom}", round_ratios(samples, RUN_NAMES[top], RUN_NAMES[bottom]),
-         by_name[RUN_NAMES[top]].rps / by_name[RUN_NAMES[bottom]].rps, label,
-         "{:.0%}" if percent else "{:.1f}x", goal)
-        for top, bottom, label, percent, goal in RATIOS
+         by_name[RUN_NAMES[top]].rps / by_name[RUN_NAMES[bottom]].rps, label, shown, goal)
+        for top, bottom, label, shown, goal in RATIOS
         if RUN_NAMES[top] in samples and RUN_NAMES[bottom] in samples
     ]
     if ratios:
@@ -717,10 +1133,14 @@ def print_table(results: list[Result], samples: Samples, args: argparse.Namespac
             for pair, per_round, _of_medians, _label, shown, _goal in ratios
         ))
     for _pair, per_round, of_medians, label, shown, goal in ratios:
-        print(f"{label + ':':<24}{shown.format(statistics.median(per_round))} median of rounds, "
+        print(f"{label + ':':<27}{shown.format(statistics.median(per_round))} median of rounds, "
               f"{shown.format(of_medians)} of the medians ({goal})")
     if HALF_PEAK in by_name:
-        print(f"{'p99 at half peak:':<24}{by_name[HALF_PEAK].p99_ms:.2f} ms (goal < 5 ms)")
+        print(f"{'p99 at half peak:':<27}{by_name[HALF_PEAK].p99_ms:.2f} ms (goal < 5 ms)")
+    if remarks:
+        print()
+        for remark in remarks:
+            print(remark)
 
 
 if __name__ == "__main__":
