@@ -139,47 +139,47 @@ class ObjectLookups:
             self._layers[0] += 1
         return value.body
 
-    async def voucher(
+    def voucher(
         self, keys: ProjectKeys, project_id: str, code_or_id: str, *, fresh: bool
-    ) -> CachedObject:
+    ) -> Awaitable[CachedObject]:
         """A code match wins over an id match."""
-        alias_key = keys.voucher_code + code_or_id
-        id_key = keys.voucher + code_or_id
-        if self._use_l1 and not fresh:
-            cached = self._pair_in_l1(id_key, alias_key, keys.voucher, code_or_id, by_id=False)
-            if cached is not None:
-                return cached
-        found = await self._pair_from_redis(
-            id_key, alias_key, keys.voucher, code_or_id, by_id=False
+        return self._id_or_alias(
+            ObjectKind.VOUCHER, AliasKind.VOUCHER_CODE, keys.voucher, keys.voucher_code,
+            project_id, code_or_id, fresh=fresh, id_first=False,
         )
-        if found is not None:
-            return found
-        by_code = await self._by_alias(AliasKind.VOUCHER_CODE, project_id, code_or_id, fresh)
-        if by_code.body is not None:
-            return by_code
-        return await self.by_id(ObjectKind.VOUCHER, project_id, code_or_id, fresh=fresh)
 
-    async def customer(
+    def customer(
         self, keys: ProjectKeys, project_id: str, id_or_source: str, *, fresh: bool
-    ) -> CachedObject:
+    ) -> Awaitable[CachedObject]:
         """An id match wins over a source_id match."""
-        alias_key = keys.customer_source_id + id_or_source
-        id_key = keys.customer + id_or_source
+        return self._id_or_alias(
+            ObjectKind.CUSTOMER, AliasKind.CUSTOMER_SOURCE_ID, keys.customer,
+            keys.customer_source_id, project_id, id_or_source, fresh=fresh, id_first=True,
+        )
+
+    async def _id_or_alias(
+        self, kind: ObjectKind, alias: AliasKind, head: str, alias_head: str, project_id: str,
+        value: str, *, fresh: bool, id_first: bool,
+    ) -> CachedObject:
+        """The object ``value`` names as an id or as an alias, the id winning when
+        ``id_first``, else the alias: L1, then one Redis call, then the layered reads."""
+        id_key, alias_key = head + value, alias_head + value
         if self._use_l1 and not fresh:
-            cached = self._pair_in_l1(id_key, alias_key, keys.customer, id_or_source, by_id=True)
+            cached = self._pair_in_l1(id_key, alias_key, head, value, by_id=id_first)
             if cached is not None:
                 return cached
-        found = await self._pair_from_redis(
-            id_key, alias_key, keys.customer, id_or_source, by_id=True
-        )
+        found = await self._pair_from_redis(id_key, alias_key, head, value, by_id=id_first)
         if found is not None:
             return found
-        by_id = await self.by_id(ObjectKind.CUSTOMER, project_id, id_or_source, fresh=fresh)
-        if by_id.body is not None:
-            return by_id
-        return await self._by_alias(
-            AliasKind.CUSTOMER_SOURCE_ID, project_id, id_or_source, fresh
-        )
+        if id_first:
+            found = await self.by_id(kind, project_id, value, fresh=fresh)
+            if found.body is not None:
+                return found
+            return await self._by_alias(alias, project_id, value, fresh)
+        found = await self._by_alias(alias, project_id, value, fresh)
+        if found.body is not None:
+            return found
+        return await self.by_id(kind, project_id, value, fresh=fresh)
 
     # -- a value that is an id or an alias: L1, then one Redis call ---------------------------
 

@@ -106,6 +106,18 @@ def _served_data(data: Any) -> tuple[bytes, str | None]:
 
 def decode_envelope(blob: bytes) -> Envelope:
     """The envelope held in ``blob``; any msgpack map with exactly ``v``, ``s``, ``d`` is read."""
+    version, schema, data = _envelope_fields(blob)
+    if schema == SERVED_SCHEMA:
+        body, _match = _served_data(data)
+        try:
+            return Envelope(version, DOCUMENT_SCHEMA, orjson.loads(body))
+        except orjson.JSONDecodeError as exc:
+            raise CacheDecodeError(f"served document is not JSON: {exc}") from exc
+    return Envelope(version, schema, data)
+
+
+def _envelope_fields(blob: bytes) -> tuple[int, int, Any]:
+    """Version, schema and data of any msgpack map with exactly ``v``, ``s``, ``d``."""
     try:
         obj = msgpack.unpackb(blob)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
@@ -118,13 +130,7 @@ def decode_envelope(blob: bytes) -> Envelope:
         raise CacheDecodeError(f"envelope version is not an unsigned 64-bit int: {version!r}")
     if type(schema) is not int or "d" not in obj:
         raise CacheDecodeError("envelope lacks an int schema or a data entry")
-    if schema == SERVED_SCHEMA:
-        body, _match = _served_data(obj["d"])
-        try:
-            return Envelope(version, DOCUMENT_SCHEMA, orjson.loads(body))
-        except orjson.JSONDecodeError as exc:
-            raise CacheDecodeError(f"served document is not JSON: {exc}") from exc
-    return Envelope(version, schema, obj["d"])
+    return version, schema, obj["d"]
 
 
 def decode_served(blob: bytes) -> Served:
@@ -132,15 +138,7 @@ def decode_served(blob: bytes) -> Served:
     its version and, for an API object, the stored response body and match; for an alias,
     the target id; for a tombstone, neither. Raises ``CacheDecodeError`` like
     ``decode_envelope``."""
-    try:
-        obj = msgpack.unpackb(blob)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise CacheDecodeError(f"not a msgpack value: {exc}") from exc
-    if type(obj) is not dict or len(obj) != 3:
-        raise CacheDecodeError("envelope is not a map of v, s, d")
-    version, schema, data = obj.get("v"), obj.get("s"), obj.get("d")
-    if type(version) is not int or not 0 <= version <= MAX_VERSION:
-        raise CacheDecodeError(f"envelope version is not an unsigned 64-bit int: {version!r}")
+    version, schema, data = _envelope_fields(blob)
     if schema == SERVED_SCHEMA:
         body, match = _served_data(data)
         return Served(version, body, match, None)
