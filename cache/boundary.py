@@ -67,24 +67,19 @@ def _error_type(error: elasticsearch.ApiError) -> str:
     return str(error.message)
 
 
-def classify_search_status(status: int, error_type: str, message: str) -> StoreError:
-    """An Elasticsearch refusal by its HTTP status and error type: of a whole request, or of
-    one search of a multi-search (whose answer carries each search's status)."""
-    if status == 429 or status >= 500:
-        return SearchUnavailable(f"elasticsearch: {status} {message}")
-    if status == 404 and error_type == "index_not_found_exception":
-        # An alias not created yet or removed: the index is not there to answer.
-        return SearchUnavailable(f"elasticsearch: index missing: {message}")
-    if status == 400:
-        return SearchRejected(f"elasticsearch: {message}")
-    return SearchBug(f"elasticsearch: {status} {message}")
-
-
 def classify_elasticsearch(error: BaseException) -> StoreError | None:
     if isinstance(error, StoreError):
         return None
     if isinstance(error, elasticsearch.ApiError):
-        return classify_search_status(error.meta.status, _error_type(error), str(error.message))
+        status = error.meta.status
+        if status == 429 or status >= 500:
+            return SearchUnavailable(f"elasticsearch: {status} {error.message}")
+        if status == 404 and _error_type(error) == "index_not_found_exception":
+            # An alias not created yet or removed: the index is not there to answer.
+            return SearchUnavailable(f"elasticsearch: index missing: {error.message}")
+        if status == 400:
+            return SearchRejected(f"elasticsearch: {error.message}")
+        return SearchBug(f"elasticsearch: {status} {error.message}")
     if isinstance(error, elastic_transport.SerializationError):
         return SearchBug(f"elasticsearch: {error}")
     if isinstance(error, elasticsearch.TransportError | OSError | TimeoutError):

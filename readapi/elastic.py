@@ -19,7 +19,7 @@ from typing import Any
 from elastic_transport import ApiResponse, ObjectApiResponse
 from elasticsearch import AsyncElasticsearch
 
-from cache.boundary import classify_elasticsearch, classify_search_status, elasticsearch_boundary
+from cache.boundary import classify_elasticsearch, elasticsearch_boundary
 from cache.errors import SearchUnavailable, StoreUnavailable
 from cache.readmodel.indices import Field, IndexNames
 from cache.singleflight import SingleFlight
@@ -109,41 +109,19 @@ class SearchReader:
         return (str(hits[0]["_id"]), int(hits[0]["_version"])) if hits else None
 
     @elasticsearch_boundary
-    async def page_and_total(
-        self, kind: str, query: Mapping[str, Any], **page: Any
-    ) -> tuple[dict[str, Any], int]:
-        """One page of ``query`` (``page``: sort, size, _source, search_after) and the exact
-        number of its matches, in one request: two searches of one multi-search.
-
-        The page is searched without counting: Lucene then skips the documents that cannot
-        enter a page sorted on a numeric field, where an exact count visits every match. The
-        count is a size-0 search, which the shard request cache answers until a refresh
-        changes the index. Both see the index as refreshed when each ran: a refresh between
-        them can make the total count a write the page does not show, or the other way."""
-        index = self.alias(kind)
-        searches: list[Mapping[str, Any]] = [
-            {"index": index},
-            {"query": query, "track_total_hits": False, **page},
-            {"index": index},
-            {"query": query, "size": 0, "track_total_hits": True},
-        ]
-        response = await self._call("msearch", self.client.msearch(searches=searches))
-        found, counted = response.body["responses"]
-        for part in (found, counted):
-            error = part.get("error")
-            if error is not None:
-                kind_of_error = error.get("type", "") if isinstance(error, dict) else ""
-                reason = error.get("reason", error) if isinstance(error, dict) else error
-                raise classify_search_status(int(part.get("status", 500)), kind_of_error, reason)
-        total = counted["hits"]["total"]
-        return found, int(total["value"] if isinstance(total, Mapping) else total)
-
-    @elasticsearch_boundary
     async def count(self, kind: str, query: Mapping[str, Any]) -> int:
         response = await self._call(
             "count", self.client.count(index=self.alias(kind), query=dict(query))
         )
         return int(response.body["count"])
+
+    @elasticsearch_boundary
+    async def search(self, kind: str, **params: Any) -> dict[str, Any]:
+        response = await self._call(
+            "search", self.client.search(index=self.alias(kind), **params)
+        )
+        body: dict[str, Any] = response.body
+        return body
 
     @elasticsearch_boundary
     async def mget(

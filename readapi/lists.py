@@ -39,13 +39,16 @@ class ListReader:
         kind = params.kind.object_kind
         if fresh_at is not None:
             await self._search.refresh(kind, fresh_at)
-        page_part: dict[str, Any] = {
-            "sort": body["sort"], "size": body["size"], "_source": body["_source"]
-        }
-        if "search_after" in body:
-            page_part["search_after"] = body["search_after"]
-        response, total = await self._search.page_and_total(kind, body["query"], **page_part)
-        page = page_from_response(response, params.limit, total=total)
+        response = await self._search.search(
+            kind,
+            query=body["query"],
+            sort=body["sort"],
+            size=body["size"],
+            track_total_hits=body["track_total_hits"],
+            source=body["_source"],
+            search_after=body.get("search_after"),
+        )
+        page = page_from_response(response, params.limit)
         ref = params.kind.data_ref
         return orjson.dumps({
             "object": "list",

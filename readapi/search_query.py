@@ -612,19 +612,13 @@ def build_search(
     return body
 
 
-def page_from_response(
-    response: Mapping[str, Any], limit: int, *, total: int | None = None
-) -> Page:
-    """Read one page from a search answer (``response.body``) of ``build_search``'s body;
-    ``total`` when counted apart (the page then searched without ``track_total_hits``)."""
+def page_from_response(response: Mapping[str, Any], limit: int) -> Page:
+    """Read one page from a search answer (``response.body``) of ``build_search``'s body."""
     try:
         hits_section = response["hits"]
         hits: Sequence[Mapping[str, Any]] = hits_section["hits"]
-        if total is None:
-            total_section = hits_section["total"]
-            total = int(
-                total_section["value"] if isinstance(total_section, Mapping) else total_section
-            )
+        total_section = hits_section["total"]
+        total = int(total_section["value"] if isinstance(total_section, Mapping) else total_section)
         docs = [dict(hit["_source"][Field.DOC]) for hit in hits[:limit]]
         has_more = len(hits) > limit
         next_key = SortKey.from_sort_values(hits[limit - 1]["sort"]) if has_more else None

@@ -11,7 +11,6 @@ import orjson
 import pytest
 
 from cache.errors import SearchRejected, SearchUnavailable
-from cache.types import ObjectKind
 from readapi.search_query import MalformedSearchResponse
 from tests.fixtures.readapi import ERROR_KEYS, ApiHarness, assert_error, sha256_hex
 from tests.fixtures.readapi import api_fixture as api_fixture  # the "api" fixture
@@ -241,7 +240,7 @@ async def test_no_dependency_text_reaches_the_client(
     async def fail(*_args: object, **_kwargs: object) -> dict[str, Any]:
         raise error
 
-    monkeypatch.setattr(api.services.search, "page_and_total", fail)
+    monkeypatch.setattr(api.services.search, "search", fail)
     with caplog.at_level(logging.INFO, logger="readapi"):
         response = await api.get("/v1/vouchers", headers={"X-Request-Id": "req-leak-1"})
     body = await assert_error(response, status, key)
@@ -251,23 +250,3 @@ async def test_no_dependency_text_reaches_the_client(
     logged = [r for r in caplog.records if getattr(r, "request_id", None) == "req-leak-1"]
     assert logged, caplog.records
     assert any("SECRET-INTERNAL-TEXT" in record.getMessage() for record in logged)
-
-
-async def test_a_search_refused_inside_a_multi_search_is_refused_whole(api: ApiHarness) -> None:
-    """A list's page and total travel as one multi-search, which answers 200 with each
-    search's own error: those are classified like the error of a whole request."""
-    search = api.services.search
-    with pytest.raises(SearchRejected):
-        await search.page_and_total(ObjectKind.VOUCHER, {"no_such_query": {}}, size=1)
-    assert api.services.es_gate.up  # a refusal says the node is up
-    await api.indexer.execute(
-        "INSERT INTO vouchers (id, project_id, code, type, active, redeemed_quantity)"
-        " VALUES ('v_1', 'proj_a', 'ONE', 'DISCOUNT_VOUCHER', true, 0),"
-        " ('v_2', 'proj_a', 'TWO', 'DISCOUNT_VOUCHER', true, 0)"
-    )
-    await api.catch_up()
-    await api.indexer.clients.search.refresh()
-    page, total = await search.page_and_total(
-        ObjectKind.VOUCHER, {"term": {"project_id": "proj_a"}}, size=1
-    )
-    assert len(page["hits"]["hits"]) == 1 and total == 2
