@@ -244,7 +244,7 @@ class ObjectLookups:
         gate.succeeded()
         if self.hooks.after_read is not None:
             await self.hooks.after_read(alias_key)
-        id_object = None if as_id is None else _served_object(as_id, _id_of(id_key, head))
+        id_object = None if as_id is None else _served_object(as_id, value)
         if id_object is not None:
             self._install(id_key, id_object, token)
         if by_id:
@@ -470,9 +470,6 @@ def _served_object(served: Served, object_id: str) -> CachedObject:
         return CachedObject(None, None, served.version)
     return CachedObject(served.body, served.match, served.version, object_id)
 
-
-def _id_of(key: str, head: str) -> str:
-    return key[len(head) :]
 
 
 def _payload_size(value: CachedObject | CachedAlias) -> int:
