@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from cache import scripts
 from cache.boundary import redis_boundary
+from cache.pipelining import ScriptBatcher
 from cache.readmodel.codec import (
     API_KEY_SCHEMA,
     ENVELOPE_HEADER_SIZE,
@@ -69,6 +70,7 @@ class CacheStore:
         self.layout = layout if layout is not None else KeyLayout()
         self.tombstone_ttl_ms = max(1, round(ttl * 1000))
         self.writes_per_call = writes_per_call
+        self._lookups = ScriptBatcher(redis, scripts.LOOKUP)
 
     # -- writer (indexer) ------------------------------------------------------------------
 
@@ -160,11 +162,15 @@ class CacheStore:
     ) -> tuple[bytes | None, bytes | None, bytes | None]:
         """The stored values of an object by id, of an alias, and of the object that alias
         names (``target_head`` + its target id), in one round trip (``cache/lua/lookup.lua``);
-        ``None`` where absent. Decode them with ``codec.decode_served``."""
-        by_id, alias, target = await scripts.LOOKUP.run(
-            self.redis, (id_key, alias_key), (target_head,)
-        )
+        ``None`` where absent. Decode them with ``codec.decode_served``. Concurrent lookups
+        share pipelines (``cache.pipelining``)."""
+        by_id, alias, target = await self._lookups.run((id_key, alias_key), (target_head,))
         return by_id, alias, target
+
+    @redis_boundary
+    async def wait_idle(self) -> None:
+        """Until every lookup sent is answered: before the client closes."""
+        await self._lookups.wait_idle()
 
     @redis_boundary
     async def get_object(self, project_id: str, kind: str, object_id: str) -> Envelope | None:

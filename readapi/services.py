@@ -238,6 +238,8 @@ class Services:
         await self.poller.stop()
         await self.listener.stop()
         self.membership.stop_waiting()
+        with contextlib.suppress(Exception):
+            await self.store.wait_idle()
         for client in (self.waiting_redis, self.redis):
             with contextlib.suppress(Exception):
                 await client.aclose()

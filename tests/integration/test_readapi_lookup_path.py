@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+from redis.asyncio.client import Pipeline
 
 from cache.readmodel.documents import DOCUMENT_SCHEMA, AliasKind
 from cache.records import Envelope, VersionedWrite
@@ -43,20 +44,29 @@ async def seed(api: ApiHarness) -> None:
 
 @contextmanager
 def counted_redis_calls(api: ApiHarness) -> Iterator[list[tuple[Any, ...]]]:
-    """Every command the API's Redis client sends meanwhile (pipelines send one each)."""
+    """Every round trip the API's Redis client makes meanwhile: a command's arguments, or
+    the names of a pipeline's commands."""
     redis = api.services.store.redis
     calls: list[tuple[Any, ...]] = []
     send = redis.execute_command
+    send_pipeline = Pipeline.execute
 
     async def counting(*args: Any, **options: Any) -> Any:
         calls.append(args)
         return await send(*args, **options)
 
+    async def counting_pipeline(self: Pipeline, raise_on_error: bool = True) -> Any:
+        if self.connection_pool is redis.connection_pool:
+            calls.append(tuple(args[0] for args, _ in self.command_stack))
+        return await send_pipeline(self, raise_on_error)
+
     redis.execute_command = counting  # type: ignore[method-assign]
+    Pipeline.execute = counting_pipeline  # type: ignore[method-assign]
     try:
         yield calls
     finally:
         del redis.execute_command
+        Pipeline.execute = send_pipeline  # type: ignore[method-assign]
 
 
 async def voucher(api: ApiHarness, code: str) -> CachedObject:
