@@ -46,8 +46,6 @@ import itertools
 import json
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -62,13 +60,17 @@ import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 from scratchdb import (
+    Children,
     bench_env,
     clean_sinks,
     drop_database,
+    free_port,
     log,
     percentile,
     seeded_database,
+    tail,
     unwind_on_sigterm,
+    wait_api_ready,
 )
 
 from cache.readmodel.keys import KeyLayout
@@ -103,12 +105,6 @@ def env_for(dsn: str) -> dict[str, str]:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def rss_mib(pid: int) -> float | None:
     """The process's resident set now (``VmRSS``), to see growth over time; None once gone."""
     try:
@@ -136,42 +132,6 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 def log_time(line: dict[str, Any]) -> float:
     """A log line's ``ts`` (UTC, ms) as seconds since the epoch."""
     return datetime.strptime(line["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-class Children:
-    """Every subprocess started, so that any exit path stops them before the clean-up: a
-    reindex or an indexer left running would write into indices being deleted."""
-
-    def __init__(self) -> None:
-        self._processes: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self, args: list[str], env: dict[str, str], log_path: Path
-    ) -> subprocess.Popen[bytes]:
-        with log_path.open("wb") as out:
-            process = subprocess.Popen(
-                args, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-            )
-        self._processes.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        for process in self._processes:
-            if process.returncode is None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self._processes:
-            if process.returncode is not None:
-                continue
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._processes.clear()
 
 
 # -- the data ------------------------------------------------------------------------------
@@ -224,22 +184,6 @@ def wait_for_initial_load(process: subprocess.Popen[bytes], log_path: Path) -> d
         if process.poll() is not None:
             raise RuntimeError(f"indexer run exited early:\n{tail(log_path)}")
         time.sleep(0.5)
-
-
-async def wait_ready(port: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 120
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"readapi serve exited early:\n{tail(log_path)}")
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"readapi serve did not become ready:\n{tail(log_path)}")
 
 
 # -- the load on the read API and the source ------------------------------------------------
@@ -573,7 +517,7 @@ async def measure(
         env_for(dsn),
         api_log,
     )
-    await wait_ready(port, api, api_log)
+    await wait_api_ready(port, api, api_log)
     elastic = AsyncElasticsearch(settings.es_url)
     redis = aioredis.Redis.from_url(settings.redis_url)
     traffic = Traffic(port, dsn, targets, args)

@@ -1,5 +1,6 @@
 """The scratch data the benches measure on: a database created, migrated, seeded and dropped,
-and the indices and keys of a bench prefix removed.
+and the indices and keys of a bench prefix removed; and the child processes a bench starts
+(``indexer run``, ``readapi serve``), stopped on any exit path.
 
 Imported by the bench scripts as a sibling module (``python bench/<name>.py`` puts this folder
 first on the path).
@@ -7,14 +8,18 @@ first on the path).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+import aiohttp
 import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
@@ -115,3 +120,62 @@ async def clean_sinks(es_url: str, redis_url: str, es_prefix: str, redis_prefix:
     finally:
         await elastic.close()
         await redis.aclose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Children:
+    """Every subprocess started, so that any exit path stops them before the clean-up: a
+    reindex or an indexer left running would write into indices being deleted."""
+
+    def __init__(self) -> None:
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, args: list[str], env: dict[str, str], log_path: Path
+    ) -> subprocess.Popen[bytes]:
+        with log_path.open("wb") as out:
+            process = subprocess.Popen(
+                args, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+        self._processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self._processes:
+            if process.returncode is None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self._processes:
+            if process.returncode is not None:
+                continue
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._processes.clear()
+
+
+async def wait_api_ready(port: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Until ``readapi serve`` on ``port`` answers ``/readyz`` with 200 (two minutes at most)."""
+    deadline = time.monotonic() + 120
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"readapi serve exited early:\n{tail(log_path)}")
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"readapi serve did not become ready:\n{tail(log_path)}")
