@@ -15,7 +15,9 @@ idempotent:
    ``CREATE`` on it and every privilege on its tables and sequences, now and later;
 5. the publication (``LOYALTY_PUBLICATION``) for the contract tables, or the tables it lacks.
 
-Steps 2 to 5 run in one transaction. Replication slots need no grant: the role's
+Steps 2 to 5 run in one transaction, run again (a bounded number of times) when Postgres
+breaks a deadlock by failing it: the publication locks the tables one by one, and autovacuum
+may hold one of them and wait for this transaction. Replication slots need no grant: the role's
 ``REPLICATION`` attribute covers creating, reading, advancing and dropping logical slots, and
 ``pg_replication_slots`` and the WAL position functions are readable by every role.
 """
@@ -39,6 +41,7 @@ from indexer.migrate import (
     apply_migrations,
     one_line,
 )
+from indexer.retry import Backoff
 from indexer.settings import PG_DSN, IndexerSettings
 from indexer.slot import ensure_publication
 
@@ -46,6 +49,10 @@ from indexer.slot import ensure_publication
 # the grants below always have it. A migration creating it must say IF NOT EXISTS.
 INDEXER_SCHEMA = "loyalty_indexer"
 CONTRACT_SCHEMA = "public"
+# Steps 2 to 5 are run again when Postgres broke a deadlock by failing them, at most this many
+# times in all, after a jittered backoff from this base.
+DEADLOCK_ATTEMPTS = 5
+DEADLOCK_BACKOFF_SECONDS = 0.2
 
 AsyncConn = psycopg.AsyncConnection[Any]
 
@@ -159,16 +166,36 @@ async def setup_database(
     # Bounded like ``indexer migrate`` unless the DSN sets its own connect_timeout.
     options = psycopg.conninfo.conninfo_to_dict(admin_dsn)
     options.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
-    try:
-        async with await psycopg.AsyncConnection.connect(
-            psycopg.conninfo.make_conninfo("", **options), autocommit=True
-        ) as conn:
-            done.extend(await setup_access(conn, role, publication, password=password))
-    except psycopg.Error as error:
-        raise SetupError(one_line(error)) from error
-    except IndexerError as error:
-        raise SetupError(str(error).splitlines()[0]) from error
-    return done
+    backoff = Backoff(base=DEADLOCK_BACKOFF_SECONDS, cap=1.0)
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                psycopg.conninfo.make_conninfo("", **options), autocommit=True
+            ) as conn:
+                done.extend(await setup_access(conn, role, publication, password=password))
+            return done
+        except (psycopg.Error, IndexerError) as error:
+            # A publication locks each of its tables in turn, and autovacuum (ANALYZE after a
+            # bulk load) or an application may lock them in another order: Postgres then
+            # breaks the deadlock by failing one side. The transaction left nothing behind
+            # and every step is idempotent, so it is run again.
+            if attempt < DEADLOCK_ATTEMPTS and _is_deadlock(error):
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if isinstance(error, psycopg.Error):
+                raise SetupError(one_line(error)) from error
+            raise SetupError(str(error).splitlines()[0]) from error
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _is_deadlock(error: BaseException) -> bool:
+    """Whether ``error`` is, or was caused by, Postgres breaking a deadlock."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, psycopg.errors.DeadlockDetected):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def add_command(subparsers: Any) -> None:
