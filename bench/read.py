@@ -717,7 +717,8 @@ def prepare_data(scratch: Scratch, args: argparse.Namespace) -> tuple[str, list[
                    stdout=subprocess.DEVNULL)
     subprocess.run(
         ["indexer", "seed", "--dsn", scratch.dsn, "--vouchers", str(args.vouchers),
-         "--customers", str(max(100, args.vouchers // 5)), "--redemptions", "1000"],
+         "--customers", str(max(100, args.vouchers // 5)), "--redemptions", "1000",
+         "--projects", str(args.projects)],
         env=env, check=True, stdout=subprocess.DEVNULL,
     )
     import hashlib
@@ -969,6 +970,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="wrk connections (default 64)")
     parser.add_argument("--vouchers", type=positive, default=20_000,
                         help="vouchers to seed (default 20000)")
+    parser.add_argument("--projects", type=positive, default=2,
+                        help="projects the vouchers are spread over (default 2); the "
+                        "benchmark key reads the first, so 1 puts every voucher in reach "
+                        "of the lookups")
     parser.add_argument("--server-core", type=int, default=0,
                         help="core the server under test is pinned to (default 0)")
     parser.add_argument("--wrk-core", type=int, default=1,
