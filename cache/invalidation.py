@@ -35,6 +35,10 @@ from cache.records import Invalidation
 
 log = logging.getLogger(__name__)
 
+# Keys applied between two turns of the event loop: about a millisecond of work, where a whole
+# batch's message (tens of thousands of keys) would hold every request for tens of them.
+INVALIDATION_SLICE = 2_000
+
 InvalidationCallback = Callable[[Invalidation], None]
 ConnectHook = Callable[[], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]
@@ -199,9 +203,17 @@ class InvalidationListener:
                 continue
             awaiting_pong = False  # any reply proves the connection alive
             if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-                self._apply(reply[2])
+                await self._apply(reply[2])
 
-    def _apply(self, data: bytes) -> None:
+    async def _apply(self, data: bytes) -> None:
+        """Apply one message: its keys a slice at a time, the event loop serving requests in
+        between, then its callbacks (the watermark) once every key is applied.
+
+        A request served between two slices may read an entry a later slice drops: the
+        change is a few hundred microseconds old and the watermark it answers with does not
+        cover it yet. A fill installed meanwhile is checked by its slice like any entry (by
+        version), so nothing older than the message survives it. Messages stay in order:
+        the next one is read only after this one is applied."""
         self.messages += 1
         try:
             message = decode_invalidation(data)
@@ -210,10 +222,13 @@ class InvalidationListener:
             log.warning("unreadable invalidation message, flushing L1 caches: %s", exc)
             self._flush_caches()
             return
-        for cache, prefix in self._caches:
-            for key, version in message.entries:
-                if prefix is None or key.startswith(prefix):
-                    cache.invalidate(key, version)
+        entries = message.entries
+        for start in range(0, len(entries), INVALIDATION_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            part = entries[start : start + INVALIDATION_SLICE]
+            for cache, prefix in self._caches:
+                cache.invalidate_many(part, prefix)
         for callback in self._callbacks:
             try:
                 callback(message)

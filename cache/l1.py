@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Generic, NamedTuple, TypeVar
 
 V = TypeVar("V")
@@ -44,6 +44,8 @@ V = TypeVar("V")
 DEFAULT_MAX_AGE_MS = 10_000
 DEFAULT_MAX_AGE_SECONDS = DEFAULT_MAX_AGE_MS / 1000
 DEFAULT_MAX_ENTRIES = 100_000
+# Above every version (an LSN fits 64 bits): an invalidation without a version drops the entry.
+_NEWER_THAN_ANY = 1 << 64
 # The object L1's budget per worker process (``LOYALTY_L1_MAX_BYTES``): a 2-core machine with
 # a few GiB runs 2 workers, so 128 MiB in all stays small beside the machine's memory. A
 # voucher body is about 1 KB (about 1.5 KB with its key and ``ENTRY_OVERHEAD``), so this holds
@@ -203,17 +205,29 @@ class L1Cache(Generic[V]):
     def invalidate(self, key: str, version: int | None = None) -> None:
         """``key`` changed (to ``version`` when known): drop an older entry and refuse
         installs of fills that began before now."""
-        self._seq += 1
+        self.invalidate_many(((key, _NEWER_THAN_ANY if version is None else version),), None)
+
+    def invalidate_many(self, entries: Iterable[tuple[str, int]], prefix: str | None) -> None:
+        """``invalidate`` for each (key, version) whose key starts with ``prefix`` (every key
+        when None), in one call: an invalidation message names a whole batch's keys."""
         invalidated = self._invalidated
-        invalidated[key] = self._seq
-        invalidated.move_to_end(key)
-        if len(invalidated) > self._invalidation_memory:
-            # Numbers grow with insertion order, so the oldest is the smallest.
-            _, self._floor = invalidated.popitem(last=False)
-        entry = self._entries.get(key)
-        if entry is not None and (version is None or entry.version < version):
-            del self._entries[key]
-            self._size_bytes -= entry.cost
+        entries_by_key = self._entries
+        memory = self._invalidation_memory
+        seq = self._seq
+        for key, version in entries:
+            if prefix is not None and not key.startswith(prefix):
+                continue
+            seq += 1
+            invalidated[key] = seq
+            invalidated.move_to_end(key)
+            if len(invalidated) > memory:
+                # Numbers grow with insertion order, so the oldest is the smallest.
+                _, self._floor = invalidated.popitem(last=False)
+            entry = entries_by_key.get(key)
+            if entry is not None and entry.version < version:
+                del entries_by_key[key]
+                self._size_bytes -= entry.cost
+        self._seq = seq
 
     def flush(self) -> None:
         """Drop everything and refuse every fill that began before now."""

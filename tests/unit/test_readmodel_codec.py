@@ -214,6 +214,12 @@ def test_invalidation_round_trip(message: Invalidation) -> None:
         [1, [], -5],
         [1, []],
         {"k": 1},
+        # One bad entry among good ones: the bulk checks must still find it.
+        [1, ["a", 1, "b", True], None],
+        [1, ["a", 1, "b", 1.5], None],
+        [1, ["a", 1, b"b", 2], None],
+        [1, ["a", 1, "b", -2], None],
+        [1, ["a", 1, "b", None], None],
     ],
 )
 def test_garbage_invalidations_raise_the_project_error(obj: object) -> None:
