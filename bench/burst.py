@@ -112,6 +112,8 @@ from scratchdb import (
     free_port,
     log,
     percentile,
+    plot_reads_per_second,
+    seed_plan_of,
     seeded_database,
     tail,
     unwind_on_sigterm,
@@ -240,13 +242,7 @@ def env_for(scratch: Scratch) -> dict[str, str]:
 
 
 def create_scratch(args: argparse.Namespace) -> Scratch:
-    plan = SeedPlan(
-        seed=args.seed,
-        projects=args.projects,
-        customers=args.customers,
-        vouchers=args.vouchers,
-        redemptions=args.redemptions,
-    )
+    plan = seed_plan_of(args)
     log(f"seeding {args.customers:,} customers, {args.vouchers:,} vouchers in {args.database}")
     dsn, report = seeded_database(args.dsn, args.database, plan)
     log(f"  {report.total_rows:,} rows in {report.elapsed:.1f} s")
@@ -1435,33 +1431,13 @@ def plot(args: argparse.Namespace, figures: dict[str, Any], path: Path) -> None:
     byte_lines, byte_labels = bytes_ax.get_legend_handles_labels()
     lag_ax.legend(lag_lines + byte_lines, lag_labels + byte_labels, loc="upper left")
     seconds = figures["reads_per_second"]
-    read_ax.plot(
-        [s["second"] for s in seconds],
-        [s["p99_ms"] for s in seconds],
-        color="tab:red",
-        label="read p99 per second",
+    plot_reads_per_second(
+        read_ax,
+        seconds,
+        failed_key="non_2xx",
+        failed_label="second with non-2xx answers",
+        xlabel="seconds since the reader started (grey: warm-up, not counted)",
     )
-    read_ax.plot(
-        [s["second"] for s in seconds],
-        [s["p50_ms"] for s in seconds],
-        color="tab:gray",
-        linewidth=0.8,
-        label="read p50 per second",
-    )
-    failed = [s for s in seconds if s["non_2xx"]]
-    if failed:
-        read_ax.scatter(
-            [s["second"] for s in failed],
-            [s["p99_ms"] for s in failed],
-            color="black",
-            marker="x",
-            label="second with non-2xx answers",
-            zorder=3,
-        )
-    read_ax.set_ylim(bottom=0)
-    read_ax.set_ylabel("latency, ms")
-    read_ax.set_xlabel("seconds since the reader started (grey: warm-up, not counted)")
-    read_ax.legend(loc="upper right")
     for ax in (lag_ax, read_ax):
         ax.axvspan(0, timeline["before_started"] - t0, color="tab:gray", alpha=0.08)
         ax.axvspan(

@@ -50,12 +50,11 @@ from typing import Any
 import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
-from scratchdb import drop_database, dsn_for, percentile, seeded_database
+from scratchdb import drop_database, dsn_for, percentile, seed_plan_of, seeded_database
 
 from cache.readmodel.codec import decode_invalidation, decode_watermark
 from cache.readmodel.keys import KeyLayout
 from cache.types import Lsn, ObjectKind
-from indexer.seed_rows import SeedPlan
 from indexer.settings import DEFAULT_ES_URL, DEFAULT_PG_ADMIN_DSN, DEFAULT_REDIS_URL
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -204,13 +203,7 @@ class Tracker:
 
 
 def create_database(args: argparse.Namespace) -> str:
-    plan = SeedPlan(
-        seed=args.seed,
-        projects=args.projects,
-        customers=args.customers,
-        vouchers=args.vouchers,
-        redemptions=args.redemptions,
-    )
+    plan = seed_plan_of(args)
     dsn, report = seeded_database(args.dsn, args.database, plan)
     log(f"seeded {report.total_rows:,} rows in {report.elapsed:.1f}s")
     return dsn

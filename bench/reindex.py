@@ -67,6 +67,7 @@ from scratchdb import (
     free_port,
     log,
     percentile,
+    plot_reads_per_second,
     seeded_database,
     tail,
     unwind_on_sigterm,
@@ -748,33 +749,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
         f"(dotted: goals; dashed: alias switch)"
     )
     seconds = result["reads_per_second"]
-    read_ax.plot(
-        [s["second"] for s in seconds],
-        [s["p99_ms"] for s in seconds],
-        color="tab:red",
-        label="read p99 per second",
+    plot_reads_per_second(
+        read_ax,
+        seconds,
+        failed_key="errors",
+        failed_label="second with errors",
+        xlabel="seconds since the reads started",
     )
-    read_ax.plot(
-        [s["second"] for s in seconds],
-        [s["p50_ms"] for s in seconds],
-        color="tab:gray",
-        linewidth=0.8,
-        label="read p50 per second",
-    )
-    failed = [s for s in seconds if s["errors"]]
-    if failed:
-        read_ax.scatter(
-            [s["second"] for s in failed],
-            [s["p99_ms"] for s in failed],
-            color="black",
-            marker="x",
-            label="second with errors",
-            zorder=3,
-        )
-    read_ax.set_ylim(bottom=0)
-    read_ax.set_ylabel("latency, ms")
-    read_ax.set_xlabel("seconds since the reads started")
-    read_ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

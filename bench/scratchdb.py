@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import aiohttp
 import psycopg
@@ -179,3 +180,50 @@ async def wait_api_ready(port: int, process: subprocess.Popen[bytes], log_path: 
                 pass
             await asyncio.sleep(0.2)
     raise RuntimeError(f"readapi serve did not become ready:\n{tail(log_path)}")
+
+
+def seed_plan_of(args: Any) -> SeedPlan:
+    """The plan of a bench's ``--seed``, ``--projects``, ``--customers``, ``--vouchers`` and
+    ``--redemptions`` (the other counts at their defaults)."""
+    return SeedPlan(
+        seed=args.seed,
+        projects=args.projects,
+        customers=args.customers,
+        vouchers=args.vouchers,
+        redemptions=args.redemptions,
+    )
+
+
+def plot_reads_per_second(
+    ax: Any, seconds: Sequence[dict[str, Any]], *, failed_key: str, failed_label: str, xlabel: str
+) -> None:
+    """The read p99 and p50 of each second on the matplotlib axes ``ax`` (``seconds``: dicts
+    with ``second``, ``p99_ms``, ``p50_ms`` and ``failed_key``), the seconds with failures
+    marked."""
+    ax.plot(
+        [s["second"] for s in seconds],
+        [s["p99_ms"] for s in seconds],
+        color="tab:red",
+        label="read p99 per second",
+    )
+    ax.plot(
+        [s["second"] for s in seconds],
+        [s["p50_ms"] for s in seconds],
+        color="tab:gray",
+        linewidth=0.8,
+        label="read p50 per second",
+    )
+    failed = [s for s in seconds if s[failed_key]]
+    if failed:
+        ax.scatter(
+            [s["second"] for s in failed],
+            [s["p99_ms"] for s in failed],
+            color="black",
+            marker="x",
+            label=failed_label,
+            zorder=3,
+        )
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("latency, ms")
+    ax.set_xlabel(xlabel)
+    ax.legend(loc="upper right")
