@@ -12,8 +12,9 @@ small module. Only read-only scripts may be batched: a batch's calls are indepen
 an error (a lost connection) fails every call of the batch, which a caller retries or falls
 back from as it would for its own call.
 
-Driver errors reach each caller as raised by redis-py; the caller's store boundary
-translates them.
+A call Redis refused with NOSCRIPT is run again once the script is loaded
+(``scripts.pipelined_results``). Driver errors reach each caller as raised by redis-py; the
+caller's store boundary translates them.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
-from cache.scripts import Arg, LuaScript
+from cache.scripts import Arg, LuaScript, ScriptCall, pipelined_results
 
 # Calls per pipeline: a batch is written and parsed as a whole, so an unbounded one would
 # delay its first caller by the parsing of all the others.
@@ -83,14 +83,9 @@ class ScriptBatcher:
 
     async def _send(self, calls: list[_Call]) -> None:
         try:
-            results = await self._pipeline(calls)
-            refused = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-            if refused:
-                # Nothing ran for those (first use, a restart, SCRIPT FLUSH): load, run again.
-                await self._redis.script_load(self._script.source)
-                rerun = await self._pipeline([calls[i] for i in refused])
-                for i, result in zip(refused, rerun, strict=True):
-                    results[i] = result
+            results = await pipelined_results(
+                self._redis, [ScriptCall(self._script, keys, args) for keys, args, _ in calls]
+            )
         except asyncio.CancelledError:
             for _, _, future in calls:
                 future.cancel()
@@ -107,11 +102,3 @@ class ScriptBatcher:
                 future.set_exception(result)
             else:
                 future.set_result(result)
-
-    async def _pipeline(self, calls: Sequence[_Call]) -> list[Any]:
-        sha = self._script.sha
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for keys, args, _ in calls:
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-        return results

@@ -75,6 +75,20 @@ async def run_pipelined(
     invalidations) must come after every write, and must be harmless to repeat.
     Raises the first other error a call or command met, after the whole pipeline ran.
     """
+    results = await pipelined_results(redis, calls, then)
+    for result in results:
+        if isinstance(result, RedisError):
+            raise result
+    return results[: len(calls)]
+
+
+async def pipelined_results(
+    redis: Redis,
+    calls: Sequence[ScriptCall],
+    then: Sequence[Sequence[Arg]] = (),
+) -> list[Any]:
+    """The results of ``calls`` then ``then`` in one pipeline, each call's error left in its
+    place rather than raised, after the NOSCRIPT reruns ``run_pipelined`` describes."""
     results = await _pipeline(redis, calls, then)
     missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
     if missing:
@@ -84,10 +98,7 @@ async def run_pipelined(
         for i, result in zip(missing, rerun, strict=False):
             results[i] = result
         results[len(calls) :] = rerun[len(missing) :]
-    for result in results:
-        if isinstance(result, RedisError):
-            raise result
-    return results[: len(calls)]
+    return results
 
 
 async def _pipeline(

@@ -471,7 +471,6 @@ def _served_object(served: Served, object_id: str) -> CachedObject:
     return CachedObject(served.body, served.match, served.version, object_id)
 
 
-
 def _payload_size(value: CachedObject | CachedAlias) -> int:
     """The bytes an L1 entry holds beyond what ``L1Cache`` charges for any entry: the body
     and the short strings beside it (an id or code: their text, ~50 bytes of header each)."""
