@@ -66,7 +66,8 @@ Method.
 Prints a table with the goals (catch-up >= 20,000 rows/s; read p99 during < 3 x p99 before),
 where the catch-up's time went (CPU seconds of the indexer, the API, the reader and the bench
 from ``/proc``, of Elasticsearch from its node stats, of the whole machine; Elasticsearch's
-indexing operations and time per index), the indexer's statements that touched most blocks,
+indexing operations and time per index, and its refreshes, merges, realtime gets and
+searches over all of them), the indexer's statements that touched most blocks,
 and draws ``bench/out/burst.png``: the
 indexer's lag over time (top) and the read p99 and p50 per second (bottom), the writer's
 interval shaded and the visibility marked. The figures go to ``bench/out/burst.json``, the
@@ -864,6 +865,26 @@ class Usage:
     elasticsearch_cpu: float
     machine_busy: float  # every core, every process
     indexing: dict[str, tuple[int, int]]  # by kind: index operations, milliseconds
+    # Over every kind's index (primaries): what else Elasticsearch did, see ES_WORK.
+    work: dict[str, int]
+
+
+# Counters of the indices' stats (primaries) that tell where Elasticsearch's CPU goes besides
+# indexing itself: refreshes (the periodic ones and those a realtime get of a document not
+# yet searchable forces), merges, realtime gets, searches.
+ES_WORK: dict[str, tuple[str, str]] = {
+    "refreshes": ("refresh", "total"),
+    "refresh ms": ("refresh", "total_time_in_millis"),
+    "external refreshes": ("refresh", "external_total"),
+    "merges": ("merges", "total"),
+    "merge ms": ("merges", "total_time_in_millis"),
+    "gets": ("get", "total"),
+    "get ms": ("get", "time_in_millis"),
+    "queries": ("search", "query_total"),
+    "query ms": ("search", "query_time_in_millis"),
+    "flushes": ("flush", "total"),
+    "segments now": ("segments", "count"),
+}
 
 
 def process_cpu_seconds(pid: int, *, children: bool) -> float:
@@ -892,10 +913,15 @@ async def read_usage(services: Services) -> Usage:
     es_cpu = sum(node["process"]["cpu"]["total_in_millis"] for node in nodes.values()) / 1000
     names = IndexNames(ES_PREFIX)
     indexing: dict[str, tuple[int, int]] = {}
+    work = dict.fromkeys(ES_WORK, 0)
+    metrics = sorted({"indexing", *(section for section, _ in ES_WORK.values())})
     for kind in INDEXED_KINDS:
-        stats = await elastic.indices.stats(index=names.alias(kind), metric="indexing")
-        counters = stats.body["_all"]["primaries"]["indexing"]
+        stats = await elastic.indices.stats(index=names.alias(kind), metric=metrics)
+        primaries = stats.body["_all"]["primaries"]
+        counters = primaries["indexing"]
         indexing[kind.value] = (int(counters["index_total"]), int(counters["index_time_in_millis"]))
+        for name, (section, counter) in ES_WORK.items():
+            work[name] += int(primaries.get(section, {}).get(counter, 0))
     return Usage(
         {
             name: process_cpu_seconds(pid, children=children)
@@ -904,6 +930,7 @@ async def read_usage(services: Services) -> Usage:
         es_cpu,
         machine_busy_seconds(),
         indexing,
+        work,
     )
 
 
@@ -915,6 +942,11 @@ def usage_delta(before: Usage, after: Usage) -> Usage:
         {
             kind: (total - before.indexing[kind][0], millis - before.indexing[kind][1])
             for kind, (total, millis) in after.indexing.items()
+        },
+        {
+            # A gauge is reported as it ended; every other counter as its increase.
+            name: value if name == "segments now" else value - before.work.get(name, 0)
+            for name, value in after.work.items()
         },
     )
 
@@ -1350,6 +1382,8 @@ def print_usage(figures: dict[str, Any]) -> None:
         if total
     )
     print(f"  Elasticsearch indexing meanwhile (primaries: operations, indexing time): {indexed}")
+    work = ", ".join(f"{name} {value:,}" for name, value in usage.get("work", {}).items())
+    print(f"  Elasticsearch's other work meanwhile (primaries, every kind): {work}")
 
 
 def print_blocks(figures: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from cache.types import ObjectKind
 from indexer.errors import IndexerError
 from indexer.jsonvalues import TooDeepJson
 from indexer.segment_filter import SegmentFilter
-from indexer.segment_view import filter_view, view_nested
+from indexer.segment_view import filter_view, view_terms
 from indexer.timestamps import OutOfRangeTimestamp
 
 Row = Mapping[str, Any]
@@ -188,7 +188,7 @@ def customer_document(
         Field.SEARCH_TEXT: " ".join(
             part for part in (row["name"], row["email"], row["source_id"]) if part
         ),
-        Field.FILTER_VIEW: view_nested(view),
+        Field.FILTER_VIEW: view_terms(view),
     }
     return Document(ObjectKind.CUSTOMER, row["project_id"], row["id"], body, fields)
 

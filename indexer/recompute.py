@@ -57,6 +57,7 @@ from indexer.documents import Document
 from indexer.rebuild import compiled_filter
 from indexer.segment_filter import SegmentFilter
 from indexer.segment_index import AUTO_UPDATE, IndexedCustomer, SegmentIndex
+from indexer.segment_view import instant_key, term
 from indexer.sinks.elastic import ElasticSink
 
 log = logging.getLogger(__name__)
@@ -389,7 +390,7 @@ async def settle(
 
 def _rewritten(customer: IndexedCustomer, segment_ids: list[str]) -> Document:
     """The customer's document with another membership: its indexed fields, the filter view
-    included, copied from the ``_source`` it was found with (``IndexedCustomer.nested_view``
+    included, copied from the ``_source`` it was found with (``IndexedCustomer.indexed_view``
     computes the view only for a document written before it was kept there)."""
     fields = {
         name: value
@@ -398,7 +399,7 @@ def _rewritten(customer: IndexedCustomer, segment_ids: list[str]) -> Document:
     }
     body = customer.body
     fields[Field.SEGMENT_IDS] = segment_ids
-    fields[Field.FILTER_VIEW] = customer.nested_view()
+    fields[Field.FILTER_VIEW] = customer.indexed_view()
     return Document(ObjectKind.CUSTOMER, customer.project_id, customer.customer_id, body, fields)
 
 
@@ -473,23 +474,11 @@ class SegmentClock:
             low, high = sorted((condition.bound_us(previous), condition.bound_us(now)))
             ranges.append(
                 {
-                    "nested": {
-                        "path": Field.FILTER_VIEW,
-                        "query": {
-                            "bool": {
-                                "filter": [
-                                    {"term": {f"{Field.FILTER_VIEW}.{ViewLeaf.P}": condition.path}},
-                                    {
-                                        "range": {
-                                            f"{Field.FILTER_VIEW}.{ViewLeaf.T}": {
-                                                "gte": low,
-                                                "lte": high,
-                                            }
-                                        }
-                                    },
-                                ]
-                            }
-                        },
+                    "range": {
+                        f"{Field.FILTER_VIEW}.{ViewLeaf.T}": {
+                            "gte": term(condition.path, instant_key(low)),
+                            "lte": term(condition.path, instant_key(high)),
+                        }
                     }
                 }
             )

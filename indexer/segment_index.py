@@ -18,7 +18,7 @@ from elasticsearch import AsyncElasticsearch
 from cache.boundary import elasticsearch_boundary
 from cache.readmodel.indices import Field, IndexNames
 from cache.types import ObjectKind
-from indexer.segment_view import FilterView, filter_view, view_nested
+from indexer.segment_view import FilterView, filter_view, view_terms
 
 AUTO_UPDATE = "auto-update"
 
@@ -39,13 +39,13 @@ class IndexedCustomer:
             self._view = filter_view(self.body)
         return self._view
 
-    def nested_view(self) -> list[dict[str, Any]]:
-        """The indexed filter view entries, as stored with the document (computed again
-        only for a document written before the view was kept)."""
+    def indexed_view(self) -> dict[str, list[str]]:
+        """The indexed filter view terms, as stored with the document (computed again only
+        for a document stored without them)."""
         stored = self.source.get(Field.FILTER_VIEW)
-        if isinstance(stored, list):
+        if isinstance(stored, dict):
             return stored
-        return view_nested(self.view())
+        return view_terms(self.view())
 
     @property
     def body(self) -> dict[str, Any]:

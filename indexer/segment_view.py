@@ -2,12 +2,13 @@
 
 Both evaluators of a segment filter (docs/api.md §4) read the view and nothing else: the
 Python predicate of ``indexer.segment_filter`` and the Elasticsearch query of
-``indexer.segment_query``, over the nested field the indexer writes from :func:`view_nested`.
+``indexer.segment_query``, over the terms the indexer writes from :func:`view_terms`.
 Every cap below therefore applies to both alike, and every value is typed once, here.
 
 * A view maps a dotted path to a :class:`Leaf`: exactly the values a dotted path reaches by
   walking objects by key from the customer object. Keys that are not strings, are empty or
-  hold a dot are skipped (no dotted path names them). JSON null (and a missing key) is no
+  hold a dot or a NUL are skipped (no dotted path names them; NUL ends a path in the indexed
+  terms, and Postgres ``jsonb`` holds none anyway). JSON null (and a missing key) is no
   leaf: the field is unknown. Lists are never walked into.
 * An object or a list is a *composite* leaf: it exists (``$has_value``, ``$is_not``,
   ``$not_in`` hold) and equals, orders and contains nothing. Objects are walked into as well.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -62,7 +64,9 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs four times as much, and a view holds one
+# leaf per value of every customer rebuilt. Nothing changes a leaf once made.
+@dataclass(slots=True)
 class Leaf:
     """One value of the view, typed once; see the module docstring for each field."""
 
@@ -108,8 +112,8 @@ def as_instant_us(value: object) -> int | None:
     if not isinstance(value, str) or not 7 <= len(value) <= MAX_SCALAR_TEXT:
         return None
     # fromisoformat reads four ASCII digits of year first: most strings fail here, without
-    # the cost of an exception.
-    if not "0" <= value[0] <= "9":
+    # the cost of an exception (a street number, a phone number).
+    if not value[:4].isascii() or not value[:4].isdigit():
         return None
     try:
         parsed = datetime.fromisoformat(value)
@@ -165,7 +169,7 @@ def _walk(
     if names >= MAX_PATH_NAMES:
         return
     for key, value in parent.items():
-        if not isinstance(key, str) or not key or "." in key:
+        if not isinstance(key, str) or not key or "." in key or "\x00" in key:
             continue  # no dotted path names it
         path = f"{prefix}.{key}" if prefix else key
         if len(path) > MAX_PATH_LENGTH:
@@ -183,21 +187,81 @@ def _walk(
             _walk(value, path, names + 1, view, below, tenant)
 
 
-def view_nested(view: FilterView) -> list[dict[str, Any]]:
-    """The entries of the nested field ``Field.FILTER_VIEW``: one per leaf, absent values left
-    out (a composite leaf is its path alone)."""
-    entries: list[dict[str, Any]] = []
+# --- the indexed form -----------------------------------------------------------------------
+#
+# A view is indexed as plain keyword terms on the customer document itself, in sub-fields of
+# ``Field.FILTER_VIEW``: ``<path>NUL<value>`` in ``s``, ``n``, ``o``, ``t`` and ``b``. A path
+# holds no NUL, so a term names its path unambiguously, and "the leaf at P passes test Q" is
+# one term, prefix, wildcard or range query on one sub-field. Numbers and instants are written
+# as fixed-width hexadecimal whose byte order is their numeric order, so a range of keyword
+# terms is a numeric range.
+#
+# Each value costs Elasticsearch time to index, so none is written twice: ``p`` holds only the
+# paths of leaves without a string, number or boolean (composites, long strings), which is
+# what tells them from unknown fields; ``o`` only numeric strings (a number's ordering value is
+# its ``n``). A leaf exists when its path is in ``p`` or has a term in ``s``, ``n`` or ``b``
+# (``t`` and ``o`` come with ``s``). Nested entries (one Lucene document per leaf, about 30 per
+# customer) and then a term per path made a customer cost Elasticsearch 2 to 3 times as much
+# to index (``bench/segments.py``, ``bench/burst.py``).
+
+SEPARATOR: Final = "\x00"
+# Sorts after SEPARATOR and before every encoded value: the exclusive end of a path's terms.
+PATH_END: Final = "\x01"
+_SIGN: Final = 1 << 63
+_MASK: Final = (1 << 64) - 1
+
+
+def number_key(number: float) -> str:
+    """16 hex digits ordered as the double is: negative numbers have every bit flipped,
+    others the sign bit set (IEEE 754 bits then sort as unsigned integers)."""
+    (bits,) = struct.unpack(">Q", struct.pack(">d", number + 0.0))
+    bits = (~bits & _MASK) if bits & _SIGN else (bits | _SIGN)
+    return f"{bits:016x}"
+
+
+def instant_key(instant_us: int) -> str:
+    """16 hex digits ordered as the signed 64-bit instant is (clamped to that range)."""
+    clamped = min(max(instant_us, -_SIGN), _SIGN - 1)
+    return f"{clamped + _SIGN:016x}"
+
+
+def boolean_key(flag: bool) -> str:
+    return "true" if flag else "false"
+
+
+def term(path: str, value: str) -> str:
+    """The indexed term of one value at ``path``."""
+    return f"{path}{SEPARATOR}{value}"
+
+
+def view_terms(view: FilterView) -> dict[str, list[str]]:
+    """The sub-fields of ``Field.FILTER_VIEW`` (see above); empty ones left out."""
+    paths: list[str] = []
+    strings: list[str] = []
+    numbers: list[str] = []
+    orders: list[str] = []
+    instants: list[str] = []
+    flags: list[str] = []
     for path, leaf in view.items():
-        entry: dict[str, Any] = {ViewLeaf.P: path}
+        head = path + SEPARATOR
         if leaf.s is not None:
-            entry[ViewLeaf.S] = leaf.s
-        if leaf.n is not None:
-            entry[ViewLeaf.N] = leaf.n
-        if leaf.o is not None:
-            entry[ViewLeaf.O] = leaf.o
-        if leaf.t is not None:
-            entry[ViewLeaf.T] = leaf.t
-        if leaf.b is not None:
-            entry[ViewLeaf.B] = leaf.b
-        entries.append(entry)
-    return entries
+            strings.append(head + leaf.s)
+            if leaf.o is not None:
+                orders.append(head + number_key(leaf.o))
+            if leaf.t is not None:
+                instants.append(head + instant_key(leaf.t))
+        elif leaf.n is not None:
+            numbers.append(head + number_key(leaf.n))
+        elif leaf.b is not None:
+            flags.append(head + boolean_key(leaf.b))
+        else:
+            paths.append(path)
+    fields = {
+        ViewLeaf.P: paths,
+        ViewLeaf.S: strings,
+        ViewLeaf.N: numbers,
+        ViewLeaf.O: orders,
+        ViewLeaf.T: instants,
+        ViewLeaf.B: flags,
+    }
+    return {name: values for name, values in fields.items() if values}

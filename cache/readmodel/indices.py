@@ -5,9 +5,9 @@ concrete generations ``<prefix><kind>s_v<N>``. A document's ``_source`` is
 ``{"id", "project_id", "doc": <the API object exactly as served>, <indexed fields>}``; ``doc``
 is stored, not indexed. Everything that lists, filters or search need is a field with a
 fixed type named in ``Field``; ``dynamic: false`` keeps the mapping closed, so tenant metadata
-only ever reaches the index as nested entries (``metadata_kv`` pairs and, for customers,
-the ``filter_view`` leaves segment filters query). ``filter_view`` is indexed and kept in
-``_source`` (see ``index_mappings``); readers ask for ``doc`` and never see it.
+only ever reaches the index as values of fixed fields (``metadata_kv`` nested pairs and, for
+customers, the ``filter_view`` terms segment filters query). ``filter_view`` is indexed and
+kept in ``_source`` (see ``index_mappings``); readers ask for ``doc`` and never see it.
 """
 
 from __future__ import annotations
@@ -56,14 +56,15 @@ class MetadataPair:
 
 
 class ViewLeaf:
-    """Sub-fields of one ``filter_view`` entry: the dotted path and its typed values."""
+    """Sub-fields of ``filter_view``, all keyword terms (``indexer.segment_view.view_terms``):
+    the dotted paths, and ``<path>NUL<value>`` for each typed value."""
 
-    P: Final = "p"  # the path (keyword)
-    S: Final = "s"  # a string of at most 512 characters (keyword)
-    N: Final = "n"  # a number, for equality (double)
-    O: Final = "o"  # noqa: E741  # a number or numeric string, for ordering (double)
-    T: Final = "t"  # an instant in epoch microseconds (long)
-    B: Final = "b"  # a boolean
+    P: Final = "p"  # the path
+    S: Final = "s"  # a string of at most 512 characters
+    N: Final = "n"  # a number, for equality (order-preserving hexadecimal)
+    O: Final = "o"  # noqa: E741  # a number or numeric string, for ordering (likewise)
+    T: Final = "t"  # an instant in epoch microseconds (likewise)
+    B: Final = "b"  # a boolean ("true" or "false")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,18 +113,15 @@ METADATA_KV = {
     },
 }
 
-# One entry per leaf of a customer's filter view, so segment filters run as queries while the
-# mapping stays fixed. ``s`` has no ignore_above: the view keeps no string over 512
-# characters, far below the longest term a keyword may index.
+# A customer's filter view as keyword terms on the document itself, so segment filters run as
+# queries while the mapping stays fixed. No ignore_above: a term is a path and a value of at
+# most 512 characters each, far below the longest term a keyword may index. No doc values:
+# nothing sorts or aggregates on them.
+_VIEW_TERMS = {"type": "keyword", "doc_values": False}
 FILTER_VIEW = {
-    "type": "nested",
     "properties": {
-        ViewLeaf.P: KEYWORD,
-        ViewLeaf.S: KEYWORD,
-        ViewLeaf.N: {"type": "double"},
-        ViewLeaf.O: {"type": "double"},
-        ViewLeaf.T: LONG,
-        ViewLeaf.B: {"type": "boolean"},
+        name: _VIEW_TERMS
+        for name in (ViewLeaf.P, ViewLeaf.S, ViewLeaf.N, ViewLeaf.O, ViewLeaf.T, ViewLeaf.B)
     },
 }
 
@@ -160,11 +158,12 @@ _FIELDS: dict[ObjectKind, dict[str, Any]] = {
 }
 
 
-# Raised whenever ``index_mappings`` changes (2: the customers' filter view). Indices written
+# Raised whenever ``index_mappings`` changes (2: the customers' filter view, nested; 3: the
+# filter view as terms of the customer document). Indices written
 # under another version are loaded again from the source at start-up: core Elasticsearch has
 # no ``_reindex``, and a field missing from the mapping would make queries on it silently
 # match nothing.
-MAPPING_VERSION: Final = 2
+MAPPING_VERSION: Final = 3
 
 
 def index_mappings(kind: ObjectKind) -> dict[str, Any]:

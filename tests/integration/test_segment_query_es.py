@@ -96,7 +96,7 @@ def scalars(now_us: int) -> st.SearchStrategy[Any]:
     )
 
 
-KEYS = ["tier", "n", "x", "d", "list", "nested", "é", "a b", "", "a.b", "deep"]
+KEYS = ["tier", "n", "x", "d", "list", "nested", "é", "a b", "", "a.b", "deep", "a\x00b"]
 
 
 def json_values(now_us: int) -> st.SearchStrategy[Any]:
@@ -225,6 +225,7 @@ MISSES = [
     "metadata.deep.deep.deep.deep.deep.deep.deep",
     "metadata.tier.x",
     "metadata.list.0",
+    "metadata.a\x00b",  # a key the view skips: NUL ends a path in the indexed terms
 ]
 TEXTS = [
     "", "g", "old", "Go", "ld", "a*", "*", "?", "\\", "*b", "a?b", "\\*", "é", "ż",

@@ -140,11 +140,12 @@ def customer_row(**overrides: Any) -> dict[str, Any]:
 
 def test_customer_documents_carry_their_filter_view() -> None:
     from cache.readmodel.indices import Field
-    from indexer.segment_view import filter_view, view_nested
+    from indexer.segment_view import filter_view, view_terms
 
     document = customer_document(customer_row(), [])
-    assert document.fields[Field.FILTER_VIEW] == view_nested(filter_view(document.body))
-    paths = [entry["p"] for entry in document.fields[Field.FILTER_VIEW]]
+    assert document.fields[Field.FILTER_VIEW] == view_terms(filter_view(document.body))
+    indexed = document.fields[Field.FILTER_VIEW]
+    paths = {value.split("\x00")[0] for values in indexed.values() for value in values}
     assert {"metadata.tier", "address.country", "loyalty.points", "created_at"} <= set(paths)
     assert "phone" not in paths  # null: unknown
 

@@ -20,8 +20,10 @@ from indexer.segment_view import (
     Leaf,
     as_instant_us,
     filter_view,
+    instant_key,
     leaf_of,
-    view_nested,
+    number_key,
+    view_terms,
 )
 
 PROPERTY = settings(database=None, max_examples=300, deadline=None)
@@ -210,28 +212,49 @@ def test_other_top_level_objects_are_not_capped() -> None:
     assert len(filter_view({"summary": summary})) == MAX_TENANT_LEAVES + 51
 
 
-# --- the nested entries -------------------------------------------------------------------------
+# --- the indexed terms ---------------------------------------------------------------------------
 
 
-def test_view_nested_has_one_entry_per_leaf_without_absent_values() -> None:
+def test_view_terms_write_each_value_once() -> None:
     view = filter_view(
         {"a": "5", "b": 1.5, "c": True, "d": {"e": "2024-05-01"}, "f": [1], "g": "x" * 600}
     )
-    assert view_nested(view) == [
-        {ViewLeaf.P: "a", ViewLeaf.S: "5", ViewLeaf.O: 5.0},
-        {ViewLeaf.P: "b", ViewLeaf.N: 1.5, ViewLeaf.O: 1.5},
-        {ViewLeaf.P: "c", ViewLeaf.B: True},
-        {ViewLeaf.P: "d"},
-        {ViewLeaf.P: "d.e", ViewLeaf.S: "2024-05-01", ViewLeaf.T: MAY_1},
-        {ViewLeaf.P: "f"},
-        {ViewLeaf.P: "g"},
-    ]
-    assert view_nested({}) == []
+    assert view_terms(view) == {
+        # Only the leaves without a string, number or boolean: what tells them from unknown.
+        ViewLeaf.P: ["d", "f", "g"],
+        ViewLeaf.S: ["a\x005", "d.e\x002024-05-01"],
+        ViewLeaf.N: [f"b\x00{number_key(1.5)}"],
+        ViewLeaf.O: [f"a\x00{number_key(5.0)}"],  # numeric strings only: a number has its n
+        ViewLeaf.T: [f"d.e\x00{instant_key(MAY_1)}"],
+        ViewLeaf.B: ["c\x00true"],
+    }
+    assert view_terms({}) == {}
+
+
+def test_a_key_holding_a_nul_is_skipped() -> None:
+    # NUL ends the path in an indexed term (Postgres jsonb holds none anyway).
+    assert filter_view({"metadata": {"a\x00b": 1, "c": 2}}) == {
+        "metadata": COMPOSITE,
+        "metadata.c": Leaf(n=2.0, o=2.0),
+    }
+
+
+@PROPERTY
+@given(st.floats(allow_nan=False), st.floats(allow_nan=False))
+def test_number_keys_order_as_the_numbers(a: float, b: float) -> None:
+    assert (number_key(a) < number_key(b)) == (a < b)
+    assert (number_key(a) == number_key(b)) == (a == b)
+
+
+@PROPERTY
+@given(st.integers(-(2**63), 2**63 - 1), st.integers(-(2**63), 2**63 - 1))
+def test_instant_keys_order_as_the_instants(a: int, b: int) -> None:
+    assert (instant_key(a) < instant_key(b)) == (a < b)
 
 
 # --- the view holds what a dotted path reaches ---------------------------------------------------
 
-keys = st.sampled_from(["a", "b", "", "a.b", "é", "tier"])
+keys = st.sampled_from(["a", "b", "", "a.b", "é", "tier", "a\x00"])
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6)
 values = st.recursive(
     scalars,
@@ -256,7 +279,8 @@ def reachable(value: Any, prefix: str = "") -> Iterator[str]:
     if not isinstance(value, Mapping) or len(prefix.split(".")) >= MAX_PATH_NAMES:
         return
     for key, item in value.items():
-        if isinstance(key, str) and key and "." not in key and item is not None:
+        named = isinstance(key, str) and key and "." not in key and "\x00" not in key
+        if named and item is not None:
             path = f"{prefix}.{key}" if prefix else key
             yield path
             yield from reachable(item, path)
