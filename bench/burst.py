@@ -914,7 +914,9 @@ async def read_usage(services: Services) -> Usage:
     names = IndexNames(ES_PREFIX)
     indexing: dict[str, tuple[int, int]] = {}
     work = dict.fromkeys(ES_WORK, 0)
-    metrics = sorted({"indexing", *(section for section, _ in ES_WORK.values())})
+    # The stats API names the merge metric "merge" and its section "merges".
+    sections = {section for section, _ in ES_WORK.values()}
+    metrics = sorted({"indexing", *(s.removesuffix("s") if s == "merges" else s for s in sections)})
     for kind in INDEXED_KINDS:
         stats = await elastic.indices.stats(index=names.alias(kind), metric=metrics)
         primaries = stats.body["_all"]["primaries"]
