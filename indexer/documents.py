@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cache.readmodel.indices import Field, MetadataPair
+from cache.readmodel.indices import Field
 from cache.types import ObjectKind
 from indexer.errors import IndexerError
 from indexer.jsonvalues import TooDeepJson
@@ -133,7 +133,6 @@ def voucher_document(row: Row) -> Document:
         Field.ACTIVE: row["active"],
         Field.CREATED_AT: search_date(row["created_at"], body["created_at"]),
         Field.CREATED_AT_US: epoch_micros(row["created_at"]),
-        Field.METADATA_KV: metadata_pairs(metadata),
         Field.SEARCH_TEXT: " ".join([row["code"], *metadata_strings(metadata)]),
     }
     return Document(ObjectKind.VOUCHER, row["project_id"], row["id"], body, fields)
@@ -177,14 +176,12 @@ def customer_document(
     for segment_id, matcher in auto_segments:
         if matcher.matches(view, at) if isinstance(matcher, SegmentFilter) else matcher(body):
             segment_ids.add(segment_id)
-    metadata = body["metadata"] or {}
     fields = {
         Field.SOURCE_ID: row["source_id"],
         Field.EMAIL_LOWER: row["email"].lower() if row["email"] else None,
         Field.CREATED_AT: search_date(row["created_at"], body["created_at"]),
         Field.CREATED_AT_US: epoch_micros(row["created_at"]),
         Field.SEGMENT_IDS: sorted(segment_ids),
-        Field.METADATA_KV: metadata_pairs(metadata),
         Field.SEARCH_TEXT: " ".join(
             part for part in (row["name"], row["email"], row["source_id"]) if part
         ),
@@ -249,51 +246,3 @@ def metadata_strings(metadata: Any, depth: int = 0) -> list[str]:
     elif isinstance(metadata, str | int | float):
         out.append(str(metadata)[:MAX_INDEXED_STRING])
     return out[:MAX_METADATA_PAIRS]
-
-
-def metadata_pairs(metadata: Any) -> list[dict[str, Any]]:
-    """Flatten tenant metadata into typed key/value pairs (a nested field in the index).
-
-    One field per value kind keeps comparisons typed (numbers, dates, strings, booleans)
-    while the mapping stays fixed whatever keys the tenants invent.
-    """
-    pairs: list[dict[str, Any]] = []
-    _collect_pairs(metadata, "", 0, pairs)
-    return pairs[:MAX_METADATA_PAIRS]
-
-
-def _collect_pairs(value: Any, path: str, depth: int, out: list[dict[str, Any]]) -> None:
-    if len(out) >= MAX_METADATA_PAIRS or depth > MAX_METADATA_DEPTH:
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            _collect_pairs(item, f"{path}.{key}" if path else str(key), depth + 1, out)
-        return
-    if not path:
-        return
-    if isinstance(value, bool):
-        out.append({MetadataPair.KEY: path, MetadataPair.BOOLEAN: value})
-    elif isinstance(value, int | float):
-        out.append({MetadataPair.KEY: path, MetadataPair.NUMBER: value})
-    elif isinstance(value, str):
-        pair: dict[str, Any] = {
-            MetadataPair.KEY: path,
-            MetadataPair.STRING: value[:MAX_INDEXED_STRING],
-        }
-        if _looks_like_date(value):
-            pair[MetadataPair.DATE] = value
-        out.append(pair)
-    elif isinstance(value, list):
-        for item in value[:MAX_METADATA_PAIRS]:
-            if not isinstance(item, Mapping | list):
-                _collect_pairs(item, path, depth + 1, out)
-
-
-def _looks_like_date(value: str) -> bool:
-    if len(value) < 10 or value[4] != "-" or value[7] != "-":
-        return False
-    try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return True

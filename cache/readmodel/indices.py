@@ -5,8 +5,8 @@ concrete generations ``<prefix><kind>s_v<N>``. A document's ``_source`` is
 ``{"id", "project_id", "doc": <the API object exactly as served>, <indexed fields>}``; ``doc``
 is stored, not indexed. Everything that lists, filters or search need is a field with a
 fixed type named in ``Field``; ``dynamic: false`` keeps the mapping closed, so tenant metadata
-only ever reaches the index as values of fixed fields (``metadata_kv`` nested pairs and, for
-customers, the ``filter_view`` terms segment filters query). ``filter_view`` is indexed and
+only ever reaches the index as values of fixed fields (``search_text`` and, for customers, the
+``filter_view`` terms segment filters query). ``filter_view`` is indexed and
 kept in ``_source`` (see ``index_mappings``); readers ask for ``doc`` and never see it.
 """
 
@@ -38,21 +38,10 @@ class Field:
     SOURCE_ID: Final = "source_id"
     EMAIL_LOWER: Final = "email_lower"
     SEGMENT_IDS: Final = "segment_ids"
-    METADATA_KV: Final = "metadata_kv"
     SEARCH_TEXT: Final = "search_text"
     # Customers: the leaves segment filters compare (``indexer.segment_view``), indexed and
     # kept in ``_source`` for the segment recompute's rewrites.
     FILTER_VIEW: Final = "filter_view"
-
-
-class MetadataPair:
-    """Sub-fields of one ``metadata_kv`` entry: the dotted key and one value field per type."""
-
-    KEY: Final = "k"
-    STRING: Final = "s"
-    NUMBER: Final = "n"
-    DATE: Final = "d"
-    BOOLEAN: Final = "b"
 
 
 class ViewLeaf:
@@ -100,19 +89,6 @@ KEYWORD = {"type": "keyword"}
 DATE = {"type": "date"}
 LONG = {"type": "long"}
 
-# Typed key/value pairs: one value field per kind, so comparisons stay typed while the
-# mapping never grows with the keys tenants invent.
-METADATA_KV = {
-    "type": "nested",
-    "properties": {
-        MetadataPair.KEY: KEYWORD,
-        MetadataPair.STRING: {"type": "keyword", "ignore_above": 256},
-        MetadataPair.NUMBER: {"type": "double"},
-        MetadataPair.DATE: {"type": "date", "ignore_malformed": True},
-        MetadataPair.BOOLEAN: {"type": "boolean"},
-    },
-}
-
 # A customer's filter view as keyword terms on the document itself, so segment filters run as
 # queries while the mapping stays fixed. No ignore_above: a term is a path and a value of at
 # most 512 characters each, far below the longest term a keyword may index. No doc values:
@@ -141,7 +117,6 @@ _FIELDS: dict[ObjectKind, dict[str, Any]] = {
         Field.TYPE: KEYWORD,
         Field.ACTIVE: {"type": "boolean"},
         Field.CREATED_AT_US: LONG,
-        Field.METADATA_KV: METADATA_KV,
         Field.SEARCH_TEXT: {"type": "text", "analyzer": "standard"},
     },
     ObjectKind.CUSTOMER: {
@@ -149,7 +124,6 @@ _FIELDS: dict[ObjectKind, dict[str, Any]] = {
         Field.EMAIL_LOWER: KEYWORD,
         Field.CREATED_AT_US: LONG,
         Field.SEGMENT_IDS: KEYWORD,
-        Field.METADATA_KV: METADATA_KV,
         Field.SEARCH_TEXT: {"type": "text", "analyzer": "standard"},
         Field.FILTER_VIEW: FILTER_VIEW,
     },
@@ -159,10 +133,11 @@ _FIELDS: dict[ObjectKind, dict[str, Any]] = {
 
 
 # Raised whenever ``index_mappings`` changes (2: the customers' filter view, nested; 3: the
-# filter view as terms of the customer document). Indices written
-# under another version are loaded again from the source at start-up: core Elasticsearch has
-# no ``_reindex``, and a field missing from the mapping would make queries on it silently
-# match nothing.
+# filter view as terms of the customer document, and no ``metadata_kv``: typed metadata
+# pairs as nested entries, which no query read and which cost a Lucene document per value).
+# Indices written under another version are loaded again from the source at start-up: core
+# Elasticsearch has no ``_reindex``, and a field missing from the mapping would make queries
+# on it silently match nothing.
 MAPPING_VERSION: Final = 3
 
 

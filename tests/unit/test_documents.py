@@ -6,11 +6,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from indexer.documents import (
-    MAX_METADATA_PAIRS,
     customer_document,
     epoch_micros,
     iso_timestamp,
-    metadata_pairs,
     voucher_document,
 )
 
@@ -167,16 +165,6 @@ def test_auto_segments_are_evaluated_at_the_given_instant() -> None:
     gold = compile_filter({"metadata.tier": {"conditions": {"$is": ["gold"]}}})
     segments = [("s_gold", gold), ("s_plain", lambda body: body["name"] == "Ann")]
     assert customer_document(row, segments, june).fields["segment_ids"] == ["s_gold", "s_plain"]
-
-
-def test_metadata_pairs_are_typed_and_bounded() -> None:
-    pairs = metadata_pairs({"a": 1, "b": True, "c": "2024-01-01", "d": {"e": "x"}})
-    assert {"k": "a", "n": 1} in pairs
-    assert {"k": "b", "b": True} in pairs
-    assert {"k": "c", "s": "2024-01-01", "d": "2024-01-01"} in pairs
-    assert {"k": "d.e", "s": "x"} in pairs
-    many = metadata_pairs({f"k{i}": i for i in range(1000)})
-    assert len(many) == MAX_METADATA_PAIRS
 
 
 def test_jsonb_numbers_every_sink_can_encode() -> None:
