@@ -90,3 +90,26 @@ SEGMENT_TICK_CUSTOMERS = Counter(
     "indexer_segment_tick_customers_total",
     "Customers the relative-date clock tick looked at (their date crossed a bound)",
 )
+REBUILD_READS = Counter(
+    "indexer_rebuild_reads_total",
+    "Batches whose documents were rebuilt, by the server read: the standby "
+    "(LOYALTY_PG_STANDBY_DSN) or the primary",
+    ["server"],
+)
+STANDBY_FALLBACKS = Counter(
+    "indexer_standby_fallbacks_total",
+    "Batches rebuilt from the primary although a standby is set: lagging (behind by more "
+    "than LOYALTY_PG_STANDBY_MAX_LAG_BYTES, or not there within LOYALTY_PG_STANDBY_MAX_WAIT_MS), "
+    "unavailable (cannot be reached), not_standby (not in recovery: promoted, or a primary)",
+    ["reason"],
+)
+STANDBY_WAIT_SECONDS = Histogram(
+    "indexer_standby_wait_seconds",
+    "Time a batch waited for the standby to replay its last commit",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+STANDBY_REPLAY_LAG_BYTES = Gauge(
+    "indexer_standby_replay_lag_bytes",
+    "WAL between the end of the last batch's newest commit and the standby's replay position "
+    "when last checked",
+)

@@ -11,6 +11,8 @@ import re
 from importlib import resources
 
 _HEADER = re.compile(r"^--\s*name:\s*(?P<name>[a-z0-9_]+)\s*$", re.MULTILINE)
+# Commands of the replication protocol (CREATE_REPLICATION_SLOT, ...) take no comment.
+_REPLICATION_COMMAND = re.compile(r"[A-Z]+_[A-Z_]+\b")
 
 
 def parse_queries(text: str) -> dict[str, str]:
@@ -38,6 +40,12 @@ def all_queries() -> dict[str, str]:
     return queries
 
 
+@functools.cache
 def query(name: str) -> str:
-    """The SQL text of a named query; a missing name is a programming error."""
-    return all_queries()[name]
+    """The SQL text of a named query, led by its name in a comment (so that
+    ``pg_stat_statements`` and ``pg_stat_activity`` say which query ran); a missing name is a
+    programming error."""
+    text = all_queries()[name]
+    if _REPLICATION_COMMAND.match(text):
+        return text
+    return f"/* {name} */ {text}"

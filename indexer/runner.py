@@ -58,6 +58,7 @@ from indexer.slot import (
 )
 from indexer.snapshot import initial_load, reload_cache
 from indexer.source import DocumentSource, connect
+from indexer.standby import StandbyReads
 from indexer.upgrade import BackgroundUpgrade
 from indexer.visibility import wait_until_visible
 
@@ -87,6 +88,15 @@ class Indexer:
         self._cache = cache
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._peek_conn: psycopg.AsyncConnection[Any] | None = None
+        self._standby = (
+            StandbyReads(
+                settings.pg_standby_dsn,
+                max_wait_seconds=settings.pg_standby_max_wait_ms / 1000,
+                max_lag_bytes=settings.pg_standby_max_lag_bytes,
+            )
+            if settings.pg_standby_dsn
+            else None
+        )
         self._quarantine = Quarantine()
         # Epoch microseconds now, for relative-date segment filters (tests set their own).
         self.clock: Clock = wall_clock_us
@@ -303,9 +313,9 @@ class Indexer:
         touched = touched_by(transactions)
         if not touched:
             return False
-        await wait_until_visible(conn, [t.xid for t in transactions])
+        rebuild_conn = await self._rebuild_connection(conn, transactions)
         rebuilder = Rebuilder(
-            DocumentSource(conn),
+            DocumentSource(rebuild_conn),
             chunk_ids=self._settings.rebuild_chunk_ids,
             indexed_owners=self._search.indexed_owners,
             clock=self._now_us,
@@ -317,6 +327,20 @@ class Indexer:
             if chunk.segment_jobs:
                 queued = self.recompute.pending = True
         return queued
+
+    async def _rebuild_connection(
+        self, primary: psycopg.AsyncConnection[Any], transactions: list[Transaction]
+    ) -> psycopg.AsyncConnection[Any]:
+        """Where this batch's documents are rebuilt from: the standby once it replayed the
+        batch (``indexer.standby``), else the primary once the batch is visible there."""
+        if self._standby is not None:
+            standby = await self._standby.connection_for(max(t.end_lsn for t in transactions))
+            if standby is not None:
+                return standby
+        else:
+            metrics.REBUILD_READS.labels("primary").inc()
+        await wait_until_visible(primary, [t.xid for t in transactions])
+        return primary
 
     async def _write_both(self, conn: psycopg.AsyncConnection[Any], chunk: SinkWrites) -> None:
         refused, _ = await asyncio.gather(self._write_search(chunk), self._cache.apply(chunk))
@@ -386,6 +410,8 @@ class Indexer:
         await self.segment_clock.tick(int(self.watermark))
 
     async def _drop_connection(self) -> None:
+        if self._standby is not None:
+            await self._standby.close()
         for conn in (self._conn, self._peek_conn):
             if conn is not None:
                 try:

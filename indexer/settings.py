@@ -90,6 +90,21 @@ PG_ADMIN_DSN = Setting(
     "pg_admin_dsn", "LOYALTY_PG_ADMIN_DSN", _PG_DSN, DEFAULT_PG_ADMIN_DSN,
     "source database, as the tables' owner (setup, migrate, seed)",
 )
+# Optional: the document rebuild reads a streaming standby of the primary (``indexer.standby``).
+PG_STANDBY_DSN = Setting(
+    "pg_standby_dsn", "LOYALTY_PG_STANDBY_DSN", _PG_DSN, "",
+    "streaming standby the document rebuild reads, as the indexer's role; empty: the primary",
+    shown_default="empty (the primary)",
+)
+PG_STANDBY_MAX_WAIT_MS = Setting(
+    "pg_standby_max_wait_ms", "LOYALTY_PG_STANDBY_MAX_WAIT_MS", integer(0, 60_000), 500,
+    "longest wait for the standby to replay a batch before reading the primary, ms",
+)
+PG_STANDBY_MAX_LAG_BYTES = Setting(
+    "pg_standby_max_lag_bytes", "LOYALTY_PG_STANDBY_MAX_LAG_BYTES",
+    integer(0, 2**40), 64 * 1024 * 1024,
+    "standby further behind than this (WAL bytes): read the primary without waiting",
+)
 SLOT_NAME = Setting(
     "slot_name", "LOYALTY_SLOT_NAME", _PG_NAME, "loyalty_indexer", "logical replication slot",
 )
@@ -147,6 +162,9 @@ REINDEX_METRICS_PORT = Setting(
 SETTINGS: tuple[Setting[Any], ...] = (
     PG_DSN,
     PG_ADMIN_DSN,
+    PG_STANDBY_DSN,
+    PG_STANDBY_MAX_WAIT_MS,
+    PG_STANDBY_MAX_LAG_BYTES,
     *STORE_SETTINGS,
     SLOT_NAME,
     PUBLICATION,
@@ -170,6 +188,9 @@ ENVIRONMENT_HELP = environment_help(SETTINGS)
 class IndexerSettings(StoreSettings):
     pg_dsn: str = PG_DSN.default
     pg_admin_dsn: str = PG_ADMIN_DSN.default
+    pg_standby_dsn: str = PG_STANDBY_DSN.default
+    pg_standby_max_wait_ms: int = PG_STANDBY_MAX_WAIT_MS.default
+    pg_standby_max_lag_bytes: int = PG_STANDBY_MAX_LAG_BYTES.default
     slot_name: str = SLOT_NAME.default
     publication: str = PUBLICATION.default
     batch_changes: int = BATCH_CHANGES.default

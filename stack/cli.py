@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from stack.config import (
     DEFAULT_ES_PORT,
     DEFAULT_PG_PORT,
+    DEFAULT_PG_STANDBY_PORT,
     DEFAULT_REDIS_PORT,
     DEFAULT_STACK_DIR,
     ENV_ES_PORT,
     ENV_PG_PORT,
+    ENV_PG_STANDBY_PORT,
     ENV_REDIS_PORT,
     ENV_STACK_DIR,
     HOST,
@@ -33,27 +35,34 @@ from stack.config import (
 from stack.elasticsearch import Elasticsearch
 from stack.errors import StackError
 from stack.postgres import DATABASE, Postgres
+from stack.postgres_standby import PostgresStandby
 from stack.processes import port_is_free, require_free_port, tail_lines
 from stack.redis import Redis
 from stack.service import Service
 
-SERVICE_TYPES: tuple[type[Service], ...] = (Postgres, Redis, Elasticsearch)
+SERVICE_TYPES: tuple[type[Service], ...] = (Postgres, PostgresStandby, Redis, Elasticsearch)
 SERVICE_NAMES = tuple(kind.name for kind in SERVICE_TYPES)
-NAME_WIDTH = 14
+# What ``up`` starts when no service is named: the standby only serves the indexer's optional
+# rebuild reads (LOYALTY_PG_STANDBY_DSN) and doubles the WAL work, so it is asked for by name.
+DEFAULT_SERVICES = tuple(name for name in SERVICE_NAMES if name != PostgresStandby.name)
+NAME_WIDTH = 18
 FOLLOW_POLL_SECONDS = 0.5
 
 EPILOG = f"""\
-services: {", ".join(SERVICE_NAMES)} (all of them when none is named)
+services: {", ".join(SERVICE_NAMES)}
+  (up: all but postgres-standby when none is named; down: all of them)
 
 configuration (environment variables, defaults in brackets):
   {ENV_STACK_DIR:<20} state, data, logs and pidfiles [<repo>/.stack: {DEFAULT_STACK_DIR}]
   {ENV_PG_PORT:<20} PostgreSQL 15 port [{DEFAULT_PG_PORT}]
+  {ENV_PG_STANDBY_PORT:<20} its streaming standby's port [{DEFAULT_PG_STANDBY_PORT}]
   {ENV_REDIS_PORT:<20} Redis 7 port [{DEFAULT_REDIS_PORT}]
   {ENV_ES_PORT:<20} Elasticsearch 8.19.9 HTTP port [{DEFAULT_ES_PORT}]
 
 every service listens on {HOST} only, with fixed local credentials. With the defaults:
   admin    postgresql://{PG_ADMIN_USER}:{PG_ADMIN_PASSWORD}@{HOST}:{DEFAULT_PG_PORT}/{DATABASE}
   indexer  postgresql://{PG_INDEXER_ROLE}:{PG_INDEXER_PASSWORD}@{HOST}:{DEFAULT_PG_PORT}/{DATABASE}
+  standby  postgresql://{PG_INDEXER_ROLE}:{PG_INDEXER_PASSWORD}@{HOST}:{DEFAULT_PG_STANDBY_PORT}/{DATABASE}
   redis    redis://:{REDIS_PASSWORD}@{HOST}:{DEFAULT_REDIS_PORT}/0
   search   http://{HOST}:{DEFAULT_ES_PORT}
 """
@@ -92,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
         "up", help="install what is missing, start and wait until ready (no-op when running)",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     up.add_argument("services", nargs="*", type=_service_name, metavar="SERVICE",
-                    help="services to start, in dependency order [all]")
+                    help="services to start, in dependency order "
+                    "[all but postgres-standby]")
 
     down = commands.add_parser(
         "down", help="stop what this stack started", epilog=EPILOG,
@@ -121,8 +131,10 @@ def _service_name(value: str) -> str:
     return value
 
 
-def _services(config: StackConfig, names: Sequence[str]) -> list[Service]:
-    wanted = set(names) or set(SERVICE_NAMES)
+def _services(
+    config: StackConfig, names: Sequence[str], *, default: Sequence[str] = SERVICE_NAMES
+) -> list[Service]:
+    wanted = set(names) or set(default)
     return [kind(config, _progress) for kind in SERVICE_TYPES if kind.name in wanted]
 
 
@@ -138,7 +150,7 @@ def _fail(error: StackError) -> None:
 def _up(config: StackConfig, names: Sequence[str]) -> int:
     started: list[Service] = []
     began = time.monotonic()
-    services = _services(config, names)
+    services = _services(config, names, default=DEFAULT_SERVICES)
     try:
         # Every port first, so a taken one fails the command before anything starts.
         for service in services:

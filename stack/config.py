@@ -14,11 +14,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 ENV_STACK_DIR = "LOYALTY_STACK_DIR"
 ENV_PG_PORT = "LOYALTY_PG_PORT"
+ENV_PG_STANDBY_PORT = "LOYALTY_PG_STANDBY_PORT"
 ENV_REDIS_PORT = "LOYALTY_REDIS_PORT"
 ENV_ES_PORT = "LOYALTY_ES_PORT"
 
 DEFAULT_STACK_DIR = REPO_ROOT / ".stack"
 DEFAULT_PG_PORT = 5433
+DEFAULT_PG_STANDBY_PORT = 5434
 DEFAULT_REDIS_PORT = 6380
 DEFAULT_ES_PORT = 9200
 
@@ -44,6 +46,9 @@ class StackConfig:
     pg_port: int
     redis_port: int
     es_port: int
+    # A streaming standby of the stack's Postgres, started only when named (``stack up
+    # postgres-standby``).
+    pg_standby_port: int = DEFAULT_PG_STANDBY_PORT
     # Extra Elasticsearch node settings (``name=value``), over the defaults: for a private
     # node of a test (a tiny ``http.max_content_length``); the environment never sets them.
     es_node_settings: tuple[tuple[str, str], ...] = ()
@@ -67,6 +72,9 @@ class StackConfig:
             pg_port=_port(env, ENV_PG_PORT, DEFAULT_PG_PORT, "postgres"),
             redis_port=_port(env, ENV_REDIS_PORT, DEFAULT_REDIS_PORT, "redis"),
             es_port=_port(env, ENV_ES_PORT, DEFAULT_ES_PORT, "elasticsearch"),
+            pg_standby_port=_port(
+                env, ENV_PG_STANDBY_PORT, DEFAULT_PG_STANDBY_PORT, "postgres-standby"
+            ),
         )
 
 

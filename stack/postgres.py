@@ -47,10 +47,12 @@ DATABASE = "loyalty"
 CONFIG_FILE = "stack.conf"
 HBA_FILE = "pg_hba.conf"
 HBA_HEADER = "# Written by `stack up` on every start; edits are overwritten."
-# Passwords on every connection; the server listens on loopback TCP only (no socket).
+# Passwords on every connection; the server listens on loopback TCP only (no socket). The
+# replication line lets a standby (``stack up postgres-standby``) stream the WAL.
 HBA_RULES = (
-    "# TYPE  DATABASE  USER  ADDRESS       METHOD\n"
-    f"host    all       all   {HOST}/32  scram-sha-256\n"
+    "# TYPE  DATABASE     USER  ADDRESS       METHOD\n"
+    f"host    all          all   {HOST}/32  scram-sha-256\n"
+    f"host    replication  all   {HOST}/32  scram-sha-256\n"
 )
 # The indexer's role: may log in and use replication slots, and nothing else on its own.
 INDEXER_ROLE_ATTRIBUTES = (

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-SERVICES = ("postgres", "redis", "elasticsearch")
+SERVICES = ("postgres", "postgres-standby", "redis", "elasticsearch")
 COMMAND_TIMEOUT_SECONDS = 60
 
 
@@ -105,6 +105,12 @@ def test_help_documents_the_configuration(stack_env: dict[str, str]) -> None:
     result = _run_stack("--help", env=stack_env)
 
     assert result.returncode == 0
-    variables = ("LOYALTY_STACK_DIR", "LOYALTY_PG_PORT", "LOYALTY_REDIS_PORT", "LOYALTY_ES_PORT")
+    variables = (
+        "LOYALTY_STACK_DIR",
+        "LOYALTY_PG_PORT",
+        "LOYALTY_PG_STANDBY_PORT",
+        "LOYALTY_REDIS_PORT",
+        "LOYALTY_ES_PORT",
+    )
     for variable in variables:
         assert variable in result.stdout
