@@ -121,6 +121,7 @@ from scratchdb import (
     wait_api_ready,
 )
 
+from cache.config import es_hosts
 from cache.readmodel.documents import INDEXED_KINDS
 from cache.readmodel.indices import IndexNames
 from cache.readmodel.keys import KeyLayout
@@ -1003,7 +1004,7 @@ async def measure(
     readers: list[ReaderProcess],
 ) -> Run:
     redis = aioredis.Redis.from_url(settings.redis_url)
-    elastic = AsyncElasticsearch(settings.es_url, request_timeout=30)
+    elastic = AsyncElasticsearch(es_hosts(settings.es_url), request_timeout=30)
     try:
         store = CacheStore(redis, KeyLayout(REDIS_PREFIX))
         indexer_log = OUT / "burst-indexer.log"

@@ -74,6 +74,7 @@ from scratchdb import (
     wait_api_ready,
 )
 
+from cache.config import es_hosts
 from cache.readmodel.keys import KeyLayout
 from indexer.reindex_state import CheckpointStore, Phase
 from indexer.seed_rows import SeedPlan
@@ -519,7 +520,7 @@ async def measure(
         api_log,
     )
     await wait_api_ready(port, api, api_log)
-    elastic = AsyncElasticsearch(settings.es_url)
+    elastic = AsyncElasticsearch(es_hosts(settings.es_url))
     redis = aioredis.Redis.from_url(settings.redis_url)
     traffic = Traffic(port, dsn, targets, args)
     runs: list[ReindexRun] = []

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 from psycopg import sql
 
+from cache.config import es_hosts
 from indexer.migrate import apply_migrations
 from indexer.seed import SeedReport, seed_database
 from indexer.seed_rows import SeedPlan
@@ -104,7 +105,7 @@ def seeded_database(admin_dsn: str, database: str, plan: SeedPlan) -> tuple[str,
 async def clean_sinks(es_url: str, redis_url: str, es_prefix: str, redis_prefix: str) -> None:
     """Delete a bench's indices and Redis keys: a run killed half way leaves millions of keys
     that slow every later test."""
-    elastic = AsyncElasticsearch(es_url)
+    elastic = AsyncElasticsearch(es_hosts(es_url))
     redis = aioredis.Redis.from_url(redis_url)
     try:
         await elastic.options(ignore_status=404).indices.delete(

@@ -36,6 +36,7 @@ import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 from scratchdb import bench_env, clean_sinks, drop_database, log, seeded_database
 
+from cache.config import es_hosts
 from cache.readmodel.documents import DOCUMENT_SCHEMA
 from cache.readmodel.indices import Field
 from cache.readmodel.keys import KeyLayout
@@ -120,7 +121,7 @@ async def damage(count: int) -> None:
     """``count`` vouchers corrupted in Elasticsearch (same version), as many deleted from
     Redis, as many extra vouchers in both sinks."""
     settings = IndexerSettings.from_env()
-    elastic = AsyncElasticsearch(settings.es_url)
+    elastic = AsyncElasticsearch(es_hosts(settings.es_url))
     redis = aioredis.Redis.from_url(settings.redis_url)
     layout = KeyLayout(REDIS_PREFIX)
     store = CacheStore(redis, layout, tombstone_ttl_seconds=3600)

@@ -143,6 +143,25 @@ def url(*schemes: str, host: bool = True) -> Format[str]:
     return Format(f"a URL with scheme {' or '.join(schemes)}{and_host}", parse, echo=False)
 
 
+def url_list(*schemes: str) -> Format[str]:
+    """One or more URLs (each as ``url`` takes it), separated by commas: the nodes of a
+    cluster, any of which may answer."""
+    one = url(*schemes)
+
+    def parse(raw: str) -> str:
+        for part in raw.split(","):
+            one.parse(part)
+        return raw
+
+    return Format(f"one or more URLs with scheme {' or '.join(schemes)} and a host, separated "
+                  "by commas", parse, echo=False)
+
+
+def es_hosts(value: str) -> list[str]:
+    """The node URLs of an ``LOYALTY_ES_URL`` value."""
+    return value.split(",")
+
+
 def pattern(regex: str, allowed: str) -> Format[str]:
     """Text matching ``regex`` as a whole; ``allowed`` says so in words."""
     compiled = re.compile(regex)
@@ -173,7 +192,8 @@ REDIS_URL = Setting(
     "redis_url", "LOYALTY_REDIS_URL", url("redis", "rediss"), DEFAULT_REDIS_URL, "Redis",
 )
 ES_URL = Setting(
-    "es_url", "LOYALTY_ES_URL", url("http", "https"), DEFAULT_ES_URL, "Elasticsearch",
+    "es_url", "LOYALTY_ES_URL", url_list("http", "https"), DEFAULT_ES_URL,
+    "Elasticsearch (several nodes: their URLs separated by commas)",
 )
 ES_INDEX_PREFIX = Setting(
     "es_index_prefix", "LOYALTY_ES_INDEX_PREFIX", _ES_INDEX_PREFIX, DEFAULT_ES_INDEX_PREFIX,

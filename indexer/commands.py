@@ -18,6 +18,7 @@ import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch, OrjsonSerializer
 
+from cache.config import es_hosts
 from cache.errors import StoreError
 from cache.logs import configure_logging
 from cache.membership import MembershipStore
@@ -32,7 +33,7 @@ from indexer.pgoutput import ChangeDecoder
 from indexer.quarantine import QuarantineStore
 from indexer.reindex_state import CheckpointError, CheckpointStore
 from indexer.runner import Indexer
-from indexer.settings import ENVIRONMENT_HELP, IndexerSettings
+from indexer.settings import ENVIRONMENT_HELP, IndexerSettings, counts_per_kind
 from indexer.sinks.elastic import ElasticSink
 from indexer.sinks.redis import RedisSink
 from indexer.slot import drop_publication, drop_slot, peek_changes, slot_exists, slot_status
@@ -54,7 +55,7 @@ async def open_clients(settings: IndexerSettings) -> AsyncIterator[Clients]:
     # orjson for responses too: a recompute page is hundreds of customer sources, and the
     # standard library's decoder was a tenth of its time.
     elastic = AsyncElasticsearch(
-        settings.es_url,
+        es_hosts(settings.es_url),
         request_timeout=30,
         retry_on_timeout=False,
         serializer=OrjsonSerializer(),
@@ -71,7 +72,11 @@ async def open_clients(settings: IndexerSettings) -> AsyncIterator[Clients]:
     try:
         yield Clients(
             ElasticSink(
-                elastic, settings.es_index_prefix, refresh_interval=settings.es_refresh_interval
+                elastic,
+                settings.es_index_prefix,
+                refresh_interval=settings.es_refresh_interval,
+                shards=counts_per_kind(settings.es_shards, 1),
+                replicas=counts_per_kind(settings.es_replicas, 0),
             ),
             RedisSink(store, membership),
             client,

@@ -169,6 +169,7 @@ class Indexer:
             and meta.get("mapping") != MAPPING_VERSION
         )
         if has_slot and (complete or upgrading):
+            await self._search.apply_replicas()
             if upgrading and meta is not None:
                 self.upgrade.start(meta.get("mapping"), MAPPING_VERSION)
             self.prepared_at = time.time()

@@ -96,6 +96,7 @@ class SegmentIndex:
         after: list[Any] | None = None
         while True:
             response = await self._client.search(
+                allow_partial_search_results=False,
                 index=self._names.alias(ObjectKind.SEGMENT),
                 size=page,
                 query={"term": {Field.TYPE: AUTO_UPDATE}},
@@ -130,6 +131,7 @@ class SegmentIndex:
         record (the rebuild's base is newer than the job).
         """
         response = await self._client.search(
+            allow_partial_search_results=False,
             index=self.customers_alias,
             size=size,
             query=query,

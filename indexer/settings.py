@@ -70,6 +70,46 @@ def _host(raw: str) -> str:
 
 _HOST = Format("an IP address or a host name", _host)
 
+_KIND_NAMES = ("voucher", "customer", "campaign", "segment")
+
+
+def counts_per_kind(raw: str, default: int) -> dict[str, int]:
+    """``"N"``, ``"kind=N,..."`` or both (``"2,voucher=4"``: 4 for vouchers, 2 for the other
+    kinds) as a count for every kind; kinds not named take the bare number, else ``default``.
+    ``ValueError`` for anything else."""
+    counts: dict[str, int] = {}
+    fallback = default
+    seen_bare = False
+    for part in raw.split(","):
+        name, equals, number = part.partition("=")
+        if not equals:
+            name, number = "", part
+        if not re.fullmatch(r"[0-9]{1,4}", number):
+            raise ValueError(part)
+        if not equals:
+            if seen_bare:
+                raise ValueError(part)
+            seen_bare, fallback = True, int(number)
+        elif name not in _KIND_NAMES or name in counts:
+            raise ValueError(part)
+        else:
+            counts[name] = int(number)
+    return {kind: counts.get(kind, fallback) for kind in _KIND_NAMES}
+
+
+def _per_kind(minimum: int, maximum: int) -> Format[str]:
+    def parse(raw: str) -> str:
+        counts = counts_per_kind(raw, minimum)
+        if not all(minimum <= count <= maximum for count in counts.values()):
+            raise ValueError(raw)
+        return raw
+
+    return Format(
+        f"a count from {minimum} to {maximum} for every kind, or kind=count pairs "
+        f"({', '.join(_KIND_NAMES)}) separated by commas, with or without a count for the rest",
+        parse,
+    )
+
 
 def _conninfo(raw: str) -> str:
     # libpq's own parser: both forms it accepts (a URL, or ``key=value`` pairs) are valid.
@@ -123,6 +163,16 @@ ES_REFRESH = Setting(
     "es_refresh_interval", "LOYALTY_ES_REFRESH", DURATION, "250ms",
     "refresh interval of new indices",
 )
+# Fixed when a generation's indices are made (a change takes effect at the next reindex).
+ES_SHARDS = Setting(
+    "es_shards", "LOYALTY_ES_SHARDS", _per_kind(1, 1024), "1",
+    "primary shards of each kind's index (N, or kind=N pairs)",
+)
+# Applied to the serving indices at every start, and after each load (a load runs without).
+ES_REPLICAS = Setting(
+    "es_replicas", "LOYALTY_ES_REPLICAS", _per_kind(0, 16), "0",
+    "replicas of each kind's index (N, or kind=N pairs)",
+)
 METRICS_PORT = Setting(
     "metrics_port", "LOYALTY_METRICS_PORT", integer(0, 65535), 9108,
     "port of /metrics and /healthz, 0 to disable",
@@ -171,6 +221,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     BATCH_CHANGES,
     IDLE_SLEEP_MS,
     ES_REFRESH,
+    ES_SHARDS,
+    ES_REPLICAS,
     METRICS_PORT,
     METRICS_HOST,
     HEALTH_STALL_SECONDS,
@@ -196,6 +248,8 @@ class IndexerSettings(StoreSettings):
     batch_changes: int = BATCH_CHANGES.default
     idle_sleep_ms: int = IDLE_SLEEP_MS.default
     es_refresh_interval: str = ES_REFRESH.default
+    es_shards: str = ES_SHARDS.default
+    es_replicas: str = ES_REPLICAS.default
     metrics_port: int = METRICS_PORT.default
     metrics_host: str = METRICS_HOST.default
     health_stall_seconds: int = HEALTH_STALL_SECONDS.default

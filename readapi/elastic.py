@@ -198,4 +198,19 @@ class SearchReader:
                 self.gate.succeeded()
             raise translated from error
         self.gate.succeeded()
+        _refuse_partial(operation, response)
         return response
+
+
+def _refuse_partial(operation: str, response: ObjectApiResponse[Any] | ApiResponse[Any]) -> None:
+    """A search, count or refresh that some shard failed (its node lost, its copies being
+    promoted) answers 200 with fewer hits, a lower total or fewer copies refreshed: served,
+    that would be a list missing objects or a stale read-your-writes. It is an outage of
+    this request instead (503, retried by the client); the cluster itself is up."""
+    body = response.body
+    shards = body.get("_shards") if isinstance(body, dict) else None
+    if isinstance(shards, dict) and shards.get("failed", 0):
+        raise SearchUnavailable(
+            f"elasticsearch: {operation} failed on {shards['failed']} of "
+            f"{shards.get('total', '?')} shards"
+        )

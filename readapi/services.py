@@ -17,6 +17,7 @@ from elasticsearch import AsyncElasticsearch
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from cache.config import es_hosts
 from cache.errors import CacheError
 from cache.invalidation import InvalidationListener
 from cache.l1 import L1Cache
@@ -99,10 +100,13 @@ class Services:
             retry=Retry(NoBackoff(), 0),
         )
         waiting_redis = aioredis.Redis.from_pool(waiting_pool)
+        es_nodes = es_hosts(settings.es_url)
         elastic = AsyncElasticsearch(
-            settings.es_url,
+            es_nodes,
             request_timeout=settings.es_timeout_seconds,
-            max_retries=0,
+            # A node that refuses the connection (stopped, lost) is tried on another one at
+            # once; nothing else is retried: a slow answer is not asked again.
+            max_retries=len(es_nodes) - 1,
             retry_on_timeout=False,
             serializer=OrjsonSerializer(),
         )

@@ -30,6 +30,7 @@ from cache.config import (
     SettingsError,
     StoreSettings,
     environment_help,
+    es_hosts,
     integer,
 )
 from cache.l1 import DEFAULT_MAX_AGE_MS, DEFAULT_MAX_BYTES
@@ -153,7 +154,7 @@ class ApiSettings(StoreSettings):
     def on_local_stack(self) -> bool:
         """Whether Redis and Elasticsearch are both on this machine (loopback addresses):
         how a start on the local stack is told from a deployment."""
-        return _loopback(self.redis_url) and _loopback(self.es_url)
+        return _loopback(self.redis_url) and all(map(_loopback, es_hosts(self.es_url)))
 
     def warnings(self) -> list[str]:
         """What ``readapi serve`` logs as warnings at start: settings that work, but not as

@@ -17,6 +17,7 @@ import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 from stack.apt import apt_install
 from stack.config import HOST
@@ -67,6 +68,7 @@ HTTP_TIMEOUT_SECONDS = 5.0
 
 class Elasticsearch(Service):
     name = "elasticsearch"
+    heap: ClassVar[tuple[str, ...]] = tuple(HEAP)
     _jdk_home: Path | None = None
 
     @property
@@ -82,16 +84,21 @@ class Elasticsearch(Service):
         return self.home / "data"
 
     @property
+    def build_dir(self) -> Path:
+        """Where the classpath file and the compiled launcher live (every node shares them)."""
+        return self.config.stack_dir / "elasticsearch"
+
+    @property
     def build_log(self) -> Path:
         return self.config.logs_dir / "elasticsearch-build.log"
 
     @property
     def classpath_file(self) -> Path:
-        return self.home / "classpath.txt"
+        return self.build_dir / "classpath.txt"
 
     @property
     def classes_dir(self) -> Path:
-        return self.home / "classes"
+        return self.build_dir / "classes"
 
     def version(self) -> str:
         return VERSION
@@ -129,7 +136,7 @@ class Elasticsearch(Service):
         classpath = f"{self.classes_dir}{os.pathsep}{self.classpath_file.read_text().strip()}"
         argv = [
             str(self._jdk / "bin" / "java"),
-            *HEAP,
+            *self.heap,
             *JVM_OPTIONS,
             f"-Djava.io.tmpdir={self.home / 'tmp'}",
             "-cp", classpath,
@@ -201,7 +208,7 @@ class Elasticsearch(Service):
         return all(Path(jar).is_file() for jar in jars if jar)
 
     def _resolve_classpath(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.build_dir.mkdir(parents=True, exist_ok=True)
         partial = self.classpath_file.with_suffix(".partial")
         argv = [
             "mvn", "-B", "-f", str(POM),
@@ -212,7 +219,7 @@ class Elasticsearch(Service):
         try:
             run_logged(self.name, argv, self.build_log,
                        what=f"maven resolve of Elasticsearch {VERSION}",
-                       cwd=self.home, timeout=MAVEN_TIMEOUT_SECONDS)
+                       cwd=self.build_dir, timeout=MAVEN_TIMEOUT_SECONDS)
             if not partial.is_file() or not partial.read_text().strip():
                 raise StackError(self.name, f"maven wrote no classpath (see {self.build_log})")
         except StackError:

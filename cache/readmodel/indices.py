@@ -149,10 +149,10 @@ def index_mappings(kind: ObjectKind) -> dict[str, Any]:
     return {"dynamic": False, "properties": {**_COMMON, **_FIELDS[kind]}}
 
 
-def index_settings(refresh_interval: str) -> dict[str, Any]:
+def index_settings(refresh_interval: str, *, shards: int = 1, replicas: int = 0) -> dict[str, Any]:
     return {
-        "number_of_shards": 1,
-        "number_of_replicas": 0,
+        "number_of_shards": shards,
+        "number_of_replicas": replicas,
         "refresh_interval": refresh_interval,
         # A delete keeps its external version this long; a replayed older write arriving
         # later is still refused instead of bringing the document back.

@@ -16,7 +16,7 @@ rows; item errors that may pass later (429, 5xx) and request-level 429/5xx raise
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -122,12 +122,27 @@ def _groups(items: Sequence[_Item], limit: int) -> Iterator[Sequence[_Item]]:
 
 
 class ElasticSink:
+    """Writes to, and reads of, the indices of one prefix. ``shards`` and ``replicas`` (by
+    kind; absent kinds: 1 and 0) shape the indices it creates; replicas are also put back
+    after a load, which runs without any, and on the serving indices by
+    :meth:`apply_replicas`. Every search refuses partial results: a shard without a live copy
+    (its node lost, a replica not promoted yet) fails the request, which is retried, rather
+    than a scan that misses documents."""
+
     def __init__(
-        self, client: AsyncElasticsearch, prefix: str, *, refresh_interval: str = "250ms"
+        self,
+        client: AsyncElasticsearch,
+        prefix: str,
+        *,
+        refresh_interval: str = "250ms",
+        shards: Mapping[str, int] | None = None,
+        replicas: Mapping[str, int] | None = None,
     ) -> None:
         self._client = client
         self._names = IndexNames(prefix)
         self._refresh_interval = refresh_interval
+        self._shards = dict(shards or {})
+        self._replicas = dict(replicas or {})
         # Kind -> the index of a generation being loaded (empty: write through the aliases).
         self._write_target: dict[ObjectKind, str] = {}
         # Kind -> the index every read and write of this sink uses instead of the alias
@@ -142,7 +157,11 @@ class ElasticSink:
         """A sink on the same client whose reads and writes of ``kinds`` go to that
         generation's indices instead of the aliases (other kinds: the aliases)."""
         sink = ElasticSink(
-            self._client, self._names.prefix, refresh_interval=self._refresh_interval
+            self._client,
+            self._names.prefix,
+            refresh_interval=self._refresh_interval,
+            shards=self._shards,
+            replicas=self._replicas,
         )
         sink._pinned = {kind: self._names.generation(kind, generation) for kind in kinds}
         return sink
@@ -192,8 +211,14 @@ class ElasticSink:
         serving = await self._serving_indices()
         new_names = {kind: self._names.generation(kind, generation) for kind in kinds}
         await self._delete_generations(keep=set(serving), kinds=kinds)
-        settings = index_settings("-1" if loading else self._refresh_interval)
         for kind, name in new_names.items():
+            # A load writes each document once, to the primaries only: replicas are copied
+            # afterwards as whole segments (``end_loading``), instead of indexing it twice.
+            settings = index_settings(
+                "-1" if loading else self._refresh_interval,
+                shards=self._shards.get(kind, 1),
+                replicas=0 if loading else self._replicas.get(kind, 0),
+            )
             await self._client.indices.create(
                 index=name,
                 settings=settings,
@@ -208,12 +233,30 @@ class ElasticSink:
 
     @elasticsearch_boundary
     async def end_loading(self, generation: int, kinds: Sequence[ObjectKind]) -> None:
-        """Put refresh back on a generation loaded with it off, and refresh it once."""
+        """Put refresh and replicas back on a generation loaded without, and refresh it once.
+        The replicas are copied in the background: the generation serves meanwhile (yellow)."""
+        for kind in kinds:
+            await self._client.indices.put_settings(
+                index=self._names.generation(kind, generation),
+                settings={
+                    "index": {
+                        "refresh_interval": self._refresh_interval,
+                        "number_of_replicas": self._replicas.get(kind, 0),
+                    }
+                },
+            )
         names = ",".join(self._names.generation(kind, generation) for kind in kinds)
-        await self._client.indices.put_settings(
-            index=names, settings={"index": {"refresh_interval": self._refresh_interval}}
-        )
         await self._client.indices.refresh(index=names)
+
+    @elasticsearch_boundary
+    async def apply_replicas(self, kinds: Sequence[ObjectKind] = INDEXED_KINDS) -> None:
+        """Give the serving indices the configured replicas (a changed ``LOYALTY_ES_REPLICAS``
+        takes effect at the next start, without a reindex)."""
+        for kind in kinds:
+            await self._client.indices.put_settings(
+                index=self.alias(kind),
+                settings={"index": {"number_of_replicas": self._replicas.get(kind, 0)}},
+            )
 
     @elasticsearch_boundary
     async def generation_exists(self, generation: int, kinds: Sequence[ObjectKind]) -> bool:
@@ -494,6 +537,7 @@ class ElasticSink:
         search_after: list[Any] | None = None
         while True:
             page = await self._client.search(
+                allow_partial_search_results=False,
                 index=self.alias(kind),
                 size=SCAN_PAGE,
                 source_includes=[Field.PROJECT_ID],
@@ -531,6 +575,7 @@ class ElasticSink:
         search_after: list[Any] | None = None
         while True:
             page = await self._client.search(
+                allow_partial_search_results=False,
                 index=self.alias(kind),
                 size=SCAN_PAGE,
                 source_includes=source_includes,
@@ -554,6 +599,7 @@ class ElasticSink:
         search_after: list[Any] | None = None if after is None else [after]
         while True:
             page = await self._client.search(
+                allow_partial_search_results=False,
                 index=self.alias(kind),
                 size=size,
                 sort=[{Field.ID: "asc"}],
