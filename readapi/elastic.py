@@ -11,8 +11,9 @@ Handlers never see an ``elasticsearch`` exception. Every call is one counted ES 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,8 @@ from cache.readmodel.indices import Field, IndexNames
 from cache.singleflight import SingleFlight
 from cache.watermark import WatermarkHolder
 from readapi.dependency import DependencyGate
+
+log = logging.getLogger(__name__)
 
 # What a lookup reads of a document: its tenant and the API object.
 OBJECT_FIELDS = (Field.PROJECT_ID, Field.DOC)
@@ -91,9 +94,9 @@ class SearchReader:
     ) -> tuple[str, int] | None:
         """(id, version) of the document of ``project_id`` whose keyword ``field`` equals
         ``value`` (a search: it sees the last refresh, not later writes)."""
-        response = await self._call(
+        response = await self._whole(
             "search",
-            self.client.search(
+            lambda: self.client.search(
                 index=self.alias(kind),
                 query={"bool": {"filter": [
                     {"term": {Field.PROJECT_ID: project_id}},
@@ -110,15 +113,15 @@ class SearchReader:
 
     @elasticsearch_boundary
     async def count(self, kind: str, query: Mapping[str, Any]) -> int:
-        response = await self._call(
-            "count", self.client.count(index=self.alias(kind), query=dict(query))
+        response = await self._whole(
+            "count", lambda: self.client.count(index=self.alias(kind), query=dict(query))
         )
         return int(response.body["count"])
 
     @elasticsearch_boundary
     async def search(self, kind: str, **params: Any) -> dict[str, Any]:
-        response = await self._call(
-            "search", self.client.search(index=self.alias(kind), **params)
+        response = await self._whole(
+            "search", lambda: self.client.search(index=self.alias(kind), **params)
         )
         body: dict[str, Any] = response.body
         return body
@@ -178,6 +181,18 @@ class SearchReader:
         except Exception:  # any failure means "not reachable" for a readiness probe
             return False
 
+    async def _whole(
+        self, operation: str, request: Callable[[], Any]
+    ) -> ObjectApiResponse[Any] | ApiResponse[Any]:
+        """A search or count sent once more, at once, when some shard failed it: the failure
+        is nearly always a copy on a node just lost, and the coordinating node routes the
+        second request to the other copies. A second partial answer is a 503."""
+        try:
+            return await self._call(operation, request())
+        except PartialAnswer as partial:
+            log.info("partial answer, asking once more: %s", partial)
+            return await self._call(operation, request())
+
     async def _call(
         self, operation: str, request: Any
     ) -> ObjectApiResponse[Any] | ApiResponse[Any]:
@@ -210,7 +225,14 @@ def _refuse_partial(operation: str, response: ObjectApiResponse[Any] | ApiRespon
     body = response.body
     shards = body.get("_shards") if isinstance(body, dict) else None
     if isinstance(shards, dict) and shards.get("failed", 0):
-        raise SearchUnavailable(
+        failures = shards.get("failures") or [{}]
+        reason = failures[0].get("reason") if isinstance(failures[0], dict) else None
+        cause = reason.get("type") if isinstance(reason, dict) else reason
+        raise PartialAnswer(
             f"elasticsearch: {operation} failed on {shards['failed']} of "
-            f"{shards.get('total', '?')} shards"
+            f"{shards.get('total', '?')} shards ({cause})"
         )
+
+
+class PartialAnswer(SearchUnavailable):
+    """Elasticsearch answered, but some shard did not: never served as the whole answer."""
