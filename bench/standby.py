@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import time
 import urllib.request
@@ -96,12 +97,16 @@ async def write_lsn(conn: psycopg.AsyncConnection[Any]) -> int:
     return int(row[0])
 
 
-async def wait_for_watermark(store: CacheStore, lsn: int, within: float) -> float:
+async def wait_for_watermark(
+    store: CacheStore, lsn: int, within: float, process: subprocess.Popen[bytes]
+) -> float:
     deadline = time.monotonic() + within
     while True:
         watermark = await store.get_watermark()
         if watermark is not None and watermark >= lsn:
             return time.perf_counter()
+        if process.poll() is not None:
+            raise RuntimeError(f"indexer run exited with status {process.returncode}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"the watermark did not reach {lsn} in {within:.0f} s")
         await asyncio.sleep(0.02)
@@ -214,12 +219,14 @@ async def one_run(
             before = await write_lsn(conn)
         log(f"[{name}] indexer run: initial load")
         process = children.start(
-            [sys.executable, "-m", "indexer", "run"], env, log_path
+            [sys.executable, "-m", "indexer.cli", "run", "--log-level", "INFO"], env, log_path
         )
         try:
-            await wait_for_watermark(store, before, args.timeout)
-        except RuntimeError:
-            raise RuntimeError(f"initial load did not finish:\n{tail(log_path)}") from None
+            await wait_for_watermark(store, before, args.timeout, process)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"initial load did not finish ({error}):\n{tail(log_path)}"
+            ) from None
         if process.poll() is not None:
             raise RuntimeError(f"indexer run exited:\n{tail(log_path)}")
         reset_statements(dsn)
@@ -228,7 +235,7 @@ async def one_run(
         metrics_before = indexer_metrics(port)
         log(f"[{name}] burst: {len(pairs):,} rows in transactions of {args.tx_rows}")
         began, committed, target = await write_burst(dsn, pairs, args.tx_rows, mark)
-        caught_up = await wait_for_watermark(store, target, args.timeout)
+        caught_up = await wait_for_watermark(store, target, args.timeout, process)
         seconds = caught_up - began
         log(f"[{name}]   caught up {seconds:.2f} s after the first BEGIN")
         # Postgres flushes statement counters as statements end: a moment for the last.
