@@ -23,7 +23,9 @@ caught up), the writer's own rows/s, the indexer's rebuild statements and their 
 blocks (hit + read) on the primary and on the standby (told apart by the name each named
 query carries in a leading comment), every other statement of the indexer on the primary,
 and the indexer's standby metrics (batches read from each server, fallbacks by reason, mean
-wait for replay). Figures also go to ``bench/out/standby.json``. Everything the bench made
+wait for replay). Beside them, what the first run's initial load left in Redis: keys of each
+kind and their mean ``MEMORY USAGE`` over a sample, summed into bytes per cached object.
+Figures also go to ``bench/out/standby.json``. Everything the bench made
 (database, slots, indices ``bstandby_*``, keys ``bstandby:*``) is removed at the end, also
 after an error or Ctrl-C, unless ``--keep``.
 """
@@ -151,6 +153,50 @@ def indexer_metrics(port: int) -> dict[str, float]:
     return found
 
 
+KEY_NAMES = {
+    b"v": "voucher", b"c": "customer", b"m": "campaign", b"s": "segment",
+    b"vc": "voucher code alias", b"cs": "customer source_id alias",
+    b"sm": "segment membership", b"sc": "segment counters", b"ev": "segment events",
+}
+
+
+async def cache_footprint(redis: aioredis.Redis, prefix: str, sample: int = 2000) -> dict[str, Any]:
+    """Keys of each kind under ``prefix`` and their mean ``MEMORY USAGE`` over a sample: what
+    a million cached objects cost in Redis."""
+    counts: dict[str, int] = {}
+    sampled: dict[str, list[bytes]] = {}
+    async for key in redis.scan_iter(match=f"{prefix}{{*", count=5000):
+        _, _, rest = key.partition(b"}:")
+        name = KEY_NAMES.get(rest.partition(b":")[0], "other")
+        counts[name] = counts.get(name, 0) + 1
+        keys = sampled.setdefault(name, [])
+        if len(keys) < sample:
+            keys.append(key)
+    footprint: dict[str, Any] = {}
+    for name, keys in sampled.items():
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.memory_usage(key, samples=0)
+            sizes = [int(size or 0) for size in await pipe.execute()]
+        footprint[name] = {"keys": counts[name], "mean_bytes": sum(sizes) / len(sizes)}
+    return footprint
+
+
+def print_footprint(footprint: dict[str, Any]) -> None:
+    total = sum(entry["keys"] * entry["mean_bytes"] for entry in footprint.values())
+    objects = sum(footprint.get(kind, {}).get("keys", 0) for kind in ("voucher", "customer"))
+    print()
+    print("Redis after the initial load (MEMORY USAGE of up to 2,000 keys of each kind):")
+    for name, entry in sorted(footprint.items(), key=lambda item: -item[1]["keys"]):
+        print(f"  {name:<26} {entry['keys']:>10,} keys  {entry['mean_bytes']:>8,.0f} B mean")
+    if objects:
+        print(
+            f"  all keys: {total / 2**20:,.0f} MiB for {objects:,} vouchers and customers, "
+            f"{total / objects:,.0f} B per object with its aliases and membership "
+            f"({total / objects * 1e6 / 2**30:,.2f} GiB per million)"
+        )
+
+
 def burst_ids(dsn: str, rows: int) -> list[tuple[str, str]]:
     """``rows`` (table, id) pairs, customers and vouchers alternately, in a fixed order."""
     half = rows // 2
@@ -229,6 +275,9 @@ async def one_run(
             ) from None
         if process.poll() is not None:
             raise RuntimeError(f"indexer run exited:\n{tail(log_path)}")
+        footprint = (
+            None if standby_dsn else await cache_footprint(redis, f"{REDIS_PREFIX}{name}:")
+        )
         reset_statements(dsn)
         if standby_dsn:
             reset_statements(standby_dsn)
@@ -253,6 +302,7 @@ async def one_run(
                 key: metrics_after.get(key, 0.0) - metrics_before.get(key, 0.0)
                 for key in metrics_after
             },
+            "cache_footprint": footprint,
         }
     finally:
         children.stop_all()
@@ -359,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(one_run(args, settings, dsn, standby_dsn, pairs, 2, children)),
         ]
         print_report(runs)
+        if runs[0]["cache_footprint"]:
+            print_footprint(runs[0]["cache_footprint"])
         (OUT / "standby.json").write_text(json.dumps(runs, indent=2))
         return 0
     except KeyboardInterrupt:
