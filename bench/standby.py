@@ -62,24 +62,12 @@ from cache.readmodel.keys import KeyLayout
 from cache.store import CacheStore
 from indexer.seed_rows import SeedPlan
 from indexer.settings import IndexerSettings
+from indexer.source import REBUILD_QUERIES
 
 OUT = Path(__file__).resolve().parent / "out"
 ES_PREFIX = "bstandby_"
 REDIS_PREFIX = "bstandby:"
 DEFAULT_STANDBY_DSN = "postgresql://postgres:loyalty-admin-local@127.0.0.1:5434/postgres"
-# The named queries of a batch's rebuild (``indexer.source.DocumentSource``), and the check
-# that a batch is visible on the primary, which reading the standby makes unneeded.
-REBUILD_QUERIES = (
-    "vouchers_by_ids",
-    "customers_by_ids",
-    "campaigns_by_ids",
-    "segments_by_ids",
-    "auto_segments_of_projects",
-    "api_keys_by_ids",
-    "voucher_ids_of_campaign",
-    "customer_ids_of_segments",
-    "transactions_still_invisible",
-)
 STATEMENTS = """
 SELECT s.query, s.calls, s.shared_blks_hit + s.shared_blks_read
 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid

@@ -40,6 +40,18 @@ _PRIMARY_KEYS = {
     ObjectKind.SEGMENT: "primary_keys_segments",
 }
 
+# Every named query a batch's rebuild may run (``DocumentSource`` on a live connection), and
+# the primary's visibility check that a rebuild from a standby makes unneeded: what
+# ``pg_stat_statements`` shows of the rebuild (each carries its name in a leading comment).
+REBUILD_QUERIES = (
+    *_BY_IDS.values(),
+    "auto_segments_of_projects",
+    "api_keys_by_ids",
+    "voucher_ids_of_campaign",
+    "customer_ids_of_segments",
+    "transactions_still_invisible",
+)
+
 _INT64 = range(-(2**63), 2**63)
 
 

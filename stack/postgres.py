@@ -149,10 +149,13 @@ class Postgres(Service):
             reason = error_line(self.log_path, log_offset) or exc.reason
             raise StackError(self.name, f"did not start: {reason}") from None
         try:
-            self._ensure_database_and_role()
+            self._after_start()
         except StackError:
             self._stop_quietly()
             raise
+
+    def _after_start(self) -> None:
+        self._ensure_database_and_role()
 
     def stop(self) -> bool:
         if self.running_pid() is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from stack.config import HOST, PG_ADMIN_PASSWORD
 from stack.errors import StackError
 from stack.postgres import CONFIG_FILE, PG_BIN, SETTINGS, SUPERUSER, Postgres
-from stack.processes import error_line, run_logged
+from stack.processes import run_logged
 
 BASEBACKUP_TIMEOUT_SECONDS = 600
 
@@ -54,16 +54,8 @@ class PostgresStandby(Postgres):
         (self.data_dir / "standby.signal").touch()
         self._give_to_owner(self.data_dir / "standby.signal")
 
-    def launch(self) -> None:
-        # Nothing to create: a standby takes every role and database from its primary.
-        self._prepare_log()
-        log_offset = self.log_path.stat().st_size
-        try:
-            self._pg_ctl("start", "-l", str(self.log_path), "-w", "-t", "60")
-        except StackError as exc:
-            self._stop_quietly()
-            reason = error_line(self.log_path, log_offset) or exc.reason
-            raise StackError(self.name, f"did not start: {reason}") from None
+    def _after_start(self) -> None:
+        """Nothing to create: a standby takes every role and database from its primary."""
 
     def _base_backup(self) -> None:
         if self.data_dir.exists() and any(self.data_dir.iterdir()):

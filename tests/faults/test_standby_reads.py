@@ -22,6 +22,7 @@ from psycopg import sql
 
 from indexer import metrics
 from indexer.migrate import apply_migrations
+from indexer.source import REBUILD_QUERIES
 from tests.faults.test_outages import running_indexer
 from tests.fixtures.faults import (
     FaultEnv,
@@ -38,19 +39,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning"),
 ]
 
-# The named queries a batch's rebuild runs (``indexer.source.DocumentSource``), and the check
-# that a decoded batch is visible, which only a rebuild from the primary needs.
-REBUILD_QUERIES = (
-    "vouchers_by_ids",
-    "customers_by_ids",
-    "campaigns_by_ids",
-    "segments_by_ids",
-    "auto_segments_of_projects",
-    "api_keys_by_ids",
-    "voucher_ids_of_campaign",
-    "customer_ids_of_segments",
-    "transactions_still_invisible",
-)
 FALLBACK_LINE = "rebuild reads fall back to the primary"
 
 
