@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -223,16 +224,20 @@ def test_failed_authentications_are_limited_per_address_in_a_bounded_table() -> 
     assert (limiter.failures, limiter.throttled) == (108, 3)
 
 
+# What the client answers a refresh every shard took: the body under ``.body``.
+_REFRESHED = SimpleNamespace(body={"_shards": {"total": 1, "successful": 1, "failed": 0}})
+
+
 class _FakeIndices:
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.release.set()
         self.started = 0
 
-    async def refresh(self, index: str) -> dict[str, object]:
+    async def refresh(self, index: str) -> SimpleNamespace:
         self.started += 1
         await self.release.wait()
-        return {}
+        return _REFRESHED
 
 
 class _FakeElastic:
@@ -288,11 +293,11 @@ async def test_a_failed_refresh_proves_nothing() -> None:
     from readapi.elastic import SearchReader
 
     class Failing(_FakeIndices):
-        async def refresh(self, index: str) -> dict[str, object]:
+        async def refresh(self, index: str) -> SimpleNamespace:
             self.started += 1
             if self.started == 1:
                 raise SearchUnavailable("down")
-            return {}
+            return _REFRESHED
 
     client = _FakeElastic()
     client.indices = Failing()
