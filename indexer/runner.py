@@ -337,9 +337,9 @@ class Indexer:
         if self._standby is not None:
             standby = await self._standby.connection_for(max(t.end_lsn for t in transactions))
             if standby is not None:
+                metrics.REBUILD_READS.labels("standby").inc()
                 return standby
-        else:
-            metrics.REBUILD_READS.labels("primary").inc()
+        metrics.REBUILD_READS.labels("primary").inc()
         await wait_until_visible(primary, [t.xid for t in transactions])
         return primary
 

@@ -73,7 +73,6 @@ class StandbyReads:
         if self._state != "standby":
             log.info("rebuild reads are back on the standby", extra={"was": self._state})
             self._state = "standby"
-        metrics.REBUILD_READS.labels("standby").inc()
         return conn
 
     async def close(self) -> None:
@@ -115,7 +114,6 @@ class StandbyReads:
 
     def _fall_back(self, reason: str, detail: str | None = None) -> None:
         metrics.STANDBY_FALLBACKS.labels(reason).inc()
-        metrics.REBUILD_READS.labels("primary").inc()
         if self._state != reason:
             extra: dict[str, Any] = {"reason": reason}
             if detail:

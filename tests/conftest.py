@@ -24,6 +24,7 @@ from psycopg import sql
 
 from cache.config import DEFAULT_ES_URL, DEFAULT_REDIS_URL
 from indexer.settings import DEFAULT_PG_ADMIN_DSN
+from tests.fixtures.databases import drop_database
 
 # The defaults are the product's own (the local stack's, with its passwords); an empty
 # variable counts as unset, as for the product.
@@ -82,17 +83,7 @@ def pg_template() -> Iterator[str]:
 
 
 def _drop_database(name: str) -> None:
-    with _admin() as admin:
-        # A logical slot pins its database: drop the slots first, then the database.
-        slots = admin.execute(
-            "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s", (name,)
-        ).fetchall()
-        for slot_name, active_pid in slots:
-            if active_pid is not None:
-                admin.execute("SELECT pg_terminate_backend(%s)", (active_pid,))
-            admin.execute("SELECT pg_drop_replication_slot(%s)", (slot_name,))
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+    drop_database(_dsn_for("postgres"), name)
 
 
 @pytest.fixture

@@ -14,12 +14,9 @@ import dataclasses
 import hashlib
 import logging
 import random
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -28,7 +25,6 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from readapi.app import create_app
 from readapi.settings import ApiSettings
-from stack.config import StackConfig
 from stack.elasticsearch_cluster import ElasticsearchCluster
 from tests.faults.test_outages import running_indexer
 from tests.fixtures.faults import (
@@ -37,6 +33,7 @@ from tests.fixtures.faults import (
     check_converged,
     fault_seed,
     free_port,
+    private_stack_dir,
     wait_for_watermark,
     write_position,
 )
@@ -54,30 +51,18 @@ REPLICAS = "1"
 
 @pytest.fixture(scope="module")
 def es_cluster() -> Iterator[ElasticsearchCluster]:
-    root = Path(tempfile.mkdtemp(prefix="loyalty-es-cluster-"))
-    base = StackConfig.from_env()
-    # The build (classpath, compiled launcher) is the shared stack's; the nodes live here.
-    config = dataclasses.replace(base, stack_dir=root)
-    build = base.stack_dir / "elasticsearch"
-    (root / "elasticsearch").mkdir(parents=True)
-    for name in ("classpath.txt", "classpath.txt.sha256", "classes", "classes.sha256"):
-        source = build / name
-        if source.is_dir():
-            shutil.copytree(source, root / "elasticsearch" / name)
-        elif source.exists():
-            shutil.copy2(source, root / "elasticsearch" / name)
-    cluster = ElasticsearchCluster(
-        config,
-        lambda service, message: None,
-        http_ports=[free_port() for _ in range(NODES)],
-        transport_ports=[free_port() for _ in range(NODES)],
-    )
-    try:
-        cluster.up()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with private_stack_dir() as stack:
+        cluster = ElasticsearchCluster(
+            stack.config,
+            lambda service, message: None,
+            http_ports=[free_port() for _ in range(NODES)],
+            transport_ports=[free_port() for _ in range(NODES)],
+        )
+        try:
+            cluster.up()
+            yield cluster
+        finally:
+            cluster.stop()
 
 
 @dataclass

@@ -24,6 +24,7 @@ from indexer import metrics
 from indexer.migrate import apply_migrations
 from indexer.source import REBUILD_QUERIES
 from tests.faults.test_outages import running_indexer
+from tests.fixtures.databases import drop_database
 from tests.fixtures.faults import (
     FaultEnv,
     PrivateStack,
@@ -76,22 +77,7 @@ async def pair(servers: PrivateStack) -> AsyncIterator[Pair]:
     try:
         yield Pair(primary.dsn(name), standby.dsn(name))
     finally:
-        async with await psycopg.AsyncConnection.connect(
-            primary.dsn("postgres"), autocommit=True
-        ) as admin:
-            cursor = await admin.execute(
-                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)
-            )
-            for (slot,) in await cursor.fetchall():
-                await admin.execute(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
-                    " WHERE slot_name = %s AND active_pid IS NOT NULL",
-                    (slot,),
-                )
-                await admin.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            await admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        await asyncio.to_thread(drop_database, primary.dsn("postgres"), name)
 
 
 def _use(env: FaultEnv, pair: Pair, **settings: object) -> None:
