@@ -43,7 +43,10 @@ Runs in one go on this machine, with its own data:
      ASCII letters only, at least 3 of them, so that Elasticsearch's standard analyzer and
      Postgres's text parser cut it alike; ties: the first in code point order);
    - search-naive: the same path on ``NAIVE_LIST_APP``;
-   the list scenarios run only when named, e.g. ``--scenarios
+   - cluster-cold, cluster-random: cold-l2 and random with the read API on a Redis Cluster
+     (``--redis-cluster-url``, default the local stack's: ``stack up redis-cluster``), the
+     indexed keys copied there from the single Redis first (DUMP/RESTORE);
+   the list and cluster scenarios run only when named, e.g. ``--scenarios
    list-api,list-naive,search-api,search-naive`` (add lookup ones to the list to run both);
    every scenario but cold-es runs side by side (all chosen servers up at once, pinned to
    the same core) and is loaded in turn for ``--rounds`` rounds (the order reversed every
@@ -126,19 +129,24 @@ from typing import Any
 import psycopg
 import redis
 from elasticsearch import Elasticsearch
+from redis.cluster import ClusterNode
 from scratchdb import unwind_on_sigterm
 
 from cache.config import DEFAULT_ES_URL, DEFAULT_REDIS_URL
+from cache.connect import cluster_address
 from cache.readmodel.codec import decode_served
 from cache.readmodel.keys import KeyLayout
 from cache.types import ObjectKind
 from indexer.settings import DEFAULT_PG_ADMIN_DSN
+from stack.config import StackConfig
+from stack.redis_cluster import cluster_url
 
 REPO = Path(__file__).resolve().parent.parent
 # Creates and drops its scratch database, and the indexer runs as its owner there: the admin.
 PG_DSN = os.environ.get("LOYALTY_PG_ADMIN_DSN") or DEFAULT_PG_ADMIN_DSN
 REDIS_URL = os.environ.get("LOYALTY_REDIS_URL") or DEFAULT_REDIS_URL
 ES_URL = os.environ.get("LOYALTY_ES_URL") or DEFAULT_ES_URL
+DEFAULT_CLUSTER_URL = cluster_url(StackConfig.from_env().redis_cluster_ports)
 BENCH_APP_ID = "bench_app"
 BENCH_TOKEN = "bench-token-not-secret"
 # api_keys.rate_limit_per_minute is an int: the largest, so the benchmark is never throttled.
@@ -644,6 +652,59 @@ def delete_keys(pattern: str) -> int:
     return deleted
 
 
+def copy_to_cluster(prefix: str, cluster_url: str, page: int = 2000) -> int:
+    """Every key under ``prefix`` copied from the single Redis to the cluster, TTLs kept."""
+    source = redis.Redis.from_url(REDIS_URL)
+    target = redis_from_sync_url(cluster_url)
+    copied = 0
+    try:
+        names: list[bytes] = []
+        for key in source.scan_iter(match=f"{prefix}*", count=5000):
+            names.append(key)
+            if len(names) >= page:
+                copied += _copy_page(source, target, names)
+                names = []
+        if names:
+            copied += _copy_page(source, target, names)
+    finally:
+        source.close()
+        target.close()
+    return copied
+
+
+def _copy_page(source: Any, target: Any, names: list[bytes]) -> int:
+    with source.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.dump(name)
+            pipe.pttl(name)
+        answers = pipe.execute()
+    with target.pipeline(transaction=False) as pipe:
+        for index, name in enumerate(names):
+            dumped, ttl = answers[2 * index], answers[2 * index + 1]
+            if dumped is not None:
+                pipe.restore(name, max(int(ttl), 0), dumped, replace=True)
+        pipe.execute()
+    return len(names)
+
+
+def delete_cluster_keys(prefix: str, cluster_url: str) -> None:
+    client = redis_from_sync_url(cluster_url)
+    try:
+        for key in client.scan_iter(match=f"{prefix}*", count=5000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def redis_from_sync_url(cluster_url: str) -> Any:
+    """A synchronous cluster client of a ``redis+cluster://`` URL (``cache/connect.py``)."""
+    address = cluster_address(cluster_url)
+    return redis.RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+        username=address.username, password=address.password, ssl=address.tls,
+    )
+
+
 def voucher_bodies(port: int, codes: Sequence[str]) -> list[bytes]:
     """Each code's voucher JSON as the read API on ``port`` answers it (one keep-alive
     connection, the benchmark key)."""
@@ -897,21 +958,28 @@ RUN_NAMES = {
     "list-naive": "list by campaign (naive Postgres)",
     "search-api": "customer search (API, ES)",
     "search-naive": "customer search (naive Postgres)",
+    "cluster-cold": "cold lookup (L1 off, Redis Cluster)",
+    "cluster-random": "random lookup (L1, Redis Cluster)",
 }
 SCENARIOS = tuple(RUN_NAMES)
 # The list scenarios run only when named in --scenarios.
 LIST_SCENARIOS = ("list-api", "list-naive", "search-api", "search-naive")
-DEFAULT_SCENARIOS = tuple(name for name in SCENARIOS if name not in LIST_SCENARIOS)
+# The read API on a Redis Cluster (``--redis-cluster-url``), also run only when named: the
+# indexed keys are copied there (DUMP/RESTORE: the key layout is the same) before the rounds.
+CLUSTER_SCENARIOS = ("cluster-cold", "cluster-random")
+DEFAULT_SCENARIOS = tuple(
+    name for name in SCENARIOS if name not in LIST_SCENARIOS + CLUSTER_SCENARIOS
+)
 # Run side by side over the rounds, in this order (reversed every other round); cold-es
 # deletes the Redis documents the others read, so it runs once, after the rounds.
 ROUND_SCENARIOS = (
     "ceiling", "hot", "naive", "cold-l2", "plain-redis", "random", "random-plain", "turn",
-    "turn-long", *LIST_SCENARIOS,
+    "turn-long", *LIST_SCENARIOS, *CLUSTER_SCENARIOS,
 )
 # The turn-long scenario's L1 backstop age.
 LONG_MAX_AGE_MS = 60_000
 # Loaded with paths drawn at random (seeded), not in turn.
-RANDOM_SCENARIOS = ("random", "random-plain")
+RANDOM_SCENARIOS = ("random", "random-plain", "cluster-random")
 # Served from the plain-redis keys, filled once before the rounds.
 PLAIN_SCENARIOS = ("plain-redis", "random-plain")
 # Scenario -> the name of its run at half its peak rate, and that run's p99 goal (ms).
@@ -931,6 +999,10 @@ RATIOS = (
      "voucher list by campaign against plain SQL"),
     ("search-api", "search-naive", "search-api / search-naive", "{:.2f}x",
      "customer search against plain SQL"),
+    ("cluster-cold", "cold-l2", "cluster-cold / cold-l2", "{:.0%}",
+     "the L1 miss on a 3-primary Redis Cluster against one Redis"),
+    ("cluster-random", "random", "cluster-random / random", "{:.0%}",
+     "uniform random codes on a Redis Cluster against one Redis"),
 )
 # The pairs whose first pages are compared before the rounds:
 # (label, API scenario, naive scenario, data_ref).
@@ -993,6 +1065,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "pinned)")
     parser.add_argument("--seed", type=int, default=7,
                         help="seed of the random scenarios' draws (default 7)")
+    parser.add_argument("--redis-cluster-url", default=DEFAULT_CLUSTER_URL,
+                        help="the Redis Cluster of the cluster scenarios (default the local "
+                        f"stack's, `stack up redis-cluster`: {DEFAULT_CLUSTER_URL})")
     parser.add_argument("--keep", action="store_true", help="keep the scratch data")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -1012,6 +1087,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if not args.keep:
             scratch.drop()
+            if set(args.scenarios) & set(CLUSTER_SCENARIOS):
+                delete_cluster_keys(scratch.redis_prefix, args.redis_cluster_url)
     print_table(results, samples, remarks, args)
     return 0
 
@@ -1114,6 +1191,12 @@ def run_scenarios(
             cmd = [sys.executable, "-c", NAIVE_LIST_APP, str(port), scratch.dsn]
             paths = list_paths if scenario == "list-naive" else search_paths
             return cmd, env, "/v1/vouchers", paths
+        if scenario == "cluster-cold":
+            cluster_env = {**cold_env, "LOYALTY_REDIS_URL": args.redis_cluster_url}
+            return [*api_cmd, "--port", str(port)], cluster_env, "/readyz", all_paths
+        if scenario == "cluster-random":
+            cluster_env = {**env, "LOYALTY_REDIS_URL": args.redis_cluster_url}
+            return [*api_cmd, "--port", str(port)], cluster_env, "/readyz", all_paths
         # cold-l2 and cold-es: the read API with L1 off.
         return [*api_cmd, "--port", str(port)], cold_env, "/readyz", all_paths
 
@@ -1147,6 +1230,10 @@ def run_scenarios(
         built = build_naive_list_indexes(scratch.dsn)
         log(f"naive list indexes: {built}")
         remarks.append(f"naive list indexes: {built}")
+    if wanted & set(CLUSTER_SCENARIOS):
+        copied = copy_to_cluster(scratch.redis_prefix, args.redis_cluster_url)
+        log(f"redis cluster: copied {copied} keys of the bench prefix")
+        remarks.append(f"Redis Cluster: {copied} keys copied from the single Redis")
     with ExitStack() as stack:
         servers: list[tuple[str, int, Path]] = []
         for scenario in in_rounds:

@@ -41,6 +41,19 @@ BOUNDARY_ATTRIBUTE: Final = "__store_boundary__"
 # over, memory full under noeviction): an outage, not a mistake of ours. redis-py turns some
 # into their own classes with the prefix removed (OutOfMemoryError, BusyLoadingError).
 _REDIS_TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM")
+# A cluster client's own kinds of "not now": a failover in progress (CLUSTERDOWN, TRYAGAIN),
+# a slot map it has not caught up with yet (a slot not covered, a redirect it gave up on, its
+# redirections exhausted). A cross-slot call stays a bug: a RedisClusterException of its own.
+_REDIS_TRANSIENT_CLASSES = (
+    redis_errors.OutOfMemoryError,
+    redis_errors.BusyLoadingError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.SlotNotCoveredError,
+    redis_errors.MovedError,
+    redis_errors.AskError,
+    redis_errors.ClusterError,
+)
 
 
 def classify_redis(error: BaseException) -> StoreError | None:
@@ -50,12 +63,12 @@ def classify_redis(error: BaseException) -> StoreError | None:
         error, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError | TimeoutError
     ):
         return CacheUnavailable(f"redis: {error}")
-    if isinstance(error, redis_errors.OutOfMemoryError | redis_errors.BusyLoadingError) or (
+    if isinstance(error, _REDIS_TRANSIENT_CLASSES) or (
         isinstance(error, redis_errors.ResponseError)
         and str(error).startswith(_REDIS_TRANSIENT_REPLIES)
     ):
         return CacheUnavailable(f"redis: {error}")
-    if isinstance(error, redis_errors.RedisError):
+    if isinstance(error, redis_errors.RedisError | redis_errors.RedisClusterException):
         return CacheBug(f"redis: {error}")
     return None
 

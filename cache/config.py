@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
+from cache.connect import check_redis_url
 from cache.readmodel.keys import DEFAULT_PREFIX
 from cache.store import DEFAULT_TOMBSTONE_TTL_SECONDS
 
@@ -157,6 +158,21 @@ def url_list(*schemes: str) -> Format[str]:
                   "by commas", parse, echo=False)
 
 
+def redis_url() -> Format[str]:
+    """One server's URL, or a cluster's (``cache/connect.py``). The value is never echoed."""
+
+    def parse(raw: str) -> str:
+        if any(c.isspace() for c in raw):
+            raise ValueError("whitespace")
+        check_redis_url(raw)
+        return raw
+
+    return Format(
+        "a URL with scheme redis or rediss and a host, or redis+cluster or rediss+cluster "
+        "and one or more host:port separated by commas", parse, echo=False,
+    )
+
+
 def es_hosts(value: str) -> list[str]:
     """The node URLs of an ``LOYALTY_ES_URL`` value."""
     return value.split(",")
@@ -189,7 +205,8 @@ _REDIS_KEY_PREFIX = pattern(
 )
 
 REDIS_URL = Setting(
-    "redis_url", "LOYALTY_REDIS_URL", url("redis", "rediss"), DEFAULT_REDIS_URL, "Redis",
+    "redis_url", "LOYALTY_REDIS_URL", redis_url(), DEFAULT_REDIS_URL,
+    "Redis (a Redis Cluster: redis+cluster://:password@host:port,host:port...)",
 )
 ES_URL = Setting(
     "es_url", "LOYALTY_ES_URL", url_list("http", "https"), DEFAULT_ES_URL,

@@ -21,12 +21,13 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from cache.connect import RedisClient, connection_options
 from cache.errors import CacheDecodeError
 from cache.l1 import L1Cache
 from cache.readmodel.codec import decode_invalidation
@@ -47,7 +48,7 @@ Sleep = Callable[[float], Awaitable[None]]
 class InvalidationListener:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         layout: KeyLayout,
         *,
         backoff_base: float = 0.05,
@@ -61,7 +62,7 @@ class InvalidationListener:
         """``sleep`` and ``jitter`` are injectable so tests can hold the reconnect back."""
         if not 0 < backoff_base <= backoff_cap or ping_interval <= 0 or connect_timeout <= 0:
             raise ValueError("need 0 < backoff_base <= backoff_cap and positive intervals")
-        if str(redis.connection_pool.connection_kwargs.get("protocol") or 2) != "2":
+        if str(connection_options(redis).get("protocol") or 2) != "2":
             # Messages are read as RESP2 replies; RESP3 would deliver them as pushes.
             raise ValueError("the invalidation listener needs a RESP2 client (protocol=2)")
         self._redis = redis
@@ -152,8 +153,9 @@ class InvalidationListener:
         attempt = 0
         while True:
             connected_at: float | None = None
-            conn = self._new_connection()
+            conn: AbstractConnection | None = None
             try:
+                conn = await self._new_connection(refresh=attempt > 0)
                 await self._subscribe(conn)
                 for hook in self._connect_hooks:
                     await hook()
@@ -163,17 +165,31 @@ class InvalidationListener:
             except Exception as exc:  # whatever failed, the channel can no longer be trusted
                 self._set_disconnected(exc)
             finally:
-                await self._close(conn)
+                if conn is not None:
+                    await self._close(conn)
             if connected_at is not None and loop.time() - connected_at >= self._stable_after:
                 attempt = 0
             ceiling = min(self._backoff_cap, self._backoff_base * 2**attempt)
             attempt = min(attempt + 1, 62)
             await self._sleep(self._jitter() * ceiling)
 
-    def _new_connection(self) -> AbstractConnection:
-        conn: AbstractConnection = (
-            self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        )
+    async def _new_connection(self, *, refresh: bool) -> AbstractConnection:
+        """A connection of its own: to the server, or to the cluster node that owns the
+        channel's slot (a sharded channel is served there only). After a failure the slot
+        map is read again, since the owner may have changed (a failover)."""
+        redis = self._redis
+        conn: AbstractConnection
+        if isinstance(redis, RedisCluster):
+            async with asyncio.timeout(self._connect_timeout):
+                await redis.initialize()
+                if refresh:
+                    await redis.nodes_manager.initialize()
+            node = redis.get_node_from_key(self._layout.channel)
+            if node is None:
+                raise RedisConnectionError("no cluster node serves the invalidation channel")
+            conn = node.connection_class(**node.connection_kwargs)
+        else:
+            conn = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         # No retries inside the driver: this loop decides when and how to reconnect.
         conn.retry = Retry(NoBackoff(), 0)
         return conn
@@ -183,11 +199,11 @@ class InvalidationListener:
             await conn.connect()  # type: ignore[no-untyped-call]
             await conn.send_command("CLIENT", "ID")
             self.client_id = int(await conn.read_response())
-            await conn.send_command("SUBSCRIBE", self._layout.channel)
+            await conn.send_command("SSUBSCRIBE", self._layout.channel)
             # Subscribed replies may come typed as pushes: ask for them, as PubSub does.
             reply = await conn.read_response(push_request=True)
-        if not (isinstance(reply, list) and reply and reply[0] == b"subscribe"):
-            raise RedisConnectionError(f"unexpected answer to SUBSCRIBE: {reply!r}")
+        if not (isinstance(reply, list) and reply and reply[0] == b"ssubscribe"):
+            raise RedisConnectionError(f"unexpected answer to SSUBSCRIBE: {reply!r}")
 
     async def _pump(self, conn: AbstractConnection) -> None:
         awaiting_pong = False
@@ -202,8 +218,13 @@ class InvalidationListener:
                 awaiting_pong = True
                 continue
             awaiting_pong = False  # any reply proves the connection alive
-            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-                await self._apply(reply[2])
+            if isinstance(reply, list) and len(reply) == 3:
+                if reply[0] == b"smessage":
+                    await self._apply(reply[2])
+                elif reply[0] == b"sunsubscribe":
+                    # The cluster moved the channel's slot to another node (a reshard or a
+                    # failover): what is published now goes there.
+                    raise RedisConnectionError("the invalidation channel moved to another node")
 
     async def _apply(self, data: bytes) -> None:
         """Apply one message: its keys a slice at a time, the event loop serving requests in

@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
-from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from cache import scripts
 from cache.boundary import redis_boundary
+from cache.connect import RedisClient, connection_options
 from cache.readmodel.codec import (
     decode_membership,
     decode_segment_event,
@@ -36,7 +36,7 @@ from cache.readmodel.codec import (
 )
 from cache.readmodel.keys import KeyLayout
 from cache.records import MembershipUpdate, SegmentEvent, SegmentJob
-from cache.scan import key_pages
+from cache.scan import get_many, key_pages
 
 # Updates per script call: a call runs atomically and blocks Redis meanwhile, so a large batch
 # is cut into calls of this size (all sent in one pipeline), as CacheStore does with writes.
@@ -51,14 +51,14 @@ _Entries = list[tuple[bytes, dict[bytes, bytes]]]
 class MembershipStore:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         layout: KeyLayout,
         *,
         tombstone_ttl_seconds: float,
         events_max_per_project: int,
         updates_per_call: int = DEFAULT_UPDATES_PER_CALL,
     ) -> None:
-        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+        if connection_options(redis).get("decode_responses"):
             raise ValueError("MembershipStore needs a Redis client with decode_responses=False")
         if not tombstone_ttl_seconds > 0:
             raise ValueError("tombstone TTL must be positive: an emptied record must expire")
@@ -211,7 +211,7 @@ class MembershipStore:
         """
         if timeout_ms < 1:
             raise ValueError("timeout_ms must be at least 1 (0 would block for ever)")
-        socket_timeout = self.redis.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = connection_options(self.redis).get("socket_timeout")
         if socket_timeout is not None and timeout_ms >= socket_timeout * 1000:
             raise ValueError(
                 f"timeout_ms {timeout_ms} is not shorter than the client's socket timeout "
@@ -243,7 +243,7 @@ class MembershipStore:
             owned = [(owner, name) for name in names if (owner := layout.membership_of_key(name))]
             if not owned:
                 continue
-            blobs = cast(list[bytes | None], await self.redis.mget([name for _, name in owned]))
+            blobs = await get_many(self.redis, [name for _, name in owned])
             stale: list[tuple[str, str]] = []
             for (owner, _), blob in zip(owned, blobs, strict=True):
                 if blob is None:
@@ -269,21 +269,16 @@ class MembershipStore:
 
     async def _unlink_state(self, pattern: str) -> int:
         deleted = 0
-        cursor = 0
-        while True:
-            cursor, raw_keys = cast(
-                tuple[int, list[bytes]],
-                await self.redis.scan(cursor, match=pattern, count=RESET_PAGE),
-            )
+        async for names in key_pages(self.redis, pattern, RESET_PAGE):
             # The pattern may match other keys (an id holding "}:sm"): the layout decides.
-            keys = [key for key in raw_keys if self.layout.is_membership_state_key(key.decode())]
+            keys = [name for name in names if self.layout.is_membership_state_key(name)]
             if keys:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for key in keys:
-                        pipe.unlink(key)
+                        # Raw: a cluster pipeline's ``unlink`` is a coroutine, not queued.
+                        pipe.execute_command("UNLINK", key)
                     deleted += sum(await pipe.execute())
-            if cursor == 0:
-                return deleted
+        return deleted
 
     # -- segment recompute jobs ----------------------------------------------------------------
 

@@ -23,8 +23,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
+from cache.connect import RedisClient
 from cache.scripts import Arg, LuaScript, ScriptCall, pipelined_results
 
 # Calls per pipeline: a batch is written and parsed as a whole, so an unbounded one would
@@ -38,7 +37,7 @@ class ScriptBatcher:
     """Runs ``script`` for concurrent callers, the calls of one loop turn in one pipeline."""
 
     def __init__(
-        self, redis: Redis, script: LuaScript, *, max_calls: int = DEFAULT_MAX_CALLS
+        self, redis: RedisClient, script: LuaScript, *, max_calls: int = DEFAULT_MAX_CALLS
     ) -> None:
         if max_calls < 1:
             raise ValueError("max_calls must be at least 1")

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
+
+from cache.connect import RedisClient
 
 Arg = str | bytes | int | float
 
@@ -32,7 +34,7 @@ class LuaScript:
         source = resources.files("cache").joinpath("lua", f"{name}.lua").read_bytes()
         return cls(name, source, hashlib.sha1(source).hexdigest())
 
-    async def run(self, redis: Redis, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def run(self, redis: RedisClient, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -56,14 +58,14 @@ LOOKUP = LuaScript.from_package("lookup")
 ALL_SCRIPTS = (VERSIONED_SET, ADVANCE_WATERMARK, LEASE_TOKENS, MEMBERSHIP, SEGMENT_JOB, LOOKUP)
 
 
-async def load_all(redis: Redis) -> None:
+async def load_all(redis: RedisClient) -> None:
     """Load every script up front (at start-up), so no first call pays for NOSCRIPT."""
     for script in ALL_SCRIPTS:
         await redis.script_load(script.source)
 
 
 async def run_pipelined(
-    redis: Redis,
+    redis: RedisClient,
     calls: Sequence[ScriptCall],
     then: Sequence[Sequence[Arg]] = (),
 ) -> list[Any]:
@@ -83,7 +85,7 @@ async def run_pipelined(
 
 
 async def pipelined_results(
-    redis: Redis,
+    redis: RedisClient,
     calls: Sequence[ScriptCall],
     then: Sequence[Sequence[Arg]] = (),
 ) -> list[Any]:
@@ -102,12 +104,23 @@ async def pipelined_results(
 
 
 async def _pipeline(
-    redis: Redis, calls: Sequence[ScriptCall], then: Sequence[Sequence[Arg]]
+    redis: RedisClient, calls: Sequence[ScriptCall], then: Sequence[Sequence[Arg]]
 ) -> list[Any]:
+    staged = isinstance(redis, RedisCluster) and calls and then
     async with redis.pipeline(transaction=False) as pipe:
         for call in calls:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-        for command in then:
-            pipe.execute_command(*command)
+            # As a raw command: redis-py refuses ``evalsha`` in a cluster pipeline (for its
+            # own script cache), while routing the raw command by its keys as it should.
+            pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+        if not staged:
+            for command in then:
+                pipe.execute_command(*command)
         results: list[Any] = await pipe.execute(raise_on_error=False)
+    if staged:
+        # A cluster pipeline sends each node its share at once, so a publish on one node may
+        # run before the writes it announces ran on the others: it goes once they answered.
+        async with redis.pipeline(transaction=False) as pipe:
+            for command in then:
+                pipe.execute_command(*command)
+            results.extend(await pipe.execute(raise_on_error=False))
     return results

@@ -14,10 +14,9 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
-from redis.asyncio import Redis
-
 from cache import scripts
 from cache.boundary import redis_boundary
+from cache.connect import RedisClient, connection_options
 from cache.pipelining import ScriptBatcher
 from cache.readmodel.codec import (
     API_KEY_SCHEMA,
@@ -39,7 +38,7 @@ from cache.records import (
     TokenLease,
     VersionedWrite,
 )
-from cache.scan import key_pages
+from cache.scan import get_many, key_pages
 
 # Longer than any replay window; each process passes its configured value.
 DEFAULT_TOMBSTONE_TTL_SECONDS = 86_400
@@ -53,13 +52,13 @@ DEFAULT_LEASE_DIVISOR = 8
 class CacheStore:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         layout: KeyLayout | None = None,
         *,
         tombstone_ttl_seconds: float = DEFAULT_TOMBSTONE_TTL_SECONDS,
         writes_per_call: int = DEFAULT_WRITES_PER_CALL,
     ) -> None:
-        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+        if connection_options(redis).get("decode_responses"):
             raise ValueError("CacheStore needs a Redis client with decode_responses=False")
         ttl = tombstone_ttl_seconds
         if ttl <= 0:
@@ -94,7 +93,7 @@ class CacheStore:
             Invalidation(tuple((w.key, w.envelope.version) for w in writes))
         )
         results = await scripts.run_pipelined(
-            self.redis, calls, then=[("PUBLISH", self.layout.channel, message)]
+            self.redis, calls, then=[("SPUBLISH", self.layout.channel, message)]
         )
         return sum(sum(flags) for flags in results)
 
@@ -263,20 +262,7 @@ class CacheStore:
         """The stored bytes of each key, in order: one MGET per hash tag (a project's keys
         share a slot, as a cluster requires), all in one pipeline. Verification decodes them
         itself, so one undecodable value is reported as such rather than failing the page."""
-        if not keys:
-            return []
-        groups: dict[str | None, list[int]] = {}
-        for position, key in enumerate(keys):
-            groups.setdefault(hash_tag_of(key), []).append(position)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for positions in groups.values():
-                pipe.mget([keys[position] for position in positions])
-            answers = await pipe.execute()
-        found: list[bytes | None] = [None] * len(keys)
-        for positions, values in zip(groups.values(), answers, strict=True):
-            for position, value in zip(positions, values, strict=True):
-                found[position] = value
-        return found
+        return await get_many(self.redis, keys)
 
     @redis_boundary
     async def project_key_pages(

@@ -15,15 +15,16 @@ from typing import Any
 
 import orjson
 import psycopg
-import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch, OrjsonSerializer
 
 from cache.config import es_hosts
+from cache.connect import RedisClient, redis_from_url
 from cache.errors import StoreError
 from cache.logs import configure_logging
 from cache.membership import MembershipStore
 from cache.readmodel.documents import INDEXED_KINDS
 from cache.readmodel.keys import KeyLayout
+from cache.replicas import ReplicaFence
 from cache.store import CacheStore
 from cache.types import Lsn
 from indexer.changes import WATCHED_TABLES
@@ -46,7 +47,7 @@ log = logging.getLogger("indexer")
 class Clients:
     search: ElasticSink
     cache: RedisSink
-    redis: aioredis.Redis
+    redis: RedisClient
     elastic: AsyncElasticsearch
 
 
@@ -60,7 +61,7 @@ async def open_clients(settings: IndexerSettings) -> AsyncIterator[Clients]:
         retry_on_timeout=False,
         serializer=OrjsonSerializer(),
     )
-    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    client = redis_from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
     layout = KeyLayout(settings.redis_key_prefix)
     store = CacheStore(client, layout, tombstone_ttl_seconds=settings.tombstone_ttl_seconds)
     membership = MembershipStore(
@@ -78,7 +79,13 @@ async def open_clients(settings: IndexerSettings) -> AsyncIterator[Clients]:
                 shards=counts_per_kind(settings.es_shards, 1),
                 replicas=counts_per_kind(settings.es_replicas, 0),
             ),
-            RedisSink(store, membership),
+            RedisSink(
+                store, membership,
+                ReplicaFence(
+                    client, layout, replicas=settings.redis_min_replicas,
+                    timeout_ms=settings.redis_replica_timeout_ms,
+                ),
+            ),
             client,
             elastic,
         )

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from cache.boundary import redis_boundary
+from cache.connect import RedisClient
 from cache.types import ObjectKind
 from indexer.errors import IndexerError
 
@@ -121,7 +121,7 @@ def decode_state(blob: bytes | str) -> ReindexState:
 class CheckpointStore:
     """Reads and writes the one checkpoint under ``key``."""
 
-    def __init__(self, client: aioredis.Redis, key: str) -> None:
+    def __init__(self, client: RedisClient, key: str) -> None:
         self._client = client
         self._key = key
 

@@ -249,6 +249,7 @@ class Indexer:
         # A batch that did not fill up holds every transaction committed before ``upto``:
         # the slot and the watermark may move to ``upto`` itself (this is the heartbeat).
         target = upto if not full else transactions[-1].end_lsn
+        await self._cache.wait_for_replicas()
         await advance_slot(conn, self._settings.slot_name, target)
         if await self._cache.advance_stored_watermark(target) is None:
             # Redis lost its data after this step's check (a restart): reload it now, at the

@@ -140,6 +140,14 @@ PG_STANDBY_MAX_WAIT_MS = Setting(
     "pg_standby_max_wait_ms", "LOYALTY_PG_STANDBY_MAX_WAIT_MS", integer(0, 60_000), 500,
     "longest wait for the standby to replay a batch before reading the primary, ms",
 )
+REDIS_MIN_REPLICAS = Setting(
+    "redis_min_replicas", "LOYALTY_REDIS_MIN_REPLICAS", integer(0, 16), 0,
+    "Redis replicas that must hold a batch's writes before the slot moves (WAIT)",
+)
+REDIS_REPLICA_TIMEOUT_MS = Setting(
+    "redis_replica_timeout_ms", "LOYALTY_REDIS_REPLICA_TIMEOUT_MS", integer(1, 60_000), 1000,
+    "longest wait for those replicas before the batch is retried, ms",
+)
 PG_STANDBY_MAX_LAG_BYTES = Setting(
     "pg_standby_max_lag_bytes", "LOYALTY_PG_STANDBY_MAX_LAG_BYTES",
     integer(0, 2**40), 64 * 1024 * 1024,
@@ -216,6 +224,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     PG_STANDBY_MAX_WAIT_MS,
     PG_STANDBY_MAX_LAG_BYTES,
     *STORE_SETTINGS,
+    REDIS_MIN_REPLICAS,
+    REDIS_REPLICA_TIMEOUT_MS,
     SLOT_NAME,
     PUBLICATION,
     BATCH_CHANGES,
@@ -243,6 +253,8 @@ class IndexerSettings(StoreSettings):
     pg_standby_dsn: str = PG_STANDBY_DSN.default
     pg_standby_max_wait_ms: int = PG_STANDBY_MAX_WAIT_MS.default
     pg_standby_max_lag_bytes: int = PG_STANDBY_MAX_LAG_BYTES.default
+    redis_min_replicas: int = REDIS_MIN_REPLICAS.default
+    redis_replica_timeout_ms: int = REDIS_REPLICA_TIMEOUT_MS.default
     slot_name: str = SLOT_NAME.default
     publication: str = PUBLICATION.default
     batch_changes: int = BATCH_CHANGES.default

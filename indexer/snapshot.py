@@ -147,6 +147,7 @@ async def initial_load(
     )
     # Readers move to the new generation in one alias request, once it is complete.
     await search.switch_to(generation)
+    await cache.wait_for_replicas()
     await cache.set_watermark(point)
     elapsed = time.perf_counter() - started
     log.info(

@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from cache.config import es_hosts
+from cache.connect import RedisClient, is_cluster_url, redis_from_url
 from cache.errors import CacheError
 from cache.invalidation import InvalidationListener
 from cache.l1 import L1Cache
@@ -51,7 +52,7 @@ READ_ONLY_EVENTS_MAX = 1
 @dataclass
 class Services:
     settings: ApiSettings
-    redis: aioredis.Redis
+    redis: RedisClient
     elastic: AsyncElasticsearch
     store: CacheStore
     metrics: ApiMetrics
@@ -69,7 +70,7 @@ class Services:
     lookups: ObjectLookups
     membership: MembershipReader
     # Long polls of /v1/events only: a blocking read holds its connection for the whole wait.
-    waiting_redis: aioredis.Redis
+    waiting_redis: RedisClient
     static: dict[str, bytes] = field(default_factory=dict)
     worker_metrics: WorkerMetrics | None = None
 
@@ -78,28 +79,21 @@ class Services:
         metrics = ApiMetrics()
         # A bounded pool: a burst of misses queues for a connection instead of opening
         # hundreds of sockets at once (and timing out on their connects).
-        pool = aioredis.BlockingConnectionPool.from_url(
+        redis = _redis_client(
             settings.redis_url,
             max_connections=REDIS_CONNECTIONS,
-            timeout=settings.redis_timeout_seconds * 4,
-            protocol=2,
+            pool_timeout=settings.redis_timeout_seconds * 4,
             socket_timeout=settings.redis_timeout_seconds,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-            # This service decides how to fall back; the driver must not retry meanwhile.
-            retry=Retry(NoBackoff(), 0),
+            connect_timeout=settings.redis_timeout_seconds,
         )
-        redis = aioredis.Redis.from_pool(pool)  # owns the pool: closed with the client
         # One connection per allowed waiter, and a socket timeout above the longest wait.
-        waiting_pool = aioredis.BlockingConnectionPool.from_url(
+        waiting_redis = _redis_client(
             settings.redis_url,
             max_connections=max(1, settings.events_max_waiters),
-            timeout=settings.redis_timeout_seconds * 4,
-            protocol=2,
+            pool_timeout=settings.redis_timeout_seconds * 4,
             socket_timeout=MAX_EVENTS_WAIT_MS / 1000 + settings.redis_timeout_seconds,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
+            connect_timeout=settings.redis_timeout_seconds,
         )
-        waiting_redis = aioredis.Redis.from_pool(waiting_pool)
         es_nodes = es_hosts(settings.es_url)
         elastic = AsyncElasticsearch(
             es_nodes,
@@ -113,7 +107,7 @@ class Services:
         layout = KeyLayout(settings.redis_key_prefix)
         store = CacheStore(redis, layout, tombstone_ttl_seconds=settings.tombstone_ttl_seconds)
 
-        def membership_on(client: aioredis.Redis) -> MembershipStore:
+        def membership_on(client: RedisClient) -> MembershipStore:
             return MembershipStore(
                 client, layout,
                 tombstone_ttl_seconds=settings.tombstone_ttl_seconds,
@@ -252,3 +246,32 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+
+
+def _redis_client(
+    url: str,
+    *,
+    max_connections: int,
+    pool_timeout: float,
+    socket_timeout: float,
+    connect_timeout: float,
+) -> RedisClient:
+    """A client with at most ``max_connections`` connections (per node, on a cluster).
+
+    Towards one server the pool blocks: a burst of misses queues for a connection instead of
+    opening hundreds of sockets at once (and timing out on their connects). A cluster client
+    keeps a pool per node that does not block; the script batcher and the waiter limit keep
+    the calls in flight below the bound."""
+    options: dict[str, Any] = {
+        "protocol": 2,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        # This service decides how to fall back; the driver must not retry meanwhile.
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if is_cluster_url(url):
+        return redis_from_url(url, max_connections=max_connections, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout, **options
+    )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: closed with the client

@@ -17,11 +17,13 @@ from stack.config import (
     DEFAULT_ES_PORT,
     DEFAULT_PG_PORT,
     DEFAULT_PG_STANDBY_PORT,
+    DEFAULT_REDIS_CLUSTER_PORT,
     DEFAULT_REDIS_PORT,
     DEFAULT_STACK_DIR,
     ENV_ES_PORT,
     ENV_PG_PORT,
     ENV_PG_STANDBY_PORT,
+    ENV_REDIS_CLUSTER_PORT,
     ENV_REDIS_PORT,
     ENV_STACK_DIR,
     HOST,
@@ -29,6 +31,8 @@ from stack.config import (
     PG_ADMIN_USER,
     PG_INDEXER_PASSWORD,
     PG_INDEXER_ROLE,
+    REDIS_CLUSTER_BUS_OFFSET,
+    REDIS_CLUSTER_NODES,
     REDIS_PASSWORD,
     StackConfig,
 )
@@ -38,32 +42,42 @@ from stack.postgres import DATABASE, Postgres
 from stack.postgres_standby import PostgresStandby
 from stack.processes import port_is_free, require_free_port, tail_lines
 from stack.redis import Redis
+from stack.redis_cluster import DEFAULT_PORTS, RedisClusterService, cluster_url
 from stack.service import Service
 
-SERVICE_TYPES: tuple[type[Service], ...] = (Postgres, PostgresStandby, Redis, Elasticsearch)
+SERVICE_TYPES: tuple[type[Service], ...] = (
+    Postgres, PostgresStandby, Redis, RedisClusterService, Elasticsearch)
 SERVICE_NAMES = tuple(kind.name for kind in SERVICE_TYPES)
 # What ``up`` starts when no service is named: the standby only serves the indexer's optional
-# rebuild reads (LOYALTY_PG_STANDBY_DSN) and doubles the WAL work, so it is asked for by name.
-DEFAULT_SERVICES = tuple(name for name in SERVICE_NAMES if name != PostgresStandby.name)
+# rebuild reads (LOYALTY_PG_STANDBY_DSN) and doubles the WAL work, and the Redis Cluster (six
+# servers) only the tests of the cache in cluster mode, so both are asked for by name.
+ASKED_FOR_BY_NAME = (PostgresStandby.name, RedisClusterService.name)
+DEFAULT_SERVICES = tuple(name for name in SERVICE_NAMES if name not in ASKED_FOR_BY_NAME)
 NAME_WIDTH = 18
 FOLLOW_POLL_SECONDS = 0.5
 
+_ENV_WIDTH = len(ENV_REDIS_CLUSTER_PORT)
+_CLUSTER_URL = cluster_url(DEFAULT_PORTS)
+
 EPILOG = f"""\
 services: {", ".join(SERVICE_NAMES)}
-  (up: all but postgres-standby when none is named; down: all of them)
+  (up: all but {" and ".join(ASKED_FOR_BY_NAME)} when none is named; down: all of them)
 
 configuration (environment variables, defaults in brackets):
-  {ENV_STACK_DIR:<20} state, data, logs and pidfiles [<repo>/.stack: {DEFAULT_STACK_DIR}]
-  {ENV_PG_PORT:<20} PostgreSQL 15 port [{DEFAULT_PG_PORT}]
-  {ENV_PG_STANDBY_PORT:<20} its streaming standby's port [{DEFAULT_PG_STANDBY_PORT}]
-  {ENV_REDIS_PORT:<20} Redis 7 port [{DEFAULT_REDIS_PORT}]
-  {ENV_ES_PORT:<20} Elasticsearch 8.19.9 HTTP port [{DEFAULT_ES_PORT}]
+  {ENV_STACK_DIR:<{_ENV_WIDTH}} state, data, logs and pidfiles [<repo>/.stack: {DEFAULT_STACK_DIR}]
+  {ENV_PG_PORT:<{_ENV_WIDTH}} PostgreSQL 15 port [{DEFAULT_PG_PORT}]
+  {ENV_PG_STANDBY_PORT:<{_ENV_WIDTH}} its streaming standby's port [{DEFAULT_PG_STANDBY_PORT}]
+  {ENV_REDIS_PORT:<{_ENV_WIDTH}} Redis 7 port [{DEFAULT_REDIS_PORT}]
+  {ENV_REDIS_CLUSTER_PORT:<{_ENV_WIDTH}} first of the Redis Cluster's {REDIS_CLUSTER_NODES} \
+ports (bus: +{REDIS_CLUSTER_BUS_OFFSET}) [{DEFAULT_REDIS_CLUSTER_PORT}]
+  {ENV_ES_PORT:<{_ENV_WIDTH}} Elasticsearch 8.19.9 HTTP port [{DEFAULT_ES_PORT}]
 
 every service listens on {HOST} only, with fixed local credentials. With the defaults:
   admin    postgresql://{PG_ADMIN_USER}:{PG_ADMIN_PASSWORD}@{HOST}:{DEFAULT_PG_PORT}/{DATABASE}
   indexer  postgresql://{PG_INDEXER_ROLE}:{PG_INDEXER_PASSWORD}@{HOST}:{DEFAULT_PG_PORT}/{DATABASE}
   standby  postgresql://{PG_INDEXER_ROLE}:{PG_INDEXER_PASSWORD}@{HOST}:{DEFAULT_PG_STANDBY_PORT}/{DATABASE}
   redis    redis://:{REDIS_PASSWORD}@{HOST}:{DEFAULT_REDIS_PORT}/0
+  cluster  {_CLUSTER_URL}
   search   http://{HOST}:{DEFAULT_ES_PORT}
 """
 
@@ -102,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     up.add_argument("services", nargs="*", type=_service_name, metavar="SERVICE",
                     help="services to start, in dependency order "
-                    "[all but postgres-standby]")
+                    f"[all but {' and '.join(ASKED_FOR_BY_NAME)}]")
 
     down = commands.add_parser(
         "down", help="stop what this stack started", epilog=EPILOG,

@@ -108,10 +108,9 @@ class Redis(Service):
             detail = detail or f"not ready after {READY_TIMEOUT_SECONDS:.0f}s"
             raise StackError(self.name, f"did not start: {detail}")
 
-    def _write_config(self) -> None:
-        """The server's settings, rewritten on every start: the password, memory bound and
-        policy of this version apply to a data folder made by any earlier one."""
-        settings: list[tuple[str, str]] = [
+    def _settings(self) -> list[tuple[str, str]]:
+        """The lines of redis.conf, in order: a subclass (a cluster node) appends its own."""
+        return [
             ("bind", HOST),
             ("port", str(self.port)),
             ("protected-mode", "yes"),
@@ -125,7 +124,11 @@ class Redis(Service):
             ("logfile", str(self.log_path)),
             ("dir", str(self.data_dir)),
         ]
-        body = "".join(f"{name} {_quoted(value)}\n" for name, value in settings)
+
+    def _write_config(self) -> None:
+        """The server's settings, rewritten on every start: the password, memory bound and
+        policy of this version apply to a data folder made by any earlier one."""
+        body = "".join(f"{name} {_quoted(value)}\n" for name, value in self._settings())
         target = self.config_file
         # Created private before the password is written into it.
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

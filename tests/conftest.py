@@ -18,11 +18,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 import pytest
-import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 from psycopg import sql
+from redis.asyncio import RedisCluster
 
 from cache.config import DEFAULT_ES_URL, DEFAULT_REDIS_URL
+from cache.connect import RedisClient, redis_from_url
 from indexer.settings import DEFAULT_PG_ADMIN_DSN
 from tests.fixtures.databases import drop_database
 
@@ -34,13 +35,16 @@ ES_URL = os.environ.get("LOYALTY_ES_URL") or DEFAULT_ES_URL
 # One template per test session: concurrent sessions must not drop each other's.
 TEMPLATE_DB = f"loyalty_test_template_{uuid.uuid4().hex[:8]}"
 
-pytest_plugins = ["tests.fixtures.indexer", "tests.fixtures.readapi", "tests.fixtures.faults"]
+pytest_plugins = [
+    "tests.fixtures.indexer", "tests.fixtures.readapi", "tests.fixtures.faults",
+    "tests.fixtures.redis_cluster",
+]
 
 # The fixtures that reach a service of the local stack; a test using one of them, directly or
 # through another fixture, must be marked ``services`` so ``-m "not services"`` needs no stack.
 SERVICE_FIXTURES = frozenset({
     "pg_template", "pg_database", "pg_dsn", "redis_client", "es_client",
-    "harness", "api", "fault_env", "private_stack",
+    "harness", "api", "fault_env", "private_stack", "redis_cluster", "redis_url_each",
 })
 
 
@@ -121,9 +125,20 @@ def es_prefix(unique_name: str) -> str:
 
 
 @pytest.fixture
-async def redis_client(redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
+def redis_url() -> str:
+    """The Redis ``redis_client`` talks to; a module overrides it to test on a cluster too
+    (``redis_url_each``)."""
+    return REDIS_URL
+
+
+@pytest.fixture
+async def redis_client(redis_prefix: str, redis_url: str) -> AsyncIterator[RedisClient]:
     """A Redis client; every key under this test's prefix is deleted afterwards."""
-    client = aioredis.Redis.from_url(REDIS_URL)
+    # No socket timeout, as redis-py's default for one server (a cluster client's is 5 s):
+    # the tests of blocking reads choose their own waits.
+    client = redis_from_url(redis_url, socket_timeout=None)
+    if isinstance(client, RedisCluster):
+        await client.initialize()  # the slot map, for the tests that route by it
     try:
         yield client
     finally:

@@ -2,7 +2,8 @@
 --
 --   KEYS[1]  watermark key
 --   ARGV[1]  new watermark, 16 lower-case hex digits (cache/readmodel/codec.py encode_watermark)
---   ARGV[2]  channel to publish on when the watermark moved
+--   ARGV[2]  channel to publish on when the watermark moved: a sharded channel in KEYS[1]'s
+--            slot (its name carries the key as hash tag), as a cluster requires of a script
 --   ARGV[3]  message to publish
 --   ARGV[4]  optional: "1" to write only over a stored watermark
 --   returns  1 when the watermark moved forward, 0 when the stored one is equal or newer,
@@ -31,5 +32,5 @@ if old_hi and old_lo and (old_hi > new_hi or (old_hi == new_hi and old_lo >= new
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+redis.call('SPUBLISH', ARGV[2], ARGV[3])
 return 1

@@ -15,7 +15,8 @@ With the default prefix ``loyalty:`` (each process passes its configured prefix)
     loyalty:rl:app_1            rate-limit bucket of app_1, current window (integer)
     loyalty:wm                  applied watermark                     (16 hex digits)
     loyalty:sj                  pending segment recompute jobs        (hash, see codec.py)
-    loyalty:inv                 invalidation channel                  (pub/sub)
+    loyalty:rf, loyalty:rf:{7}  replication fences (integers, see cache/replicas.py)
+    loyalty:inv:{loyalty:wm}    invalidation channel                  (sharded pub/sub)
 
 Every key about a project's object carries the project id as a Redis Cluster hash tag, so all
 keys of one project live in one slot and one script call may write several of them (the
@@ -131,13 +132,22 @@ class KeyLayout:
             raise ValueError(f"Redis key prefix must not contain braces: {self.prefix!r}")
         p = self.prefix
         object.__setattr__(self, "watermark_key", f"{p}wm")
-        object.__setattr__(self, "channel", f"{p}inv")
+        # A sharded channel (SPUBLISH) in the watermark key's slot: the watermark script
+        # publishes on it, and a cluster lets a script reach its own keys' slot only.
+        object.__setattr__(self, "channel", f"{p}inv:{{{p}wm}}")
         object.__setattr__(self, "app_key_prefix", f"{p}ak:")
         object.__setattr__(self, "rate_limit_prefix", f"{p}rl:")
         object.__setattr__(self, "project_keys_prefix", f"{p}{{")
         object.__setattr__(self, "segment_jobs_key", f"{p}sj")
         # The checkpoint of the reindex in progress (``indexer.reindex_state``).
         object.__setattr__(self, "reindex_key", f"{p}rx")
+
+    def fence_key(self, number: int | None = None) -> str:
+        """The replication fence of one server, or fence ``number`` of a cluster: the
+        number is the hash tag, so some number lands in any slot (``cache/replicas.py``)."""
+        if number is None:
+            return f"{self.prefix}rf"
+        return f"{self.prefix}rf:{{{number}}}"
 
     def object_key(self, project_id: str, kind: str, object_id: str) -> str:
         """Key of the envelope of one object (``kind``: an ``ObjectKind``)."""

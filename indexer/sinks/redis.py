@@ -11,6 +11,7 @@ from __future__ import annotations
 from cache.membership import MembershipStore
 from cache.readmodel.documents import ALIAS_OF_KIND, DOCUMENT_SCHEMA, AliasKind
 from cache.records import ApiKeyRecord, Envelope, VersionedWrite
+from cache.replicas import ReplicaFence
 from cache.store import CacheStore
 from indexer.rebuild import SinkWrites
 
@@ -61,9 +62,12 @@ def cache_writes(store: CacheStore, chunk: SinkWrites) -> list[VersionedWrite]:
 
 
 class RedisSink:
-    def __init__(self, store: CacheStore, membership: MembershipStore) -> None:
+    def __init__(
+        self, store: CacheStore, membership: MembershipStore, fence: ReplicaFence | None = None
+    ) -> None:
         self.store = store
         self.membership = membership
+        self.fence = fence
 
     async def apply(self, chunk: SinkWrites) -> int:
         """Objects first, then the membership records (which emit the segment events), then
@@ -75,6 +79,12 @@ class RedisSink:
         for job in chunk.segment_jobs:
             await self.membership.put_job(job)
         return written
+
+    async def wait_for_replicas(self) -> None:
+        """Before the slot moves past what was written: the writes are on enough replicas to
+        survive a failover (``cache/replicas.py``); a no-op unless replicas are required."""
+        if self.fence is not None:
+            await self.fence.wait()
 
     async def get_watermark(self) -> int | None:
         return await self.store.get_watermark()

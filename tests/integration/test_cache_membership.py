@@ -35,6 +35,12 @@ from cache.types import ObjectKind
 
 pytestmark = pytest.mark.services
 
+
+@pytest.fixture
+def redis_url(redis_url_each: str) -> str:
+    """Every test here runs on the single Redis and on a Redis Cluster."""
+    return redis_url_each
+
 TTL_SECONDS = 120
 MAX_EVENTS = 1000
 WAIT = 10.0  # liveness bound for awaited wake-ups, not a performance assertion

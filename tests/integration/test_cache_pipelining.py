@@ -11,18 +11,26 @@ import uuid
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio import RedisCluster
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cache.errors import CacheUnavailable
 from cache.pipelining import ScriptBatcher
-from cache.readmodel.keys import KeyLayout
+from cache.readmodel.keys import AliasKind, KeyLayout
 from cache.scripts import LuaScript
 from cache.store import CacheStore
 
 pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+def redis_url(redis_url_each: str) -> str:
+    """Every test here runs on the single Redis and on a Redis Cluster."""
+    return redis_url_each
 
 
 def echo_script() -> LuaScript:
@@ -32,8 +40,20 @@ def echo_script() -> LuaScript:
     return LuaScript("echo", data, hashlib.sha1(data).hexdigest())
 
 
-def counted_pipelines(client: aioredis.Redis, sizes: list[int]) -> object:
-    """Patches ``Pipeline.execute`` to note the size of each of ``client``'s pipelines."""
+def count_pipelines(
+    monkeypatch: pytest.MonkeyPatch, client: aioredis.Redis | RedisCluster, sizes: list[int]
+) -> None:
+    """Patch the pipelines of ``client``'s kind to note the size of each of its pipelines."""
+    if isinstance(client, RedisCluster):
+        send_cluster = ClusterPipeline.execute
+
+        async def counting_cluster(self: ClusterPipeline, raise_on_error: bool = True) -> object:
+            if self.cluster_client is client:
+                sizes.append(len(self))
+            return await send_cluster(self, raise_on_error)
+
+        monkeypatch.setattr(ClusterPipeline, "execute", counting_cluster)
+        return
     send = Pipeline.execute
 
     async def counting(self: Pipeline, raise_on_error: bool = True) -> object:
@@ -41,7 +61,7 @@ def counted_pipelines(client: aioredis.Redis, sizes: list[int]) -> object:
             sizes.append(len(self.command_stack))
         return await send(self, raise_on_error)
 
-    return counting
+    monkeypatch.setattr(Pipeline, "execute", counting)
 
 
 async def test_the_calls_of_one_turn_share_a_pipeline_and_each_gets_its_answer(
@@ -50,7 +70,7 @@ async def test_the_calls_of_one_turn_share_a_pipeline_and_each_gets_its_answer(
     for i in range(40):
         await redis_client.set(f"{redis_prefix}k{i}", f"value {i}")
     sizes: list[int] = []
-    monkeypatch.setattr(Pipeline, "execute", counted_pipelines(redis_client, sizes))
+    count_pipelines(monkeypatch, redis_client, sizes)
     batcher = ScriptBatcher(redis_client, echo_script(), max_calls=16)
     answers = await asyncio.gather(*(batcher.run((f"{redis_prefix}k{i}",), ()) for i in range(40)))
     assert answers == [[f"{redis_prefix}k{i}".encode(), f"value {i}".encode()] for i in range(40)]
@@ -114,9 +134,10 @@ async def test_the_store_lookups_of_one_turn_share_a_pipeline(
     head = layout.project_keys("proj_a").voucher
     await redis_client.set(f"{head}v_1", b"not an envelope, returned as stored")
     sizes: list[int] = []
-    monkeypatch.setattr(Pipeline, "execute", counted_pipelines(redis_client, sizes))
+    count_pipelines(monkeypatch, redis_client, sizes)
+    aliases = [layout.alias_key("proj_a", AliasKind.VOUCHER_CODE, str(i)) for i in range(6)]
     found = await asyncio.gather(
-        *(store.lookup(f"{head}v_{i}", f"{redis_prefix}alias:{i}", head) for i in range(1, 6))
+        *(store.lookup(f"{head}v_{i}", aliases[i], head) for i in range(1, 6))
     )
     assert sizes == [5]
     assert found[0] == (b"not an envelope, returned as stored", None, None)

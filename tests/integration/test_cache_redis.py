@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
@@ -23,7 +24,7 @@ from cache import scripts
 from cache.errors import CacheDecodeError, CacheUnavailable
 from cache.invalidation import InvalidationListener
 from cache.l1 import L1Cache
-from cache.readmodel.codec import decode_invalidation, encode_envelope
+from cache.readmodel.codec import decode_envelope, decode_invalidation, encode_envelope
 from cache.readmodel.documents import AliasKind
 from cache.readmodel.keys import KeyLayout
 from cache.records import ApiKeyRecord, Envelope, Invalidation, VersionedWrite
@@ -33,7 +34,30 @@ from cache.watermark import WatermarkHolder
 
 pytestmark = pytest.mark.services
 
+
+@pytest.fixture
+def redis_url(redis_url_each: str) -> str:
+    """Every test here runs on the single Redis and on a Redis Cluster."""
+    return redis_url_each
+
 MESSAGE_WAIT = 10.0  # liveness bound for awaited messages, not a performance assertion
+
+
+async def next_published(pubsub: Any, wait: float, **options: Any) -> Any:
+    """The next message of a sharded subscription: a cluster's pub/sub reads it per node."""
+    read = getattr(pubsub, "get_sharded_message", None) or pubsub.get_message
+    return await read(timeout=wait, **options)
+
+
+async def kill_client(redis_client: Any, layout: KeyLayout, client_id: int) -> int:
+    """CLIENT KILL of the listener's connection, on the node that serves its channel."""
+    if isinstance(redis_client, RedisCluster):
+        node = redis_client.get_node_from_key(layout.channel)
+        killed = await redis_client.execute_command(
+            "CLIENT", "KILL", "ID", str(client_id), target_nodes=node
+        )
+        return int(killed)
+    return int(await redis_client.client_kill_filter(_id=str(client_id)))
 
 
 @pytest.fixture
@@ -268,15 +292,15 @@ async def test_scripts_unknown_to_redis_are_loaded_and_run_once(
         scripts.ScriptCall(fresh, (b,), (0, encode_envelope(Envelope(1, 1, "b")))),
     ]
     async with redis_client.pubsub() as pubsub:
-        await pubsub.subscribe(layout.channel)
-        assert await pubsub.get_message(timeout=MESSAGE_WAIT) is not None
+        await pubsub.ssubscribe(layout.channel)
+        assert await next_published(pubsub, MESSAGE_WAIT) is not None
         results = await scripts.run_pipelined(
-            redis_client, calls, then=[("PUBLISH", layout.channel, b"after")]
+            redis_client, calls, then=[("SPUBLISH", layout.channel, b"after")]
         )
         assert results == [[1], [1]]
         # The commands that follow the writes ran again after the reloaded calls.
         for _ in range(2):
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            message = await next_published(pubsub, 5, ignore_subscribe_messages=True)
             assert message is not None and message["data"] == b"after"
     assert (await redis_client.script_exists(fresh.sha)) == [True]
 
@@ -342,13 +366,13 @@ async def test_one_publish_per_batch_naming_every_key(
         tombstone(layout.object_key("p2", ObjectKind.SEGMENT, "s1"), 6),
     ]
     async with redis_client.pubsub() as pubsub:
-        await pubsub.subscribe(layout.channel)
-        assert await pubsub.get_message(timeout=MESSAGE_WAIT) is not None
+        await pubsub.ssubscribe(layout.channel)
+        assert await next_published(pubsub, MESSAGE_WAIT) is not None
         assert await store.apply_writes(writes) == 3
-        await redis_client.publish(layout.channel, b"end of test")
+        await redis_client.spublish(layout.channel, b"end of test")
         received = []
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            message = await next_published(pubsub, 5, ignore_subscribe_messages=True)
             assert message is not None
             if message["data"] == b"end of test":
                 break
@@ -417,7 +441,7 @@ async def test_a_lost_subscription_flushes_and_bypasses_l1_until_resubscribed(
     assert first_id is not None
 
     gate.open.clear()  # hold the reconnect so the disconnected state can be observed
-    assert await redis_client.client_kill_filter(_id=str(first_id)) == 1
+    assert await kill_client(redis_client, layout, first_id) == 1
     await asyncio.wait_for(listener.disconnected_event.wait(), MESSAGE_WAIT)
     assert not listener.connected
     assert listener.disconnects == 1
@@ -466,7 +490,7 @@ async def test_an_unreadable_message_flushes_l1(
 ) -> None:
     key = layout.object_key("p1", ObjectKind.VOUCHER, "v1")
     assert l1.install(key, b"{}", 5, l1.begin_fill(key))
-    await redis_client.publish(layout.channel, b"\xc1garbage")
+    await redis_client.spublish(layout.channel, b"\xc1garbage")
     await store.set_watermark(1)  # a readable message after it, to know both were handled
     await next_message(heard)
     assert l1.get(key) is None
@@ -606,3 +630,20 @@ async def test_decoded_responses_are_refused(layout: KeyLayout) -> None:
             CacheStore(client, layout)
     finally:
         await client.aclose()
+
+
+async def test_bulk_reads_take_keys_of_many_projects_and_api_keys_at_once(
+    store: CacheStore, layout: KeyLayout
+) -> None:
+    """One bulk read of a scanned page: on a cluster its keys lie in many slots."""
+    objects = [layout.object_key(f"p{i}", ObjectKind.VOUCHER, "v") for i in range(12)]
+    await store.apply_writes([VersionedWrite(key, Envelope(3, 1, key)) for key in objects])
+    for i in range(4):
+        await store.put_api_key(ApiKeyRecord(f"app_{i}", "p1", "0" * 64, None, False), 2)
+    wanted = [*objects, *(layout.app_key(f"app_{i}") for i in range(4)), objects[0]]
+    wanted.append(layout.object_key("p99", ObjectKind.VOUCHER, "absent"))
+    found = await store.get_raw_many(wanted)
+    assert found[-1] is None
+    assert all(blob is not None for blob in found[:-1])
+    assert found[0] == found[-2]
+    assert [decode_envelope(blob).data for blob in found[:12] if blob] == objects

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-SERVICES = ("postgres", "postgres-standby", "redis", "elasticsearch")
+SERVICES = ("postgres", "postgres-standby", "redis", "redis-cluster", "elasticsearch")
 COMMAND_TIMEOUT_SECONDS = 60
 
 
@@ -110,6 +110,7 @@ def test_help_documents_the_configuration(stack_env: dict[str, str]) -> None:
         "LOYALTY_PG_PORT",
         "LOYALTY_PG_STANDBY_PORT",
         "LOYALTY_REDIS_PORT",
+        "LOYALTY_REDIS_CLUSTER_PORT",
         "LOYALTY_ES_PORT",
     )
     for variable in variables:

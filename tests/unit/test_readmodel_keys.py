@@ -29,7 +29,8 @@ def test_key_text() -> None:
     assert layout.app_key("app_1") == "loyalty:ak:app_1"
     assert layout.rate_limit_key("app_1") == "loyalty:rl:app_1"
     assert layout.watermark_key == "loyalty:wm"
-    assert layout.channel == "loyalty:inv"
+    assert layout.channel == "loyalty:inv:{loyalty:wm}"
+    assert hash_tag_of(layout.channel) == layout.watermark_key
 
 
 @given(

@@ -37,6 +37,7 @@ PROCESSES: dict[str, tuple[type[Any], tuple[Setting[Any], ...]]] = {
 STACK_DEFAULTS = {
     stack_config.ENV_PG_PORT: f"`{stack_config.DEFAULT_PG_PORT}`",
     stack_config.ENV_PG_STANDBY_PORT: f"`{stack_config.DEFAULT_PG_STANDBY_PORT}`",
+    stack_config.ENV_REDIS_CLUSTER_PORT: f"`{stack_config.DEFAULT_REDIS_CLUSTER_PORT}`",
     stack_config.ENV_REDIS_PORT: f"`{stack_config.DEFAULT_REDIS_PORT}`",
     stack_config.ENV_ES_PORT: f"`{stack_config.DEFAULT_ES_PORT}`",
     stack_config.ENV_STACK_DIR: "`<repo>/.stack`",

@@ -117,6 +117,15 @@ def test_elasticsearch_errors_are_classified(error: Exception, expected: type) -
         (redis_errors.ResponseError("WRONGTYPE Operation against a key"), CacheBug),
         (redis_errors.DataError("bad argument"), CacheBug),
         (ConnectionResetError(), CacheUnavailable),
+        # A cluster failing over or a slot map not caught up yet: an outage.
+        (redis_errors.ClusterDownError("The cluster is down"), CacheUnavailable),
+        (redis_errors.MasterDownError("Link with MASTER is down"), CacheUnavailable),
+        (redis_errors.TryAgainError("Multiple keys request during rehashing"), CacheUnavailable),
+        (redis_errors.SlotNotCoveredError('Slot "3342" is not covered'), CacheUnavailable),
+        (redis_errors.MovedError("3999 127.0.0.1:7002"), CacheUnavailable),
+        (redis_errors.ClusterError("TTL exhausted."), CacheUnavailable),
+        # A call across slots is ours to fix.
+        (redis_errors.RedisClusterException("all keys must map to the same slot"), CacheBug),
     ],
 )
 def test_redis_errors_are_classified(error: Exception, expected: type) -> None:
