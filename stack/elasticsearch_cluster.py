@@ -12,8 +12,6 @@ all of them to join. A node stopped or killed later rejoins with its data when s
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,11 +19,10 @@ from pathlib import Path
 from stack.config import HOST, StackConfig
 from stack.elasticsearch import READY_TIMEOUT_SECONDS, Elasticsearch, _get_json
 from stack.errors import StackError
-from stack.processes import pid_alive, remove_file, wait_for
+from stack.processes import kill_pid, wait_for
 
 CLUSTER_NAME = "loyalty-stack-cluster"
 NODE_HEAP = ("-Xms512m", "-Xmx512m")
-KILL_TIMEOUT_SECONDS = 10.0
 
 Progress = Callable[[str, str], None]
 
@@ -78,11 +75,7 @@ class ElasticsearchNode(Elasticsearch):
         pid = self.running_pid()
         if pid is None:
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        if not wait_for(lambda: not pid_alive(pid), KILL_TIMEOUT_SECONDS):
-            raise StackError(self.name, f"{self.node_name} (pid {pid}) did not die")
-        remove_file(self.pidfile)
+        kill_pid(pid, self.pidfile, service=self.name, what=self.node_name)
         return True
 
     def _node_settings(self) -> dict[str, str]:

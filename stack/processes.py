@@ -18,6 +18,8 @@ from pathlib import Path
 
 from stack.errors import StackError
 
+KILL_TIMEOUT_SECONDS = 10.0
+
 POLL_SECONDS = 0.2
 
 
@@ -135,6 +137,16 @@ def stop_pid(pid: int, *, timeout: float, child: subprocess.Popen[bytes] | None 
             os.kill(pid, signal.SIGKILL)
         wait_for(lambda: _gone(pid, child), 10.0)
     _reap(child)
+
+
+def kill_pid(pid: int, pidfile: Path, *, service: str, what: str) -> None:
+    """SIGKILL, as a crash or a lost machine would end it (no clean shutdown), then wait for
+    the process to be gone and remove its pidfile; ``StackError`` if it does not die."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if not wait_for(lambda: not pid_alive(pid), KILL_TIMEOUT_SECONDS):
+        raise StackError(service, f"{what} (pid {pid}) did not die")
+    remove_file(pidfile)
 
 
 def _gone(pid: int, child: subprocess.Popen[bytes] | None) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +36,7 @@ from stack.config import (
 )
 from stack.errors import StackError
 from stack.processes import (
-    pid_alive,
-    remove_file,
+    kill_pid,
     require_free_port,
     run_logged,
     wait_for,
@@ -55,7 +53,6 @@ DEFAULT_PORTS = tuple(
 # A node is failed, and its replica promoted, after this long without an answer: Redis's
 # default of 15 s would make every failover test wait that long for nothing.
 NODE_TIMEOUT_MS = 1000
-KILL_TIMEOUT_SECONDS = 10.0
 CREATE_TIMEOUT_SECONDS = 60.0
 FORM_TIMEOUT_SECONDS = 30.0
 FAILOVER_TIMEOUT_SECONDS = 30.0
@@ -169,11 +166,7 @@ class RedisClusterNode(Redis):
         pid = self.running_pid()
         if pid is None:
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        if not wait_for(lambda: not pid_alive(pid), KILL_TIMEOUT_SECONDS):
-            raise StackError(self.name, f"{self.node_name} (pid {pid}) did not die")
-        remove_file(self.pidfile)
+        kill_pid(pid, self.pidfile, service=self.name, what=self.node_name)
         return True
 
     def command(self, *args: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> Reply:

@@ -1,10 +1,12 @@
 """The replication fence (``cache/replicas.py``): the indexer moves its slot only once a
 replica of every Redis primary holds the batch's writes, so a failover loses none of them.
 
-A replica stopped with SIGSTOP stays connected but acknowledges nothing: a fence that wrote
-nothing of its own (``WAIT`` counts the calling connection's writes only) would pass anyway,
-which is what the stopped replica catches. It is stopped for less than the cluster's node
-timeout, so no failover starts.
+A replica stopped with SIGSTOP stays connected but acknowledges nothing, so the fence must
+fail while it is stopped and pass again once it runs. (Why the fence writes a key of its own
+before ``WAIT``: the documented ``WAIT`` counts the calling connection's writes only. The
+Redis 7.0 of the local stack also counts a connection's reads, so no test here tells the
+two apart; the write keeps the fence right on servers that follow the documentation.) The
+replica is stopped for less than the cluster's node timeout, so no failover starts.
 """
 
 from __future__ import annotations
