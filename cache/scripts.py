@@ -55,7 +55,11 @@ LEASE_TOKENS = LuaScript.from_package("lease_tokens")
 MEMBERSHIP = LuaScript.from_package("membership")
 SEGMENT_JOB = LuaScript.from_package("segment_job")
 LOOKUP = LuaScript.from_package("lookup")
-ALL_SCRIPTS = (VERSIONED_SET, ADVANCE_WATERMARK, LEASE_TOKENS, MEMBERSHIP, SEGMENT_JOB, LOOKUP)
+SHARD_WATERMARK = LuaScript.from_package("shard_watermark")
+ALL_SCRIPTS = (
+    VERSIONED_SET, ADVANCE_WATERMARK, LEASE_TOKENS, MEMBERSHIP, SEGMENT_JOB, LOOKUP,
+    SHARD_WATERMARK,
+)
 
 
 async def load_all(redis: RedisClient) -> None:

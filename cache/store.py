@@ -142,6 +142,34 @@ class CacheStore:
         )
         return int(result)
 
+    @redis_boundary
+    async def advance_shard_watermark(
+        self, shard: str, lsn: int, fields: Sequence[str], *, only_over_stored: bool = False
+    ) -> int | None:
+        """Record ``lsn`` as shard ``shard``'s applied position (never backwards), then move
+        the watermark to the least position of ``fields`` when all have one
+        (``indexer.shards``). Returns the combined position (``None``: not all shards have
+        one yet), or ``-1`` when ``only_over_stored`` and the shard had no position (Redis
+        lost its data since the shard last wrote it)."""
+        result = await scripts.SHARD_WATERMARK.run(
+            self.redis,
+            (self.layout.shard_watermarks_key,),
+            (shard, encode_watermark(lsn), "1" if only_over_stored else "0", *fields),
+        )
+        if result == -1:
+            return -1
+        if not result:
+            return None
+        combined = decode_watermark(result)
+        await self._advance_watermark(combined, only_over_stored=False)
+        return combined
+
+    @redis_boundary
+    async def shard_watermarks(self) -> dict[str, int]:
+        """Every shard's applied position, by field (``N:k``)."""
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.layout.shard_watermarks_key))
+        return {name.decode(): decode_watermark(value) for name, value in raw.items()}
+
     # -- reader (read API) -----------------------------------------------------------------
 
     @redis_boundary

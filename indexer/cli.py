@@ -12,7 +12,16 @@ import sys
 from collections.abc import Sequence
 
 from cache.errors import StoreError
-from indexer import commands, migrate, quarantine, reindex_command, seed, setup, verify_command
+from indexer import (
+    commands,
+    migrate,
+    quarantine,
+    reindex_command,
+    reshard,
+    seed,
+    setup,
+    verify_command,
+)
 from indexer.errors import IndexerError
 from indexer.settings import IndexerSettings, SettingsError
 
@@ -23,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="CDC indexer of the loyalty read path: Postgres -> Elasticsearch and Redis.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (commands, migrate, seed, setup, quarantine, verify_command, reindex_command):
+    for module in (
+        commands, migrate, seed, setup, quarantine, verify_command, reindex_command, reshard
+    ):
         module.add_command(subparsers)
     return parser
 

@@ -35,6 +35,8 @@ from indexer.quarantine import QuarantineStore
 from indexer.reindex_state import CheckpointError, CheckpointStore
 from indexer.runner import Indexer
 from indexer.settings import ENVIRONMENT_HELP, IndexerSettings, counts_per_kind
+from indexer.shard_plans import delete_plans, read_plans
+from indexer.shards import ShardSpec, shards_of
 from indexer.sinks.elastic import ElasticSink
 from indexer.sinks.redis import RedisSink
 from indexer.slot import drop_publication, drop_slot, peek_changes, slot_exists, slot_status
@@ -225,12 +227,19 @@ def _status(args: argparse.Namespace, settings: IndexerSettings) -> int:
 async def drop_everything(settings: IndexerSettings) -> list[str]:
     dropped: list[str] = []
     async with await connect(settings.pg_dsn, autocommit=True) as conn:
-        if await drop_slot(conn, settings.slot_name):
-            dropped.append(f"slot {settings.slot_name}")
+        # Every shard of the plans in force and handing off (``indexer.shards``) as well.
+        specs = {ShardSpec(0, 1)}
+        for plan in await read_plans(conn):
+            specs.update(shards_of(plan.shards))
+        for spec in sorted(specs, key=str):
+            if await drop_slot(conn, spec.slot_name(settings.slot_name)):
+                dropped.append(f"slot {spec.slot_name(settings.slot_name)}")
     # The publication belongs to the tables' owner (``indexer setup`` made it as the admin).
     async with await connect(settings.pg_admin_dsn, autocommit=True) as conn:
-        await drop_publication(conn, settings.publication)
-        dropped.append(f"publication {settings.publication}")
+        for spec in sorted(specs, key=str):
+            await drop_publication(conn, spec.publication_name(settings.publication))
+            dropped.append(f"publication {spec.publication_name(settings.publication)}")
+        await delete_plans(conn)
     async with open_clients(settings) as clients:
         await clients.search.drop_indices()
         dropped.append(f"indices {settings.es_index_prefix}*")

@@ -55,3 +55,8 @@ def classify_postgres(error: BaseException) -> StoreError | None:
 
 
 postgres_boundary = boundary("postgres", classify_postgres)
+
+
+class ShardError(IndexerError):
+    """This shard cannot run under the shard plans in force (``indexer.shards``); the message
+    says what to do. Not retried: waiting would not change the plan."""

@@ -113,3 +113,11 @@ STANDBY_REPLAY_LAG_BYTES = Gauge(
     "WAL between the end of the last batch's newest commit and the standby's replay position "
     "when last checked",
 )
+SHARD_FOREIGN_WRITES = Counter(
+    "indexer_shard_foreign_writes_total",
+    "Writes a shard built for another shard's projects and left out (rows without a project "
+    "reach every shard: segment_members)",
+)
+SHARD_HANDOFFS = Counter(
+    "indexer_shard_handoffs_total", "Shards of a previous plan that reached their handoff"
+)

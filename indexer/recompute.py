@@ -140,12 +140,15 @@ class SegmentRecompute:
         *,
         page: int = 500,
         clock: Clock = wall_clock_us,
+        owns: Callable[[str], bool] = lambda project_id: True,
     ) -> None:
         self._search = search
         self._index = index
         self._membership = membership
         self._page = page
         self._clock = clock
+        # A sharded indexer runs the jobs of its own projects only (``indexer.shards``).
+        self._owns = owns
         self._current: _Progress | None = None
         # The previous page's writes, in flight while the next page is searched (and, between
         # slices, while batches of changes are applied): the search and the decisions (here)
@@ -232,7 +235,7 @@ class SegmentRecompute:
 
     async def _progress(self) -> _Progress | None:
         """The job to work on: the current one, unless a newer edit of its segment arrived."""
-        stored = await self._membership.jobs()
+        stored = [job for job in await self._membership.jobs() if self._owns(job.project_id)]
         metrics.SEGMENT_JOBS_PENDING.set(len(stored) + len(self._clock_jobs))
         current = self._current
         if current is not None:
@@ -415,10 +418,12 @@ class SegmentClock:
         *,
         page: int = 500,
         clock: Clock = wall_clock_us,
+        owns: Callable[[str], bool] = lambda project_id: True,
     ) -> None:
         self._search = search
         self._index = index
         self._membership = membership
+        self._owns = owns
         self._recompute = recompute
         self._page = page
         self._clock = clock
@@ -436,6 +441,8 @@ class SegmentClock:
         touched = 0
         await self._index.refresh_customers()
         async for segment in self._index.auto_segments():
+            if not self._owns(segment.project_id):
+                continue
             result = compiled_filter(
                 segment.segment_id, orjson.dumps(segment.filter, option=orjson.OPT_SORT_KEYS)
             )

@@ -13,8 +13,13 @@ The slot is advanced only after both sinks acknowledged the batch, then the wate
 Redis; a crash replays the batch, and every write is versioned by commit LSN, so the replay
 changes nothing. A batch that did not fill up moves the slot and the watermark to the position
 read at the start (the heartbeat), keeping WAL retention bounded while only unwatched tables
-take writes. Redis found without a watermark (it lost its data) is reloaded from the source at
-the slot's position. An outage is waited out with a backoff, then the batch is peeked again.
+take writes. Redis found without this process's position (it lost its data) is reloaded from
+the source at the slot's position. An outage is waited out with a backoff, then the batch is
+peeked again.
+
+A process is one shard of the plans in force (``indexer.shards``, ``indexer.shard_role``): it
+reads its own slot, writes its own projects only, stops at the handoff when a reshard retires
+its plan, and the watermark is the least position of the shards in force.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from cache.types import Lsn
 from indexer import metrics
 from indexer.batch_reader import read_batch
 from indexer.changes import WATCHED_TABLES, touched_by
-from indexer.errors import SlotError, SlotLost
+from indexer.errors import ShardError, SlotError, SlotLost
 from indexer.lag import lag_seconds
 from indexer.pgoutput import Transaction
 from indexer.quarantine import Quarantine
@@ -46,11 +51,14 @@ from indexer.recompute import Clock, SegmentClock, SegmentRecompute, wall_clock_
 from indexer.retry import Backoff
 from indexer.segment_index import SegmentIndex
 from indexer.settings import IndexerSettings
+from indexer.shard_filter import owned_writes
+from indexer.shard_role import ShardState
+from indexer.shards import ShardRole, ShardSpec
 from indexer.sinks.elastic import ElasticSink, RefusedDocument, VersionedDelete
 from indexer.sinks.redis import RedisSink
 from indexer.slot import (
     advance_slot,
-    current_wal_lsn,
+    drop_slot,
     ensure_publication,
     peek_change_pages,
     slot_lost,
@@ -86,6 +94,14 @@ class Indexer:
         self._settings = settings
         self._search = search
         self._cache = cache
+        # This process's share of the projects, and the slot and publication that carry it.
+        self.shard = ShardSpec.parse(settings.shard)
+        self.slot = self.shard.slot_name(settings.slot_name)
+        self.publication = self.shard.publication_name(settings.publication)
+        self.shard_state = ShardState(self.shard, settings.slot_name)
+        # Set once a shard of a previous plan applied every transaction before the handoff
+        # and dropped its slot: the loop ends.
+        self.retired = False
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._peek_conn: psycopg.AsyncConnection[Any] | None = None
         self._standby = (
@@ -102,10 +118,12 @@ class Indexer:
         self.clock: Clock = wall_clock_us
         self.segment_index = SegmentIndex(search.client, settings.es_index_prefix)
         self.recompute = SegmentRecompute(
-            search, self.segment_index, cache.membership, clock=self._now_us
+            search, self.segment_index, cache.membership, clock=self._now_us,
+            owns=self.shard_state.owns_segments,
         )
         self.segment_clock = SegmentClock(
-            search, self.segment_index, cache.membership, self.recompute, clock=self._now_us
+            search, self.segment_index, cache.membership, self.recompute, clock=self._now_us,
+            owns=self.shard_state.owns_segments,
         )
         self._next_tick = 0.0
         self.watermark: Lsn | None = None
@@ -147,11 +165,18 @@ class Indexer:
         """Publication, slot and indices in place; runs the initial load when needed."""
         self.prepared_at = None
         conn = await self._connection()
-        await ensure_publication(conn, self._settings.publication, WATCHED_TABLES)
+        role = await self.shard_state.read(conn)
+        lost = await slot_lost(conn, self.slot)
+        if role.state == "retiring" and lost == "dropped":
+            # It handed off before a restart: nothing is left to do.
+            self._retire_done(role)
+            return
+        if self.shard.single:
+            await ensure_publication(conn, self.publication, WATCHED_TABLES)
         await self._quarantine.load(conn)
         meta = await self._search.indices_ready()
+        # The indices carry the base slot name: every shard plan feeds the same generation.
         slot = self._settings.slot_name
-        lost = await slot_lost(conn, slot)
         has_slot = lost is None
         complete = (
             meta is not None
@@ -159,6 +184,9 @@ class Indexer:
             and meta.get("slot") == slot
             and meta.get("mapping") == MAPPING_VERSION
         )
+        if not self.shard.single:
+            await self._prepare_shard(conn, role, lost, complete)
+            return
         # The same indices and slot under another release's mapping: they keep serving and
         # taking changes while the new generation is built beside them.
         upgrading = (
@@ -172,6 +200,7 @@ class Indexer:
             await self._search.apply_replicas()
             if upgrading and meta is not None:
                 self.upgrade.start(meta.get("mapping"), MAPPING_VERSION)
+            await self._start_at_handoff(conn, role)
             self.prepared_at = time.time()
             return
         if complete and lost is not None:
@@ -205,17 +234,84 @@ class Indexer:
             self.loading = False
         if point is None:
             return  # stopped; ``prepared_at`` stays None
+        await self._cache.advance_shard_watermark(self.shard.field, point, role.fields)
         self.watermark = point
         self.applied_until = started
         self.prepared_at = time.time()
 
+    async def _prepare_shard(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        role: ShardRole,
+        lost: str | None,
+        complete: bool,
+    ) -> None:
+        """A shard of several loads nothing: the indices were loaded, and its slot made, before
+        the plan that names it (``indexer reshard``)."""
+        if lost is not None:
+            metrics.SLOT_LOSSES.labels(lost).inc()
+            raise ShardError(
+                f"shard {self.shard}: replication slot {self.slot!r} {lost}; a shard does not "
+                f"reload alone: reshard to one shard (`indexer reshard --shards 1`), whose "
+                f"indexer reloads into a new generation, then back"
+            )
+        if not complete:
+            raise ShardError(
+                f"shard {self.shard}: the indices are not complete under this release's "
+                f"mapping ({MAPPING_VERSION}); loads and upgrades run with one shard: reshard "
+                f"to one shard, let it finish, then reshard again"
+            )
+        await self._search.apply_replicas()
+        await self._start_at_handoff(conn, role)
+        self.prepared_at = time.time()
+
+    async def _start_at_handoff(
+        self, conn: psycopg.AsyncConnection[Any], role: ShardRole
+    ) -> None:
+        """A shard of the plan in force skips what commits before the plan's handoff (the
+        previous plan's shards apply it).
+
+        A shard without a position in Redis gets one while Redis holds a watermark (it did
+        not lose its data: the watermark cannot be written again without every shard's
+        position): a new plan's shard the handoff, a store written by a release without
+        shards the watermark it kept. Only a store that lost its data is reloaded."""
+        if role.state == "active" and int(role.start) > 0:
+            await advance_slot(conn, self.slot, role.start)
+        if self.shard.field in await self._cache.store.shard_watermarks():
+            return
+        stored = await self._cache.get_watermark()
+        if stored is not None:
+            position = role.start if role.state == "active" and role.start > 0 else stored
+            await self._cache.advance_shard_watermark(self.shard.field, position, role.fields)
+
+    def _retire_done(self, role: ShardRole) -> None:
+        self.retired = True
+        self.prepared_at = time.time()
+        log.info(
+            "shard handed off",
+            extra={"shard": str(self.shard), "handoff": str(role.stop), "slot": self.slot},
+        )
+
+    async def _retire(self, conn: psycopg.AsyncConnection[Any], role: ShardRole) -> None:
+        """Every transaction before the handoff is applied and the shard's position says so:
+        the slot goes (its WAL is no longer kept), and the shards in force stop waiting for
+        this one's position."""
+        await drop_slot(conn, self.slot)
+        metrics.SHARD_HANDOFFS.inc()
+        self._retire_done(role)
+
     async def step(self) -> StepResult:
         """Peek, apply and advance once; returns what was done."""
         conn = await self._connection()
+        if self.retired:
+            return StepResult(0, 0, self.watermark, False)
         await self._refill_cache_if_lost(conn)
         started = time.perf_counter()
         started_at = time.time()
-        upto = await current_wal_lsn(conn)
+        upto, role = await self.shard_state.position_and_role(conn)
+        if role.stop is not None:
+            # A shard handing off applies what commits before the handoff, nothing after.
+            upto = min(upto, role.stop)
         batch = self._settings.batch_changes
         queued_jobs = False
 
@@ -226,17 +322,17 @@ class Indexer:
         try:
             async with peek_change_pages(
                 await self._peek_connection(),
-                self._settings.slot_name,
-                self._settings.publication,
+                self.slot,
+                self.publication,
                 batch,
                 upto,
                 page_rows=batch,
             ) as pages:
                 read = await read_batch(pages, batch, apply)
         except SlotError:
-            lost = await slot_lost(conn, self._settings.slot_name)
+            lost = await slot_lost(conn, self.slot)
             if lost is not None:
-                raise SlotLost(self._settings.slot_name, lost) from None
+                raise SlotLost(self.slot, lost) from None
             raise
         transactions, changes = read.transactions, read.changes
         full = read.rows >= batch
@@ -250,8 +346,11 @@ class Indexer:
         # the slot and the watermark may move to ``upto`` itself (this is the heartbeat).
         target = upto if not full else transactions[-1].end_lsn
         await self._cache.wait_for_replicas()
-        await advance_slot(conn, self._settings.slot_name, target)
-        if await self._cache.advance_stored_watermark(target) is None:
+        await advance_slot(conn, self.slot, target)
+        combined = await self._cache.advance_shard_watermark(
+            self.shard.field, target, role.fields, only_over_stored=True
+        )
+        if combined == -1:
             # Redis lost its data after this step's check (a restart): reload it now, at the
             # slot's new position, which also writes the watermark.
             await self._refill_cache_if_lost(conn)
@@ -279,30 +378,42 @@ class Indexer:
             metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
         self.last_step_at = time.time()
         metrics.LAST_STEP_TIMESTAMP.set(self.last_step_at)
+        if role.stop is not None and not full and target >= role.stop:
+            await self._retire(conn, role)
         return StepResult(len(transactions), changes, target, full)
 
     async def _refill_cache_if_lost(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Reload Redis from the source when it lost its data (a restart without persistence,
         a flush): objects no change touches again, API keys and the watermark would otherwise
-        stay missing for good. The watermark is written by every load and every step, so its
-        absence is the sign. Every value is written at the slot's confirmed position: all
+        stay missing for good. Every value is written at the slot's confirmed position: all
         changes before it are in the source read now, and every change still to come has a
-        commit LSN at or after it, so it wins as usual."""
-        if await self._cache.get_watermark() is not None:
+        commit LSN at or after it, so it wins as usual. The sign is this shard's position
+        (``indexer.shards``) missing: every load and every step writes it; a shard of several
+        reloads its own projects."""
+        if self.shard.field in await self._cache.store.shard_watermarks():
             return
-        status = await slot_status(conn, self._settings.slot_name)
+        role = await self.shard_state.read(conn)
+        status = await slot_status(conn, self.slot)
         version = status.confirmed_flush_lsn
         log.warning("cache lost its data, reloading it", extra={"version": str(version)})
-        keys = await reload_cache(conn, self._cache, version, self._settings.rebuild_chunk_ids)
+        keys = await reload_cache(
+            conn,
+            self._cache,
+            version,
+            self._settings.rebuild_chunk_ids,
+            None if self.shard.single else self.shard.owns,
+        )
         # Recompute jobs in progress were lost with the rest: every auto-update segment is
         # checked again against the index.
         now = self.clock()
         async for segment in self.segment_index.auto_segments():
+            if not self.shard.owns(segment.project_id):
+                continue
             await self._cache.membership.put_job(
                 SegmentJob(segment.project_id, segment.segment_id, int(version), now)
             )
         self.recompute.pending = True
-        await self._cache.set_watermark(version)
+        await self._cache.advance_shard_watermark(self.shard.field, version, role.fields)
         log.info("cache reloaded", extra={"keys": keys, "version": str(version)})
 
     async def apply(self, transactions: list[Transaction]) -> bool:
@@ -324,7 +435,12 @@ class Indexer:
         )
         await rebuilder.expand(touched, self._search.ids_of_kind)
         queued = False
-        async for chunk in rebuilder.writes(touched):
+        async for built in rebuilder.writes(touched):
+            chunk = built
+            if not self.shard.single:
+                chunk, foreign = owned_writes(built, self.shard.owns)
+                if foreign:
+                    metrics.SHARD_FOREIGN_WRITES.inc(foreign)
             await self._write_both(conn, chunk)
             if chunk.segment_jobs:
                 queued = self.recompute.pending = True
@@ -345,6 +461,13 @@ class Indexer:
         return primary
 
     async def _write_both(self, conn: psycopg.AsyncConnection[Any], chunk: SinkWrites) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            # Which shard wrote which project at which version: the sharding tests read it.
+            written = sorted(
+                {(d.project_id, v) for d, v in chunk.documents}
+                | {(r.project_id, r.version) for r in chunk.removed}
+            )
+            log.debug("shard wrote", extra={"shard": str(self.shard), "writes": written})
         refused, _ = await asyncio.gather(self._write_search(chunk), self._cache.apply(chunk))
         # Before the slot moves past the batch: a crash here replays it, and recording the
         # same rows again changes nothing.
@@ -381,6 +504,8 @@ class Indexer:
                     if self.prepared_at is None:
                         continue  # a load stopped by ``stop``: it goes on at the next start
                     prepared = True
+                if self.retired:
+                    return
                 result = await self.step()
                 await self._tick_when_due()
             except SlotLost:

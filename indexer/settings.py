@@ -32,6 +32,7 @@ from cache.config import (
     integer,
     pattern,
 )
+from indexer.shards import ShardSpec
 
 __all__ = [
     "DEFAULT_ES_URL",
@@ -159,6 +160,16 @@ SLOT_NAME = Setting(
 PUBLICATION = Setting(
     "publication", "LOYALTY_PUBLICATION", _PG_NAME, "loyalty_pub", "publication",
 )
+def _shard(raw: str) -> str:
+    ShardSpec.parse(raw)
+    return raw
+
+
+SHARD = Setting(
+    "shard", "LOYALTY_SHARD",
+    Format("k/N: shard k of N (0 <= k < N <= 256), as `indexer reshard` planned", _shard), "0/1",
+    "this indexer's share of the projects (docs/scaling.md, sharded indexers)",
+)
 BATCH_CHANGES = Setting(
     "batch_changes", "LOYALTY_BATCH_CHANGES", integer(1, 1_000_000), 5000,
     "upper bound of changes per peek",
@@ -228,6 +239,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     REDIS_REPLICA_TIMEOUT_MS,
     SLOT_NAME,
     PUBLICATION,
+    SHARD,
     BATCH_CHANGES,
     IDLE_SLEEP_MS,
     ES_REFRESH,
@@ -257,6 +269,7 @@ class IndexerSettings(StoreSettings):
     redis_replica_timeout_ms: int = REDIS_REPLICA_TIMEOUT_MS.default
     slot_name: str = SLOT_NAME.default
     publication: str = PUBLICATION.default
+    shard: str = SHARD.default
     batch_changes: int = BATCH_CHANGES.default
     idle_sleep_ms: int = IDLE_SLEEP_MS.default
     es_refresh_interval: str = ES_REFRESH.default

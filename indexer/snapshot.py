@@ -26,6 +26,7 @@ from indexer.progress import Progress
 from indexer.quarantine import Quarantine
 from indexer.rebuild import Rebuilder, SinkWrites
 from indexer.settings import IndexerSettings
+from indexer.shard_filter import Owns, owned_writes
 from indexer.sinks.elastic import ElasticSink, VersionedDelete
 from indexer.sinks.redis import RedisSink
 from indexer.slot import drop_slot, slot_exists
@@ -243,15 +244,22 @@ async def _retire_memberships(cache: RedisSink, point: Lsn) -> int:
 
 
 async def reload_cache(
-    conn: psycopg.AsyncConnection[Any], cache: RedisSink, version: Lsn, chunk_ids: int
+    conn: psycopg.AsyncConnection[Any],
+    cache: RedisSink,
+    version: Lsn,
+    chunk_ids: int,
+    owns: Owns | None = None,
 ) -> int:
     """Write every object, alias and API key the source holds now into Redis at ``version``
-    (Redis only: Elasticsearch keeps what it has). Returns the number of keys written."""
+    (Redis only: Elasticsearch keeps what it has); ``owns``: those of a shard's projects.
+    Returns the number of keys written."""
     source = DocumentSource(conn)
     rebuilder = Rebuilder(source, chunk_ids=chunk_ids, emit_events=False)
     written = 0
     for table, kind in _TABLES:
         async for ids in source.primary_key_chunks(f"primary_keys_{table}", chunk_ids):
             async for chunk in rebuilder.writes(touched_rows(kind, ids, version)):
+                if owns is not None:
+                    chunk, _ = owned_writes(chunk, owns)
                 written += await cache.apply(chunk)
     return written

@@ -14,6 +14,7 @@ With the default prefix ``loyalty:`` (each process passes its configured prefix)
     loyalty:ak:app_1            API key record of app id app_1        (envelope)
     loyalty:rl:app_1            rate-limit bucket of app_1, current window (integer)
     loyalty:wm                  applied watermark                     (16 hex digits)
+    loyalty:ws:{loyalty:wm}     each indexer shard's applied position (hash, 16 hex digits)
     loyalty:sj                  pending segment recompute jobs        (hash, see codec.py)
     loyalty:rf, loyalty:rf:{7}  replication fences (integers, see cache/replicas.py)
     loyalty:inv:{loyalty:wm}    invalidation channel                  (sharded pub/sub)
@@ -119,6 +120,7 @@ class KeyLayout:
 
     prefix: str = DEFAULT_PREFIX
     watermark_key: str = field(init=False, repr=False, compare=False)
+    shard_watermarks_key: str = field(init=False, repr=False, compare=False)
     channel: str = field(init=False, repr=False, compare=False)
     app_key_prefix: str = field(init=False, repr=False, compare=False)
     rate_limit_prefix: str = field(init=False, repr=False, compare=False)
@@ -132,6 +134,8 @@ class KeyLayout:
             raise ValueError(f"Redis key prefix must not contain braces: {self.prefix!r}")
         p = self.prefix
         object.__setattr__(self, "watermark_key", f"{p}wm")
+        # In the watermark's slot, beside it (``indexer.shards``: fields "N:k").
+        object.__setattr__(self, "shard_watermarks_key", f"{p}ws:{{{p}wm}}")
         # A sharded channel (SPUBLISH) in the watermark key's slot: the watermark script
         # publishes on it, and a cluster lets a script reach its own keys' slot only.
         object.__setattr__(self, "channel", f"{p}inv:{{{p}wm}}")

@@ -8,6 +8,8 @@ schema and the alias fields come from ``cache.readmodel``; errors are the store'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from cache.membership import MembershipStore
 from cache.readmodel.documents import ALIAS_OF_KIND, DOCUMENT_SCHEMA, AliasKind
 from cache.records import ApiKeyRecord, Envelope, VersionedWrite
@@ -91,6 +93,14 @@ class RedisSink:
 
     async def set_watermark(self, lsn: int) -> bool:
         return await self.store.set_watermark(lsn)
+
+    async def advance_shard_watermark(
+        self, shard: str, lsn: int, fields: Sequence[str], *, only_over_stored: bool = False
+    ) -> int | None:
+        """See ``CacheStore.advance_shard_watermark``."""
+        return await self.store.advance_shard_watermark(
+            shard, lsn, fields, only_over_stored=only_over_stored
+        )
 
     async def advance_stored_watermark(self, lsn: int) -> bool | None:
         """``None`` when Redis holds no watermark: it lost its data (see ``CacheStore``)."""

@@ -534,6 +534,31 @@ async def test_a_stored_watermark_advance_refuses_to_recreate_a_lost_one(
     assert await store.get_watermark() == 7
 
 
+async def test_shard_positions_combine_into_the_least_and_never_go_backwards(
+    store: CacheStore, listener: InvalidationListener, heard: asyncio.Queue[Invalidation]
+) -> None:
+    both = ("2:0", "2:1")
+    # A shard missing from the plan's fields holds the watermark back.
+    assert await store.advance_shard_watermark("2:0", 50, both) is None
+    assert await store.get_watermark() is None
+    assert await store.advance_shard_watermark("2:1", 30, both) == 30
+    assert await store.get_watermark() == 30
+    assert (await next_message(heard)).watermark == 30
+    assert await store.advance_shard_watermark("2:1", 80, both) == 50
+    # Positions never go backwards: a replayed older position changes nothing.
+    assert await store.advance_shard_watermark("2:0", 10, both) == 50
+    assert await store.shard_watermarks() == {"2:0": 50, "2:1": 80}
+    # A shard handing off (field "1:0") holds the watermark below its position.
+    assert await store.advance_shard_watermark("1:0", 40, (*both, "1:0")) == 40
+    assert await store.get_watermark() == 50  # the stored watermark never goes back
+    # Over a lost position nothing is written, and the caller is told.
+    assert await store.advance_shard_watermark("3:0", 5, ("3:0",), only_over_stored=True) == -1
+    assert "3:0" not in await store.shard_watermarks()
+    high = (1 << 64) - 1
+    assert await store.advance_shard_watermark("2:0", high, ("2:0",)) == high
+    assert await store.get_watermark() == high
+
+
 async def test_a_reconnect_hook_refreshes_the_watermark(
     redis_client: aioredis.Redis, store: CacheStore, layout: KeyLayout
 ) -> None:
