@@ -35,7 +35,6 @@ import contextlib
 import os
 import pstats
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,14 @@ from typing import Any
 import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
-from scratchdb import drop_database, dsn_for, percentile, seed_plan_of, seeded_database
+from scratchdb import (
+    drop_database,
+    dsn_for,
+    percentile,
+    seed_plan_of,
+    seeded_database,
+    stop_process,
+)
 
 from cache.readmodel.codec import decode_invalidation, decode_watermark
 from cache.readmodel.keys import KeyLayout
@@ -249,14 +255,8 @@ def indexer_process(
     try:
         yield process
     finally:
-        if process.poll() is None:
-            # SIGTERM: the batch in progress completes and cProfile writes its file.
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        # SIGTERM: the batch in progress completes and cProfile writes its file.
+        stop_process(process)
 
 
 # --- the load ----------------------------------------------------------------------------------

@@ -50,7 +50,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -71,6 +70,7 @@ from scratchdb import (
     dsn_for,
     log,
     seeded_database,
+    stop_process,
     unwind_on_sigterm,
 )
 from standby import OWN, burst_ids, write_burst, write_lsn
@@ -425,14 +425,8 @@ def lookups(args: argparse.Namespace) -> str:
             f"bench/read.py did not finish in {args.lookup_timeout:.0f} s"
         ) from None
     finally:
-        if process.poll() is None:
-            # SIGTERM: it removes its scratch data on the way out.
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        # SIGTERM: it removes its scratch data on the way out.
+        stop_process(process, timeout=120)
     if process.returncode != 0:
         raise StepFailed(f"bench/read.py exited with status {process.returncode}")
     return output

@@ -74,7 +74,6 @@ import asyncio
 import contextlib
 import inspect
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -91,7 +90,7 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
-from scratchdb import drop_database, dsn_for, percentile, seeded_database
+from scratchdb import drop_database, dsn_for, percentile, seeded_database, stop_process
 
 from cache.membership import MembershipStore
 from cache.readmodel.codec import decode_invalidation, decode_watermark
@@ -303,14 +302,8 @@ def indexer_process(
     try:
         yield process
     finally:
-        if process.poll() is None:
-            # SIGTERM: the batch in progress completes first.
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        # SIGTERM: the batch in progress completes first.
+        stop_process(process, timeout=120)
 
 
 def proc_memory_kb(pid: int) -> dict[str, int]:

@@ -35,8 +35,8 @@ from indexer.quarantine import QuarantineStore
 from indexer.reindex_state import CheckpointError, CheckpointStore
 from indexer.runner import Indexer
 from indexer.settings import ENVIRONMENT_HELP, IndexerSettings, counts_per_kind
-from indexer.shard_plans import delete_plans, read_plans
-from indexer.shards import ShardSpec, shards_of
+from indexer.shard_plans import delete_plans, existing_slots, read_plans
+from indexer.shards import ShardSpec, role_of, shards_of
 from indexer.sinks.elastic import ElasticSink
 from indexer.sinks.redis import RedisSink
 from indexer.slot import drop_publication, drop_slot, peek_changes, slot_exists, slot_status
@@ -121,10 +121,15 @@ def _run(args: argparse.Namespace, settings: IndexerSettings) -> int:
 
 
 async def gather_status(settings: IndexerSettings) -> dict[str, Any]:
-    out: dict[str, Any] = {"slot": settings.slot_name, "publication": settings.publication}
+    spec = ShardSpec.parse(settings.shard)
+    slot = spec.slot_name(settings.slot_name)
+    out: dict[str, Any] = {
+        "slot": slot, "publication": spec.publication_name(settings.publication),
+    }
     async with await connect(settings.pg_dsn, autocommit=True) as conn:
-        if await slot_exists(conn, settings.slot_name):
-            status = await slot_status(conn, settings.slot_name)
+        out["shards"] = await _plans_status(conn, settings, spec)
+        if await slot_exists(conn, slot):
+            status = await slot_status(conn, slot)
             out.update(
                 active=status.active,
                 confirmed_flush_lsn=str(status.confirmed_flush_lsn),
@@ -151,6 +156,9 @@ async def gather_status(settings: IndexerSettings) -> dict[str, Any]:
     async with open_clients(settings) as clients:
         watermark = await clients.cache.store.get_watermark()
         out["applied_watermark"] = None if watermark is None else str(Lsn(watermark))
+        # Each shard's own position; the watermark is the least of those in force.
+        positions = await clients.cache.store.shard_watermarks()
+        out["shard_positions"] = {name: str(Lsn(lsn)) for name, lsn in sorted(positions.items())}
         documents: dict[str, int] = {}
         for kind in INDEXED_KINDS:
             try:
@@ -169,6 +177,27 @@ async def gather_status(settings: IndexerSettings) -> dict[str, Any]:
         # The reindex in progress, as its checkpoint says (None: none).
         reindex_key = KeyLayout(settings.redis_key_prefix).reindex_key
         out["reindex"] = await _checkpoint_status(clients, reindex_key)
+    return out
+
+
+async def _plans_status(
+    conn: psycopg.AsyncConnection[Any], settings: IndexerSettings, spec: ShardSpec
+) -> dict[str, Any]:
+    """The shard plans as this shard sees them (``indexer.shards``): the plan in force, the
+    one handing off while its slots exist, and this shard's role."""
+    try:
+        plans = await read_plans(conn)
+    except IndexerError as error:
+        return {"error": str(error)}
+    out: dict[str, Any] = {"this": str(spec)}
+    current = plans[0] if plans else None
+    out["in_force"] = f"{current.shards} from {current.handoff}" if current else "1 (no plan)"
+    if len(plans) > 1:
+        previous = [s.slot_name(settings.slot_name) for s in shards_of(plans[1].shards)]
+        left = sorted(await existing_slots(conn, previous))
+        if left:
+            out["handing_off"] = f"{plans[1].shards} shard(s), slots left: {', '.join(left)}"
+    out["role"] = role_of(spec, plans, "handing_off" in out).state
     return out
 
 
@@ -197,7 +226,13 @@ async def _oldest_pending_age(
 ) -> float | None:
     """Age of the oldest commit the slot still holds for the indexer (None: none pending)."""
     try:
-        rows = await peek_changes(conn, settings.slot_name, settings.publication, 1)
+        spec = ShardSpec.parse(settings.shard)
+        rows = await peek_changes(
+            conn,
+            spec.slot_name(settings.slot_name),
+            spec.publication_name(settings.publication),
+            1,
+        )
     except IndexerError:
         return None  # the indexer holds the slot this instant; the bytes figure stands
     decoder = ChangeDecoder()

@@ -99,6 +99,7 @@ class Indexer:
         self.slot = self.shard.slot_name(settings.slot_name)
         self.publication = self.shard.publication_name(settings.publication)
         self.shard_state = ShardState(self.shard, settings.slot_name)
+        self._fields_seen: tuple[str, ...] = ()
         # Set once a shard of a previous plan applied every transaction before the handoff
         # and dropped its slot: the loop ends.
         self.retired = False
@@ -309,6 +310,12 @@ class Indexer:
         started = time.perf_counter()
         started_at = time.time()
         upto, role = await self.shard_state.position_and_role(conn)
+        if role.fields != self._fields_seen or len(role.fields) > self.shard.count:
+            # A plan changed, or one is handing off: the shards leaving queue recompute jobs
+            # for projects this one owns (they run none themselves), and only a job this
+            # process queued would make it look for stored jobs again.
+            self._fields_seen = role.fields
+            self.recompute.pending = True
         if role.stop is not None:
             # A shard handing off applies what commits before the handoff, nothing after.
             upto = min(upto, role.stop)

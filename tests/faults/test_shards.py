@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from cache.types import Lsn
-from indexer.commands import drop_everything, open_clients
+from indexer.commands import drop_everything, gather_status, open_clients
 from indexer.errors import ShardError
 from indexer.reshard import reshard
 from indexer.runner import Indexer
@@ -84,9 +84,10 @@ async def test_one_to_two_shards_and_back_mid_stream_loses_and_duplicates_nothin
     dsn = settings.pg_dsn
     workload = RandomWorkload(dsn, fault_seed(70), pause=0.003)
     await workload.populate(projects=PROJECTS, customers=20, vouchers=30, redemptions=20)
+    writes_stop = asyncio.Event()
+    writes = asyncio.create_task(workload.run(writes_stop))
     async with (
         fault_env.clients() as clients,
-        workload.running(),
         shard(settings, "0/1") as (single, single_task),
     ):
         await until(lambda: single.watermark is not None, "the initial load")
@@ -108,9 +109,14 @@ async def test_one_to_two_shards_and_back_mid_stream_loses_and_duplicates_nothin
                 await first_task
                 await second_task
                 await asyncio.sleep(1.0)
+                assert not writes.done(), "the random transactions stopped early"
+                writes_stop.set()
+                await writes
+                # Every segment job the shards of two queued (they run none while handing
+                # off) is run by the one shard in force now.
                 await wait_for_watermark(clients.cache.store, await write_position_now(dsn))
                 assert not back.retired and not back_task.done()
-    # The workload stopped: one more indexer of the plan in force catches up with it all.
+    # One more indexer of the plan in force, started after the last write.
     async with shard(settings, "0/1") as (last, _), fault_env.clients() as clients:
         target = await write_position_now(dsn)
         await until(lambda: last.watermark is not None and last.watermark >= target, "catch-up")
@@ -183,6 +189,14 @@ async def test_the_watermark_waits_for_the_shard_that_owns_the_write(
             assert watermark is not None and watermark < written
             assert await store.get_object(mine, "customer", f"cust_{mine}") is not None
             assert await store.get_object(theirs, "customer", f"cust_{theirs}") is None
+            # What an operator sees: the plan in force, this shard's role and slot, and the
+            # position of each shard (none yet for 1/2).
+            status = await gather_status(dataclasses.replace(settings, shard="0/2"))
+            assert status["slot"] == f"{settings.slot_name}_0_of_2"
+            assert status["shards"]["role"] == "active"
+            assert status["shards"]["in_force"].startswith("2 from ")
+            assert "handing_off" not in status["shards"]
+            assert set(status["shard_positions"]) == {"1:0", "2:0"}
             async with shard(settings, "1/2") as (second, _):
                 await wait_for_watermark(store, written, within=60)
                 assert await store.get_object(theirs, "customer", f"cust_{theirs}") is not None
@@ -248,3 +262,106 @@ async def test_reshard_refuses_what_would_leave_a_project_without_an_owner(
             "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
         )
         assert await cursor.fetchone() == (0,)
+
+
+async def test_an_object_moving_to_another_shards_project_leaves_its_old_one(
+    fault_env: FaultEnv,
+) -> None:
+    """``UPDATE ... SET project_id`` across shards: the old project's shard gets a DELETE, the
+    new one's an INSERT, at the same commit LSN. The old project's keys get tombstones (from
+    its shard), the new project's get the object (from the other), and nothing else."""
+    settings = fault_env.settings
+    dsn = settings.pg_dsn
+    mine, theirs = project_of_shard(ShardSpec(0, 2)), project_of_shard(ShardSpec(1, 2))
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for project in (mine, theirs):
+            await conn.execute("INSERT INTO projects (id, name) VALUES (%s, %s)", (project, "p"))
+        await conn.execute(
+            "INSERT INTO customers (id, project_id, source_id, name) VALUES "
+            "('c1', %s, 'src-1', 'Ann'), ('c2', %s, 'src-2', 'Bob')",
+            (mine, theirs),
+        )
+        await conn.execute(
+            "INSERT INTO vouchers (id, project_id, code, type) VALUES "
+            "('v1', %s, 'CODE-1', 'GIFT_VOUCHER'), ('v2', %s, 'CODE-2', 'GIFT_VOUCHER')",
+            (mine, theirs),
+        )
+    async with fault_env.clients() as clients:
+        store = clients.cache.store
+        async with shard(settings, "0/1") as (single, _):
+            await until(lambda: single.watermark is not None, "the initial load")
+            await reshard(dsn, settings, 2)
+            await until(lambda: single.retired, "shard 0/1 to hand off")
+        async with shard(settings, "0/2"), shard(settings, "1/2"):
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                async with conn.transaction():
+                    for table, row in (("vouchers", "v1"), ("customers", "c1")):
+                        await conn.execute(
+                            f"UPDATE {table} SET project_id = %s WHERE id = %s", (theirs, row)
+                        )
+                moved = await write_position(conn)
+            await wait_for_watermark(store, moved, within=60)
+            old_voucher = await store.get_object(mine, "voucher", "v1")
+            new_voucher = await store.get_object(theirs, "voucher", "v1")
+            assert old_voucher is not None and old_voucher.is_tombstone
+            assert new_voucher is not None and not new_voucher.is_tombstone
+            old_customer = await store.get_object(mine, "customer", "c1")
+            assert old_customer is not None and old_customer.is_tombstone
+            problems = await check_converged(settings, clients)
+    assert problems == [], "\n".join(problems[:20])
+
+
+async def test_a_recompute_queued_by_a_shard_handing_off_runs_in_the_new_owner(
+    fault_env: FaultEnv,
+) -> None:
+    """A shard handing off applies changes up to the handoff but runs no recompute: a segment
+    filter edit it applies queues a job that the project's new owner must run, although that
+    owner queued nothing itself."""
+    settings = fault_env.settings
+    dsn = settings.pg_dsn
+    theirs = project_of_shard(ShardSpec(1, 2))
+    gold = '{"metadata.tier": {"conditions": {"$is": "gold"}}}'
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("INSERT INTO projects (id, name) VALUES (%s, 'p')", (theirs,))
+        await conn.execute(
+            "INSERT INTO customers (id, project_id, metadata) VALUES "
+            "('c1', %s, '{\"tier\": \"gold\"}'), ('c2', %s, '{\"tier\": \"silver\"}')",
+            (theirs, theirs),
+        )
+        await conn.execute(
+            "INSERT INTO segments (id, project_id, name, type, filter) "
+            "VALUES ('seg', %s, 'S', 'auto-update', %s)",
+            (theirs, gold),
+        )
+    async with fault_env.clients() as clients:
+        store, membership = clients.cache.store, clients.cache.membership
+        async with shard(settings, "0/1") as (single, _):
+            await until(lambda: single.watermark is not None, "the initial load")
+            await reshard(dsn, settings, 2)
+            await until(lambda: single.retired, "shard 0/1 to hand off")
+        async with (
+            shard(settings, "0/2"),
+            shard(settings, "1/2"),
+            await psycopg.AsyncConnection.connect(dsn) as conn,
+        ):
+            await wait_for_watermark(store, await write_position(conn), within=60)
+        assert await membership.count(theirs, "seg") == 1
+        # Shard 1/2 is down: the edit waits in its slot. One shard takes over after it.
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute(
+                "UPDATE segments SET filter = %s WHERE id = 'seg'",
+                ('{"metadata.tier": {"conditions": {"$in": ["gold", "silver"]}}}',),
+            )
+        await reshard(dsn, settings, 1)
+        async with shard(settings, "0/1") as (back, _):
+            await until(lambda: back.watermark is not None, "shard 0/1 to start")
+            await until(lambda: not back.recompute.pending, "shard 0/1 to find no job")
+            async with shard(settings, "1/2") as (second, _):
+                await until(lambda: second.retired, "shard 1/2 to hand off")
+            # Not retired: 0/2 never ran again; its position stays at the last handoff.
+            async with await psycopg.AsyncConnection.connect(dsn) as conn:
+                written = await write_position(conn)
+            async with shard(settings, "0/2") as (first, _):
+                await until(lambda: first.retired, "shard 0/2 to hand off")
+            await wait_for_watermark(store, written, within=60)
+        assert await membership.count(theirs, "seg") == 2
