@@ -149,6 +149,14 @@ async def test_one_to_two_shards_and_back_mid_stream_loses_and_duplicates_nothin
     assert workload.commits > 50, workload.summary()
 
 
+async def load_then_plan_two_shards(settings: IndexerSettings) -> None:
+    """One indexer loads the indices, then hands off to a plan of two shards (not started)."""
+    async with shard(settings, "0/1") as (single, _):
+        await until(lambda: single.watermark is not None, "the initial load")
+        await reshard(settings.pg_dsn, settings, 2)
+        await until(lambda: single.retired, "shard 0/1 to hand off")
+
+
 def project_of_shard(spec: ShardSpec) -> str:
     return next(f"proj_{n}" for n in range(1000) if spec.owns(f"proj_{n}"))
 
@@ -167,10 +175,7 @@ async def test_the_watermark_waits_for_the_shard_that_owns_the_write(
             await conn.execute("INSERT INTO projects (id, name) VALUES (%s, %s)", (project, "p"))
     async with fault_env.clients() as clients:
         store = clients.cache.store
-        async with shard(settings, "0/1") as (single, _):
-            await until(lambda: single.watermark is not None, "the initial load")
-            await reshard(dsn, settings, 2)
-            await until(lambda: single.retired, "shard 0/1 to hand off")
+        await load_then_plan_two_shards(settings)
         async with shard(settings, "0/2") as (first, _):
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
                 for project in (mine, theirs):
@@ -288,10 +293,7 @@ async def test_an_object_moving_to_another_shards_project_leaves_its_old_one(
         )
     async with fault_env.clients() as clients:
         store = clients.cache.store
-        async with shard(settings, "0/1") as (single, _):
-            await until(lambda: single.watermark is not None, "the initial load")
-            await reshard(dsn, settings, 2)
-            await until(lambda: single.retired, "shard 0/1 to hand off")
+        await load_then_plan_two_shards(settings)
         async with shard(settings, "0/2"), shard(settings, "1/2"):
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
                 async with conn.transaction():
@@ -335,10 +337,7 @@ async def test_a_recompute_queued_by_a_shard_handing_off_runs_in_the_new_owner(
         )
     async with fault_env.clients() as clients:
         store, membership = clients.cache.store, clients.cache.membership
-        async with shard(settings, "0/1") as (single, _):
-            await until(lambda: single.watermark is not None, "the initial load")
-            await reshard(dsn, settings, 2)
-            await until(lambda: single.retired, "shard 0/1 to hand off")
+        await load_then_plan_two_shards(settings)
         async with (
             shard(settings, "0/2"),
             shard(settings, "1/2"),
