@@ -35,7 +35,7 @@ from indexer.quarantine import QuarantineStore
 from indexer.reindex_state import CheckpointError, CheckpointStore
 from indexer.runner import Indexer
 from indexer.settings import ENVIRONMENT_HELP, IndexerSettings, counts_per_kind
-from indexer.shard_plans import delete_plans, existing_slots, read_plans
+from indexer.shard_plans import delete_plans, previous_slots_left, read_plans
 from indexer.shards import ShardSpec, role_of, shards_of
 from indexer.sinks.elastic import ElasticSink
 from indexer.sinks.redis import RedisSink
@@ -192,11 +192,9 @@ async def _plans_status(
     out: dict[str, Any] = {"this": str(spec)}
     current = plans[0] if plans else None
     out["in_force"] = f"{current.shards} from {current.handoff}" if current else "1 (no plan)"
-    if len(plans) > 1:
-        previous = [s.slot_name(settings.slot_name) for s in shards_of(plans[1].shards)]
-        left = sorted(await existing_slots(conn, previous))
-        if left:
-            out["handing_off"] = f"{plans[1].shards} shard(s), slots left: {', '.join(left)}"
+    left = await previous_slots_left(conn, plans, settings.slot_name)
+    if left:
+        out["handing_off"] = f"{plans[1].shards} shard(s), slots left: {', '.join(left)}"
     out["role"] = role_of(spec, plans, "handing_off" in out).state
     return out
 

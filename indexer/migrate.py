@@ -62,6 +62,14 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[tuple[Any, ...]]:
     return psycopg.connect(dsn, **kwargs)
 
 
+async def connect_async(dsn: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    """``connect``, for the async commands run as the admin (``indexer setup``, ``reshard``)."""
+    options = psycopg.conninfo.conninfo_to_dict(dsn)
+    if "connect_timeout" not in options:
+        kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
+    return await psycopg.AsyncConnection.connect(dsn, **kwargs)
+
+
 def apply_migrations(dsn: str, migrations: Sequence[Migration] | None = None) -> list[str]:
     """Apply the pending migrations in order; return the names applied (empty when none).
 

@@ -35,10 +35,10 @@ from cache.types import Lsn
 from indexer.changes import WATCHED_TABLES
 from indexer.errors import IndexerError, ShardError
 from indexer.migrate import (
-    CONNECT_TIMEOUT_SECONDS,
     MigrationError,
     add_dsn_argument,
     apply_migrations,
+    connect_async,
 )
 from indexer.queries import query
 from indexer.settings import IndexerSettings
@@ -47,6 +47,7 @@ from indexer.shard_plans import (
     existing_slots,
     insert_plan,
     lock_plans,
+    previous_slots_left,
     read_plans,
 )
 from indexer.shards import IMPLICIT_PLAN, ShardSpec, shards_of
@@ -54,14 +55,6 @@ from indexer.slot import current_wal_lsn, drop_publication, drop_slot, ensure_pu
 
 AsyncConn = psycopg.AsyncConnection[Any]
 MAX_SHARDS = 256
-
-
-async def _connect(dsn: str) -> AsyncConn:
-    options = psycopg.conninfo.conninfo_to_dict(dsn)
-    options.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
-    return await psycopg.AsyncConnection.connect(
-        psycopg.conninfo.make_conninfo("", **options), autocommit=True
-    )
 
 
 async def create_shard_publication(conn: AsyncConn, spec: ShardSpec, base: str) -> str:
@@ -97,19 +90,20 @@ async def reshard(admin_dsn: str, settings: IndexerSettings, shards: int) -> lis
         raise ShardError(f"--shards must be from 1 to {MAX_SHARDS}, got {shards}")
     done = [f"applied {name}" for name in await asyncio.to_thread(apply_migrations, admin_dsn)]
     base_slot, base_publication = settings.slot_name, settings.publication
-    async with await _connect(admin_dsn) as admin, await _connect(settings.pg_dsn) as own:
+    async with (
+        await connect_async(admin_dsn, autocommit=True) as admin,
+        await connect_async(settings.pg_dsn, autocommit=True) as own,
+    ):
         plans = await read_plans(admin)
         current = plans[0] if plans else IMPLICIT_PLAN
         if shards == current.shards:
             return [*done, f"already {shards} shard(s) in force since {current.handoff}"]
-        if len(plans) > 1:
-            previous = [s.slot_name(base_slot) for s in shards_of(plans[1].shards)]
-            left = sorted(await existing_slots(admin, previous))
-            if left:
-                raise ShardError(
-                    f"the previous reshard is still handing off (slot {left[0]} exists): wait "
-                    f"for its shards to reach {current.handoff}"
-                )
+        left = await previous_slots_left(admin, plans, base_slot)
+        if left:
+            raise ShardError(
+                f"the previous reshard is still handing off (slot {left[0]} exists): wait "
+                f"for its shards to reach {current.handoff}"
+            )
         in_force = [s.slot_name(base_slot) for s in shards_of(current.shards)]
         missing = sorted(set(in_force) - await existing_slots(admin, in_force))
         if missing:

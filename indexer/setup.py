@@ -35,10 +35,10 @@ from psycopg import sql
 from indexer.changes import WATCHED_TABLES
 from indexer.errors import IndexerError
 from indexer.migrate import (
-    CONNECT_TIMEOUT_SECONDS,
     MigrationError,
     add_dsn_argument,
     apply_migrations,
+    connect_async,
     one_line,
 )
 from indexer.retry import Backoff
@@ -163,15 +163,10 @@ async def setup_database(
     """Every step, as the admin at ``admin_dsn``; returns what was done, one line each.
     Raises ``SetupError`` (or ``MigrationError``) with a one-line message."""
     done = [f"applied {name}" for name in await asyncio.to_thread(apply_migrations, admin_dsn)]
-    # Bounded like ``indexer migrate`` unless the DSN sets its own connect_timeout.
-    options = psycopg.conninfo.conninfo_to_dict(admin_dsn)
-    options.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
     backoff = Backoff(base=DEADLOCK_BACKOFF_SECONDS, cap=1.0)
     for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
         try:
-            async with await psycopg.AsyncConnection.connect(
-                psycopg.conninfo.make_conninfo("", **options), autocommit=True
-            ) as conn:
+            async with await connect_async(admin_dsn, autocommit=True) as conn:
                 done.extend(await setup_access(conn, role, publication, password=password))
             return done
         except (psycopg.Error, IndexerError) as error:

@@ -12,8 +12,8 @@ import psycopg
 
 from cache.types import Lsn
 from indexer.errors import ShardError
-from indexer.shard_plans import existing_slots, lock_plans, read_plans
-from indexer.shards import ShardPlan, ShardRole, ShardSpec, role_of, shards_of
+from indexer.shard_plans import lock_plans, previous_slots_left, read_plans
+from indexer.shards import ShardPlan, ShardRole, ShardSpec, role_of
 from indexer.slot import current_wal_lsn
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,8 @@ class ShardState:
             plans = await read_plans(conn)
         now = time.monotonic()
         if self._plans != plans or now >= self._checked_at + HANDOFF_CHECK_SECONDS:
-            self._handing_off = False
             self._plans, self._checked_at = plans, now
-            if len(plans) > 1:
-                previous = [s.slot_name(self._base_slot) for s in shards_of(plans[1].shards)]
-                self._handing_off = bool(await existing_slots(conn, previous))
+            self._handing_off = bool(await previous_slots_left(conn, plans, self._base_slot))
         role = role_of(self.spec, plans, self._handing_off)
         if role.state == "none":
             in_force = plans[0].shards if plans else 1
