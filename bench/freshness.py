@@ -405,7 +405,7 @@ async def watch_redis(
 ) -> None:
     while not done.is_set():
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-        if message is None or message.get("type") != "message":
+        if message is None or message.get("type") != "smessage":
             continue
         at = time.time()
         invalidation = decode_invalidation(message["data"])
@@ -484,7 +484,8 @@ async def measure(
         log("initial load done; starting the load")
         population = await load_population(dsn)
         pubsub = redis.pubsub()
-        await pubsub.subscribe(layout.channel)
+        # The indexer publishes with SPUBLISH (a sharded channel, Redis Cluster or not).
+        await pubsub.ssubscribe(layout.channel)
         watermark = await redis.get(layout.watermark_key)
         tracker.watermark = decode_watermark(watermark) if isinstance(watermark, bytes) else 0
         done = asyncio.Event()
@@ -509,7 +510,7 @@ async def measure(
             done.set()
             await asyncio.gather(*observers)
             es_interval = await es_watcher
-            await pubsub.unsubscribe()
+            await pubsub.sunsubscribe()
             await pubsub.aclose()  # type: ignore[no-untyped-call]
     return tracker, load, es_interval
 

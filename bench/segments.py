@@ -792,7 +792,7 @@ async def listen(
 ) -> None:
     while not done.is_set():
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-        if message is not None and message.get("type") == "message":
+        if message is not None and message.get("type") == "smessage":
             tracker.heard(message["data"], time.time())
 
 
@@ -838,7 +838,8 @@ async def another_tenant(bench: Bench, out: TenantFigures, members: int) -> None
     keys = {bench.layout.object_key(PROJECT_B, ObjectKind.CUSTOMER, i) for i in ids}
     tracker = TenantTracker(keys)
     pubsub = bench.redis.pubsub()
-    await pubsub.subscribe(bench.layout.channel)
+    # The indexer publishes with SPUBLISH (a sharded channel, Redis Cluster or not).
+    await pubsub.ssubscribe(bench.layout.channel)
     done = asyncio.Event()
     listener = asyncio.create_task(listen(pubsub, tracker, done))
     try:
@@ -873,7 +874,7 @@ async def another_tenant(bench: Bench, out: TenantFigures, members: int) -> None
     finally:
         done.set()
         await listener
-        await pubsub.unsubscribe()
+        await pubsub.sunsubscribe()
         await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 

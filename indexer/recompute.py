@@ -38,6 +38,7 @@ decision).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import logging
@@ -139,6 +140,7 @@ class SegmentRecompute:
         membership: MembershipStore,
         *,
         page: int = 500,
+        writes_in_flight: int = 2,
         clock: Clock = wall_clock_us,
         owns: Callable[[str], bool] = lambda project_id: True,
     ) -> None:
@@ -146,14 +148,17 @@ class SegmentRecompute:
         self._index = index
         self._membership = membership
         self._page = page
+        self._writes_in_flight = max(1, writes_in_flight)
         self._clock = clock
         # A sharded indexer runs the jobs of its own projects only (``indexer.shards``).
         self._owns = owns
         self._current: _Progress | None = None
-        # The previous page's writes, in flight while the next page is searched (and, between
-        # slices, while batches of changes are applied): the search and the decisions (here)
-        # overlap the indexing (Elasticsearch).
-        self._writing: asyncio.Task[int] | None = None
+        # The last pages' writes, oldest first, in flight while the next page is searched
+        # (and, between slices, while batches of changes are applied): the search and the
+        # decisions (here) overlap the indexing, and two bulk requests keep two of
+        # Elasticsearch's write threads busy where one left the node half idle
+        # (``bench/segments.py``). Pages hold different customers: their writes commute.
+        self._writing: collections.deque[asyncio.Task[int]] = collections.deque()
         # Clock jobs (a full pass over a relative-date segment at start-up) are not kept in
         # Redis: a restart schedules them again.
         self._clock_jobs: dict[tuple[str, str], SegmentJob] = {}
@@ -215,20 +220,21 @@ class SegmentRecompute:
             # The job starts over on the next start; deciding a customer again changes nothing.
             log.warning("segment recompute write failed while stopping", exc_info=True)
 
-    async def _drain(self) -> None:
-        """Wait for the page being written; its failure is raised here."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
+    async def _drain(self, keep: int = 0) -> None:
+        """Wait for the pages being written, oldest first, until at most ``keep`` are left
+        in flight; a failure is raised here (the pages after it are abandoned)."""
+        while len(self._writing) > keep:
             try:
-                await writing
+                await self._writing.popleft()
             except BaseException:
                 self._current = None
+                await self._abandon()
                 raise
 
     async def _abandon(self) -> None:
-        """Stop the page being written, after a failure elsewhere: the job starts over."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
+        """Stop the pages being written, after a failure elsewhere: the job starts over."""
+        while self._writing:
+            writing = self._writing.popleft()
             writing.cancel()
             with contextlib.suppress(BaseException):
                 await writing
@@ -293,8 +299,10 @@ class SegmentRecompute:
             if query is None
             else await self._index.candidates(query, after=progress.after, size=self._page)
         )
-        await self._drain()
         if not customers:
+            # The leave pass searches what the enter pass's writes left listed: every page
+            # of this pass is written first (and a job is done only once all are).
+            await self._drain()
             if progress.phase is _Phase.ENTER:
                 progress.phase, progress.after = _Phase.LEAVE, None
                 return 0
@@ -302,7 +310,8 @@ class SegmentRecompute:
             return 0
         progress.after = customers[-1].customer_id
         progress.examined += len(customers)
-        self._writing = asyncio.create_task(self._settle_page(progress, customers))
+        await self._drain(keep=self._writes_in_flight - 1)
+        self._writing.append(asyncio.create_task(self._settle_page(progress, customers)))
         metrics.SEGMENT_RECOMPUTE_CUSTOMERS.inc(len(customers))
         return len(customers)
 

@@ -71,9 +71,22 @@ SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_
 -- name: transactions_still_invisible
 -- A commit record reaches the flushed WAL, and so the decoder, a moment before the
 -- transaction becomes visible to other sessions. Rebuilding a document in that window would
--- read the old row and store it at the new version; this says whether any of the batch's
--- transactions is still in progress for a fresh snapshot (compared on 32-bit xids).
+-- read the old row and store it at the new version (the change lost for good: its replay is
+-- refused as not newer). This says whether any of the batch's transactions is still in
+-- progress for a fresh snapshot. In progress is either of two things: listed in the
+-- snapshot's xip, or at or after its xmax. xip holds only the running xids below xmax, and
+-- xmax is the newest completed xid + 1, so the newest transaction, still finishing while no
+-- later one has completed, is in no list: the second test catches it. Decoded xids are
+-- 32-bit; "at or after xmax" is taken modulo 2^32 over half the xid space, as Postgres
+-- compares xids.
+WITH snapshot AS (
+    SELECT pg_current_snapshot() AS taken
+)
 SELECT EXISTS (
-    SELECT 1 FROM pg_snapshot_xip(pg_current_snapshot()) AS running(xid)
-    WHERE (running.xid::text::bigint %% 4294967296) = ANY(%(xids)s::bigint[])
+    SELECT 1 FROM snapshot, unnest(%(xids)s::bigint[]) AS decoded(xid)
+    WHERE ((decoded.xid - pg_snapshot_xmax(snapshot.taken)::text::bigint) %% 4294967296
+           + 4294967296) %% 4294967296 < 2147483648
+       OR decoded.xid IN (
+           SELECT running.xid::text::bigint %% 4294967296
+           FROM pg_snapshot_xip(snapshot.taken) AS running(xid))
 )
