@@ -71,8 +71,8 @@ SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_
 -- name: transactions_still_invisible
 -- A commit record reaches the flushed WAL, and so the decoder, a moment before the
 -- transaction becomes visible to other sessions. Rebuilding a document in that window would
--- read the old row and store it at the new version (the change lost for good: its replay is
--- refused as not newer). This says whether any of the batch's transactions is still in
+-- read the old row and store it at the new version (lost for good: the slot then moves past
+-- the change). This says whether any of the batch's transactions is still in
 -- progress for a fresh snapshot. In progress is either of two things: listed in the
 -- snapshot's xip, or at or after its xmax. xip holds only the running xids below xmax, and
 -- xmax is the newest completed xid + 1, so the newest transaction, still finishing while no
