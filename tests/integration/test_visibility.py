@@ -40,10 +40,10 @@ async def _open_transaction(dsn: str) -> tuple[Conn, int]:
 
 
 async def _completed_xid(dsn: str) -> int:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        async with conn.transaction():
-            cursor = await conn.execute("SELECT pg_current_xact_id()::text::bigint")
-            row = await cursor.fetchone()
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cursor = await conn.execute("SELECT pg_current_xact_id()::text::bigint")
+        row = await cursor.fetchone()
+        await conn.commit()
     assert row is not None
     return int(row[0]) % XID32
 
