@@ -302,8 +302,7 @@ class SegmentRecompute:
             else await self._index.candidates(query, after=progress.after, size=self._page)
         )
         if not customers:
-            # The leave pass searches what the enter pass's writes left listed: every page
-            # of this pass is written first (and a job is done only once all are).
+            # A pass ends, and a job is done, only once every page of it is written.
             await self._drain()
             if progress.phase is _Phase.ENTER:
                 progress.phase, progress.after = _Phase.LEAVE, None
