@@ -41,7 +41,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,8 +58,10 @@ from scratchdb import (
     stop_process,
 )
 
-from cache.readmodel.codec import decode_invalidation, decode_watermark
+from cache.invalidation import InvalidationListener
+from cache.readmodel.codec import decode_watermark
 from cache.readmodel.keys import KeyLayout
+from cache.records import Invalidation
 from cache.types import Lsn, ObjectKind
 from indexer.settings import DEFAULT_ES_URL, DEFAULT_PG_ADMIN_DSN, DEFAULT_REDIS_URL
 
@@ -400,19 +402,17 @@ async def drive_load(
 # --- observers ---------------------------------------------------------------------------------
 
 
-async def watch_redis(
-    pubsub: aioredis.client.PubSub, tracker: Tracker, done: asyncio.Event
-) -> None:
-    while not done.is_set():
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-        if message is None or message.get("type") != "smessage":
-            continue
+def redis_heard(tracker: Tracker) -> Callable[[Invalidation], None]:
+    """The invalidation listener's callback: every key and watermark the indexer announced."""
+
+    def heard(invalidation: Invalidation) -> None:
         at = time.time()
-        invalidation = decode_invalidation(message["data"])
         for key, version in invalidation.entries:
             tracker.redis_seen(key, version, at)
         if invalidation.watermark is not None:
             tracker.watermark_seen(invalidation.watermark)
+
+    return heard
 
 
 async def watch_elasticsearch(
@@ -483,16 +483,15 @@ async def measure(
         await wait_ready(redis, layout, process, log_path)
         log("initial load done; starting the load")
         population = await load_population(dsn)
-        pubsub = redis.pubsub()
-        # The indexer publishes with SPUBLISH (a sharded channel, Redis Cluster or not).
-        await pubsub.ssubscribe(layout.channel)
+        # The read API's own listener: it follows the indexer's channel, whatever it becomes.
+        listener = InvalidationListener(redis, layout)
+        listener.add_callback(redis_heard(tracker))
+        await listener.start()
+        await asyncio.wait_for(listener.connected_event.wait(), timeout=10)
         watermark = await redis.get(layout.watermark_key)
         tracker.watermark = decode_watermark(watermark) if isinstance(watermark, bytes) else 0
         done = asyncio.Event()
-        observers = [
-            asyncio.create_task(watch_redis(pubsub, tracker, done)),
-            asyncio.create_task(sample_lag(tracker, done)),
-        ]
+        observers = [asyncio.create_task(sample_lag(tracker, done))]
         es_watcher = asyncio.create_task(
             watch_elasticsearch(elastic, tracker, done, args.es_poll_ms / 1000)
         )
@@ -510,8 +509,7 @@ async def measure(
             done.set()
             await asyncio.gather(*observers)
             es_interval = await es_watcher
-            await pubsub.sunsubscribe()
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await listener.stop()
     return tracker, load, es_interval
 
 

@@ -95,11 +95,12 @@ import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 from scratchdb import drop_database, dsn_for, percentile, seeded_database, stop_process
 
+from cache.invalidation import InvalidationListener
 from cache.membership import MembershipStore
-from cache.readmodel.codec import decode_invalidation, decode_watermark
+from cache.readmodel.codec import decode_watermark
 from cache.readmodel.indices import Field, IndexNames
 from cache.readmodel.keys import KeyLayout
-from cache.records import EventCause, SegmentEventType, SegmentJob
+from cache.records import EventCause, Invalidation, SegmentEventType, SegmentJob
 from cache.types import Lsn, ObjectKind
 from indexer.documents import customer_document
 from indexer.recompute import SegmentClock, SegmentRecompute
@@ -789,8 +790,7 @@ class TenantTracker:
         self.pending.append(change)
         self._settle()
 
-    def heard(self, blob: bytes, at: float) -> None:
-        invalidation = decode_invalidation(blob)
+    def heard(self, invalidation: Invalidation, at: float) -> None:
         for key, version in invalidation.entries:
             if key in self.keys and version > self.announced.get(key, (-1, 0.0))[0]:
                 self.announced[key] = (version, at)
@@ -806,15 +806,6 @@ class TenantTracker:
             if change.watermark_at is None and self.watermark[0] >= change.position:
                 change.watermark_at = self.watermark[1]
         self.pending = [c for c in self.pending if c.object_at is None or c.watermark_at is None]
-
-
-async def listen(
-    pubsub: aioredis.client.PubSub, tracker: TenantTracker, done: asyncio.Event
-) -> None:
-    while not done.is_set():
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-        if message is not None and message.get("type") == "smessage":
-            tracker.heard(message["data"], time.time())
 
 
 async def tenant_writer(
@@ -858,12 +849,12 @@ async def another_tenant(bench: Bench, out: TenantFigures, members: int) -> None
         raise RuntimeError("project B has no customer (--tenant-customers 0)")
     keys = {bench.layout.object_key(PROJECT_B, ObjectKind.CUSTOMER, i) for i in ids}
     tracker = TenantTracker(keys)
-    pubsub = bench.redis.pubsub()
-    # The indexer publishes with SPUBLISH (a sharded channel, Redis Cluster or not).
-    await pubsub.ssubscribe(bench.layout.channel)
-    done = asyncio.Event()
-    listener = asyncio.create_task(listen(pubsub, tracker, done))
+    # The read API's own listener: it follows the indexer's channel, whatever it becomes.
+    listener = InvalidationListener(bench.redis, bench.layout)
+    listener.add_callback(lambda message: tracker.heard(message, time.time()))
+    await listener.start()
     try:
+        await asyncio.wait_for(listener.connected_event.wait(), timeout=10)
         log(f"4. project B: a change every {bench.args.tenant_interval_ms:g} ms, idle first")
         stop = asyncio.Event()
         writer = asyncio.create_task(tenant_writer(bench, tracker, ids, stop))
@@ -893,10 +884,7 @@ async def another_tenant(bench: Bench, out: TenantFigures, members: int) -> None
         await drain(bench, tracker)
         out.during = [c for c in tracker.changes if committed <= c.committed <= ended]
     finally:
-        done.set()
-        await listener
-        await pubsub.sunsubscribe()
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await listener.stop()
 
 
 # --- 3. clock tick -----------------------------------------------------------------------------
