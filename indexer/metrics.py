@@ -60,6 +60,11 @@ SLOT_LOSSES = Counter(
     ["reason"],
 )
 WATERMARK = Gauge("indexer_applied_watermark", "Applied watermark (LSN as an integer)")
+CATCHING_UP = Gauge(
+    "indexer_catching_up",
+    "1 while the indexer is behind by more than a batch and the serving indices refresh "
+    "every LOYALTY_ES_CATCHUP_REFRESH instead of LOYALTY_ES_REFRESH",
+)
 INVALID_FILTERS = Counter(
     "indexer_invalid_segment_filters_total", "Segment filters that could not be compiled"
 )

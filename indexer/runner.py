@@ -78,6 +78,10 @@ RETRYABLE = (StoreUnavailable,)
 
 BatchHook = Callable[[list[Transaction]], Awaitable[None]]
 
+# Full batches in a row before the serving indices refresh at the catch-up interval: one
+# transaction larger than a batch is not a backlog worth a settings change.
+CATCH_UP_AFTER_FULL_STEPS = 2
+
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
@@ -127,6 +131,10 @@ class Indexer:
             owns=self.shard_state.owns_segments,
         )
         self._next_tick = 0.0
+        # Full batches in a row, and whether the serving indices refresh at the catch-up
+        # interval (``_pace_refresh``).
+        self._full_steps = 0
+        self.catching_up = False
         self.watermark: Lsn | None = None
         # For /healthz and the lag timer (Unix times): when ``prepare`` last finished (None
         # while it runs), when a step last succeeded, and the moment up to which every
@@ -199,6 +207,7 @@ class Indexer:
         )
         if has_slot and (complete or upgrading):
             await self._search.apply_replicas()
+            await self._end_catch_up()
             if upgrading and meta is not None:
                 self.upgrade.start(meta.get("mapping"), MAPPING_VERSION)
             await self._start_at_handoff(conn, role)
@@ -263,6 +272,7 @@ class Indexer:
                 f"to one shard, let it finish, then reshard again"
             )
         await self._search.apply_replicas()
+        await self._end_catch_up()
         await self._start_at_handoff(conn, role)
         self.prepared_at = time.time()
 
@@ -347,6 +357,7 @@ class Indexer:
             # Before the watermark moves: a recompute that fits in one slice is seen by a
             # reader waiting for this batch; a longer one goes on between later batches.
             await self.recompute.run_slice(self._settings.recompute_slice_ms / 1000)
+        await self._pace_refresh(full)
         if self.before_advance is not None:
             await self.before_advance(transactions)
         # A batch that did not fill up holds every transaction committed before ``upto``:
@@ -388,6 +399,36 @@ class Indexer:
         if role.stop is not None and not full and target >= role.stop:
             await self._retire(conn, role)
         return StepResult(len(transactions), changes, target, full)
+
+    async def _pace_refresh(self, full: bool) -> None:
+        """Behind by more than a batch (``CATCH_UP_AFTER_FULL_STEPS`` full ones in a row), the
+        serving indices refresh every ``LOYALTY_ES_CATCHUP_REFRESH``; the first batch that
+        does not fill up puts ``LOYALTY_ES_REFRESH`` back and refreshes, before the watermark
+        moves. Lists lag by the backlog anyway meanwhile; each refresh writes a segment that
+        merges cost again, which a backlog pays in indexing speed. One shard of several keeps
+        the interval: shards behind and shards caught up would undo each other."""
+        self._full_steps = self._full_steps + 1 if full else 0
+        catch_up = self._settings.es_catchup_refresh_interval
+        if catch_up == self._settings.es_refresh_interval or not self.shard.single:
+            return
+        if not self.catching_up and self._full_steps >= CATCH_UP_AFTER_FULL_STEPS:
+            await self._search.set_serving_refresh(catch_up)
+            self.catching_up = True
+            metrics.CATCHING_UP.set(1)
+            log.info("indexer behind, refreshing less often", extra={"interval": catch_up})
+        elif self.catching_up and not full:
+            await self._end_catch_up()
+            log.info(
+                "indexer caught up, refreshing as configured",
+                extra={"interval": self._settings.es_refresh_interval},
+            )
+
+    async def _end_catch_up(self) -> None:
+        """The configured refresh interval on the serving indices (also at start: a process
+        that stopped while catching up left the longer one), and a refresh."""
+        await self._search.set_serving_refresh(None)
+        self.catching_up = False
+        metrics.CATCHING_UP.set(0)
 
     async def _refill_cache_if_lost(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Reload Redis from the source when it lost its data (a restart without persistence,
@@ -442,15 +483,34 @@ class Indexer:
         )
         await rebuilder.expand(touched, self._search.ids_of_kind)
         queued = False
-        async for built in rebuilder.writes(touched):
-            chunk = built
-            if not self.shard.single:
-                chunk, foreign = owned_writes(built, self.shard.owns)
-                if foreign:
-                    metrics.SHARD_FOREIGN_WRITES.inc(foreign)
-            await self._write_both(conn, chunk)
-            if chunk.segment_jobs:
-                queued = self.recompute.pending = True
+        # One chunk's writes stay in flight while the next chunk is read and built: the
+        # indexer's CPU and the sinks' then overlap. The chunks of one call hold different
+        # objects, so their writes commute; the next call starts with none in flight, so
+        # every read of the index it makes (``IndexedOwners``) sees this call's writes.
+        writing: asyncio.Task[None] | None = None
+        try:
+            async for built in rebuilder.writes(touched):
+                chunk = built
+                if not self.shard.single:
+                    chunk, foreign = owned_writes(built, self.shard.owns)
+                    if foreign:
+                        metrics.SHARD_FOREIGN_WRITES.inc(foreign)
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(self._write_both(conn, chunk))
+                if chunk.segment_jobs:
+                    queued = self.recompute.pending = True
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None:
+                # The rebuild failed (or the step is cancelled): the batch is read again
+                # from the slot, so the write in flight only has to end before the retry,
+                # and its own failure, if any, is superseded.
+                if not writing.done():
+                    writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await writing
         return queued
 
     async def _rebuild_connection(

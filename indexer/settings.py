@@ -182,6 +182,13 @@ ES_REFRESH = Setting(
     "es_refresh_interval", "LOYALTY_ES_REFRESH", DURATION, "250ms",
     "refresh interval of new indices",
 )
+# While the indexer is behind, fewer refreshes leave Elasticsearch's CPU to indexing: on two
+# shared cores, 250 ms refreshes and the merges of their small segments took half its time in
+# a write burst (``bench/burst.py``).
+ES_CATCHUP_REFRESH = Setting(
+    "es_catchup_refresh_interval", "LOYALTY_ES_CATCHUP_REFRESH", DURATION, "2s",
+    "refresh interval of the serving indices while the indexer catches up",
+)
 # Fixed when a generation's indices are made (a change takes effect at the next reindex).
 ES_SHARDS = Setting(
     "es_shards", "LOYALTY_ES_SHARDS", _per_kind(1, 1024), "1",
@@ -243,6 +250,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     BATCH_CHANGES,
     IDLE_SLEEP_MS,
     ES_REFRESH,
+    ES_CATCHUP_REFRESH,
     ES_SHARDS,
     ES_REPLICAS,
     METRICS_PORT,
@@ -273,6 +281,7 @@ class IndexerSettings(StoreSettings):
     batch_changes: int = BATCH_CHANGES.default
     idle_sleep_ms: int = IDLE_SLEEP_MS.default
     es_refresh_interval: str = ES_REFRESH.default
+    es_catchup_refresh_interval: str = ES_CATCHUP_REFRESH.default
     es_shards: str = ES_SHARDS.default
     es_replicas: str = ES_REPLICAS.default
     metrics_port: int = METRICS_PORT.default

@@ -249,6 +249,20 @@ class ElasticSink:
         await self._client.indices.refresh(index=names)
 
     @elasticsearch_boundary
+    async def set_serving_refresh(self, interval: str | None) -> None:
+        """Refresh the serving indices every ``interval`` (None: the configured interval,
+        with one refresh at once, so that what was written under a longer interval is
+        searchable now). A generation being loaded keeps its own setting: it is not behind
+        the aliases."""
+        names = ",".join(self.alias(kind) for kind in INDEXED_KINDS)
+        await self._client.indices.put_settings(
+            index=names,
+            settings={"index": {"refresh_interval": interval or self._refresh_interval}},
+        )
+        if interval is None:
+            await self._client.indices.refresh(index=names)
+
+    @elasticsearch_boundary
     async def apply_replicas(self, kinds: Sequence[ObjectKind] = INDEXED_KINDS) -> None:
         """Give the serving indices the configured replicas (a changed ``LOYALTY_ES_REPLICAS``
         takes effect at the next start, without a reindex)."""

@@ -1,0 +1,141 @@
+"""One chunk's writes stay in flight while the next chunk is read from the source and built;
+a write that fails meanwhile fails the batch, which is applied again from the slot."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from cache.errors import StoreUnavailable
+from cache.types import ObjectKind
+from indexer.rebuild import SinkWrites
+from indexer.source import DocumentSource, Row
+from tests.fixtures.indexer import IndexerHarness, harness_settings, prepared_harness
+from tests.integration.test_indexer_changes import seed_base
+
+pytestmark = pytest.mark.services
+
+CHUNK = 25
+ROWS = 4 * CHUNK
+# Long enough for the next chunk's read to begin while a write waits for it; a write that
+# keeps the next read from starting (no overlap) waits this long for nothing.
+READ_WAIT_SECONDS = 3.0
+
+
+@pytest.fixture
+async def chunked(
+    pg_dsn: str,
+    es_prefix: str,
+    redis_prefix: str,
+    unique_name: str,
+    es_client: Any,
+    redis_client: Any,
+) -> AsyncIterator[IndexerHarness]:
+    """Batches of a whole ``ROWS`` transaction, rebuilt in chunks of ``CHUNK`` objects."""
+    settings = dataclasses.replace(
+        harness_settings(pg_dsn, es_prefix, redis_prefix, unique_name),
+        batch_changes=10 * ROWS,
+        rebuild_chunk_ids=CHUNK,
+    )
+    async with prepared_harness(settings) as prepared:
+        await seed_base(prepared)
+        await prepared.execute(
+            "INSERT INTO vouchers (id, project_id, code, campaign_id, type) "
+            "SELECT 'ov_' || lpad(g::text, 4, '0'), 'proj_a', 'OV-' || g, 'camp_1', "
+            "'DISCOUNT_VOUCHER' FROM generate_series(1, %s::int) g",
+            (ROWS,),
+        )
+        await prepared.catch_up()
+        yield prepared
+
+
+async def _update_all(h: IndexerHarness, wave: int) -> None:
+    await h.execute(
+        "UPDATE vouchers SET metadata = jsonb_build_object('wave', %s::int) "
+        "WHERE id LIKE 'ov_%%'",
+        (wave,),
+    )
+
+
+async def test_the_next_chunk_is_read_while_a_chunk_is_written(
+    chunked: IndexerHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = chunked
+    writes_started = 0
+    writing = 0
+    read_ended = asyncio.Event()
+    # For each read of vouchers from the source: whether a write was in flight meanwhile.
+    overlapped: list[bool] = []
+    rows_by_ids = DocumentSource.rows_by_ids
+
+    async def watching_read(source: DocumentSource, kind: ObjectKind, ids: Any) -> list[Row]:
+        started = writes_started
+        rows = await rows_by_ids(source, kind, ids)
+        if kind is ObjectKind.VOUCHER:
+            overlapped.append(writing > 0 or writes_started > started)
+            read_ended.set()
+        return rows
+
+    write_both = h.indexer._write_both
+
+    async def waiting_write(conn: Any, chunk: SinkWrites) -> None:
+        # Held until a read ends (at most READ_WAIT_SECONDS), so a read that runs beside a
+        # write is seen whatever the machine's speed.
+        nonlocal writes_started, writing
+        writes_started += 1
+        writing += 1
+        read_ended.clear()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(read_ended.wait(), READ_WAIT_SECONDS)
+            await write_both(conn, chunk)
+        finally:
+            writing -= 1
+
+    monkeypatch.setattr(DocumentSource, "rows_by_ids", watching_read)
+    h.indexer._write_both = waiting_write  # type: ignore[method-assign]
+    await _update_all(h, 2)
+    await h.catch_up()
+
+    assert len(overlapped) == ROWS // CHUNK
+    # The first chunk is read before any write; every later one beside the previous write.
+    assert overlapped[1:] == [True] * (ROWS // CHUNK - 1), overlapped
+    doc = await h.es_doc("voucher", f"ov_{ROWS:04d}")
+    assert doc is not None and doc["doc"]["metadata"] == {"wave": 2}
+    report = await h.verify()
+    assert report.ok, report.differences
+
+
+async def test_a_write_failing_in_flight_fails_the_batch_which_is_applied_again(
+    chunked: IndexerHarness,
+) -> None:
+    h = chunked
+    before = h.indexer.watermark
+    apply = h.clients.cache.apply
+    calls = 0
+
+    async def failing_first(chunk: SinkWrites) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.2)  # the next chunk is being built meanwhile
+            raise StoreUnavailable("redis: connection lost (test)")
+        await apply(chunk)
+
+    h.clients.cache.apply = failing_first  # type: ignore[method-assign]
+    await _update_all(h, 3)
+    with pytest.raises(StoreUnavailable):
+        await h.indexer.step()
+    assert h.indexer.watermark == before  # the slot did not move past the batch
+
+    await h.catch_up()
+    for number in (1, ROWS // 2, ROWS):
+        cached = await h.redis_doc("voucher", "proj_a", f"ov_{number:04d}")
+        assert cached["metadata"] == {"wave": 3}
+    report = await h.verify()
+    assert report.ok, report.differences
