@@ -135,6 +135,8 @@ class Indexer:
         # interval (``_pace_refresh``).
         self._full_steps = 0
         self.catching_up = False
+        # The writes of the last chunk applied, while the next one is read and built.
+        self._writing: asyncio.Task[None] | None = None
         self.watermark: Lsn | None = None
         # For /healthz and the lag timer (Unix times): when ``prepare`` last finished (None
         # while it runs), when a step last succeeded, and the moment up to which every
@@ -166,6 +168,7 @@ class Indexer:
         return self._peek_conn
 
     async def close(self) -> None:
+        await self._abandon_writes()
         await self.upgrade.stop()
         await self.recompute.close()
         await self._drop_connection()
@@ -346,10 +349,15 @@ class Indexer:
                 page_rows=batch,
             ) as pages:
                 read = await read_batch(pages, batch, apply)
+            await self.settle_writes()
         except SlotError:
+            await self._abandon_writes()
             lost = await slot_lost(conn, self.slot)
             if lost is not None:
                 raise SlotLost(self.slot, lost) from None
+            raise
+        except BaseException:
+            await self._abandon_writes()
             raise
         transactions, changes = read.transactions, read.changes
         full = read.rows >= batch
@@ -466,7 +474,9 @@ class Indexer:
 
     async def apply(self, transactions: list[Transaction]) -> bool:
         """Apply whole transactions, in commit order, to both sinks; returns whether they
-        queued a segment recompute."""
+        queued a segment recompute. The last chunk's writes may still be in flight on return
+        (``settle_writes`` ends them): the next group is read from the slot, decoded and
+        checked for visibility meanwhile."""
         conn = await self._connection()
         for transaction in transactions:
             for change in transaction.changes:
@@ -482,36 +492,40 @@ class Indexer:
             clock=self._now_us,
         )
         await rebuilder.expand(touched, self._search.ids_of_kind)
+        # The previous group's writes end before this group's are built: its chunks read the
+        # index (``IndexedOwners``) and may hold the same objects.
+        await self.settle_writes()
         queued = False
         # One chunk's writes stay in flight while the next chunk is read and built: the
-        # indexer's CPU and the sinks' then overlap. The chunks of one call hold different
-        # objects, so their writes commute; the next call starts with none in flight, so
-        # every read of the index it makes (``IndexedOwners``) sees this call's writes.
-        writing: asyncio.Task[None] | None = None
-        try:
-            async for built in rebuilder.writes(touched):
-                chunk = built
-                if not self.shard.single:
-                    chunk, foreign = owned_writes(built, self.shard.owns)
-                    if foreign:
-                        metrics.SHARD_FOREIGN_WRITES.inc(foreign)
-                if writing is not None:
-                    await writing
-                writing = asyncio.create_task(self._write_both(conn, chunk))
-                if chunk.segment_jobs:
-                    queued = self.recompute.pending = True
-            if writing is not None:
-                await writing
-        finally:
-            if writing is not None:
-                # The rebuild failed (or the step is cancelled): the batch is read again
-                # from the slot, so the write in flight only has to end before the retry,
-                # and its own failure, if any, is superseded.
-                if not writing.done():
-                    writing.cancel()
-                with contextlib.suppress(BaseException):
-                    await writing
+        # indexer's CPU and the sinks' then overlap. The chunks of one group hold different
+        # objects, so their writes commute.
+        async for built in rebuilder.writes(touched):
+            chunk = built
+            if not self.shard.single:
+                chunk, foreign = owned_writes(built, self.shard.owns)
+                if foreign:
+                    metrics.SHARD_FOREIGN_WRITES.inc(foreign)
+            await self.settle_writes()
+            self._writing = asyncio.create_task(self._write_both(conn, chunk))
+            if chunk.segment_jobs:
+                queued = self.recompute.pending = True
         return queued
+
+    async def settle_writes(self) -> None:
+        """Wait for the chunk's writes in flight, if any; their failure is raised here."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+    async def _abandon_writes(self) -> None:
+        """End the writes in flight of a batch that failed: it is read again from the slot,
+        so they only have to end before the retry, and their own failure is superseded."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            if not writing.done():
+                writing.cancel()
+            with contextlib.suppress(BaseException):
+                await writing
 
     async def _rebuild_connection(
         self, primary: psycopg.AsyncConnection[Any], transactions: list[Transaction]

@@ -139,3 +139,52 @@ async def test_a_write_failing_in_flight_fails_the_batch_which_is_applied_again(
         assert cached["metadata"] == {"wave": 3}
     report = await h.verify()
     assert report.ok, report.differences
+
+
+async def test_the_next_group_is_read_and_checked_while_the_last_chunk_is_written(
+    chunked: IndexerHarness,
+) -> None:
+    h = chunked
+    # Groups of one chunk each: only the step's next group can run beside a write.
+    h.indexer._settings = dataclasses.replace(
+        h.settings, batch_changes=CHUNK, rebuild_chunk_ids=10 * ROWS
+    )
+    writes_started = 0
+    writing = 0
+    group_began = asyncio.Event()
+    overlapped: list[bool] = []
+    rebuild_connection = h.indexer._rebuild_connection
+
+    async def watching_check(primary: Any, transactions: Any) -> Any:
+        # Called once per group, before its rows are read.
+        overlapped.append(writing > 0)
+        group_began.set()
+        return await rebuild_connection(primary, transactions)
+
+    write_both = h.indexer._write_both
+
+    async def waiting_write(conn: Any, chunk: SinkWrites) -> None:
+        nonlocal writes_started, writing
+        writes_started += 1
+        writing += 1
+        group_began.clear()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(group_began.wait(), READ_WAIT_SECONDS)
+            await write_both(conn, chunk)
+        finally:
+            writing -= 1
+
+    h.indexer._rebuild_connection = watching_check  # type: ignore[method-assign]
+    h.indexer._write_both = waiting_write  # type: ignore[method-assign]
+    await h.execute(
+        "UPDATE vouchers SET metadata = jsonb_build_object('wave', 4) WHERE id LIKE 'ov_%%'"
+    )
+    await h.catch_up()
+
+    assert len(overlapped) >= ROWS // CHUNK
+    assert overlapped[0] is False and all(overlapped[1 : ROWS // CHUNK]), overlapped
+    cached = await h.redis_doc("voucher", "proj_a", f"ov_{ROWS:04d}")
+    assert cached["metadata"] == {"wave": 4}
+    report = await h.verify()
+    assert report.ok, report.differences
