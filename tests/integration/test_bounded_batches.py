@@ -14,7 +14,8 @@ from cache.types import ObjectKind
 from indexer.changes import TouchedObjects
 from indexer.pgoutput import Transaction
 from indexer.rebuild import Rebuilder, SinkWrites
-from tests.fixtures.indexer import IndexerHarness, harness_settings, prepared_harness
+from indexer.settings import IndexerSettings
+from tests.fixtures.indexer import IndexerHarness, prepared_harness
 from tests.integration.test_indexer_changes import seed_base
 
 pytestmark = pytest.mark.services
@@ -25,20 +26,9 @@ ROWS = 20 * BATCH
 
 
 @pytest.fixture
-async def small(
-    pg_dsn: str,
-    es_prefix: str,
-    redis_prefix: str,
-    unique_name: str,
-    es_client: Any,
-    redis_client: Any,
-) -> AsyncIterator[IndexerHarness]:
+async def small(base_settings: IndexerSettings) -> AsyncIterator[IndexerHarness]:
     """An indexer whose batches and rebuild chunks hold ``BATCH`` changes and objects."""
-    settings = dataclasses.replace(
-        harness_settings(pg_dsn, es_prefix, redis_prefix, unique_name),
-        batch_changes=BATCH,
-        rebuild_chunk_ids=BATCH,
-    )
+    settings = dataclasses.replace(base_settings, batch_changes=BATCH, rebuild_chunk_ids=BATCH)
     async with prepared_harness(settings) as prepared:
         yield prepared
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -14,7 +13,7 @@ from cache.types import ObjectKind
 from indexer import metrics
 from indexer.pgoutput import Transaction
 from indexer.settings import IndexerSettings
-from tests.fixtures.indexer import IndexerHarness, harness_settings, prepared_harness
+from tests.fixtures.indexer import IndexerHarness, prepared_harness
 from tests.integration.test_indexer_changes import seed_base
 
 pytestmark = pytest.mark.services
@@ -24,20 +23,14 @@ CATCH_UP = "7s"
 
 
 @pytest.fixture
-def settings(
-    pg_dsn: str, es_prefix: str, redis_prefix: str, unique_name: str
-) -> IndexerSettings:
+def settings(base_settings: IndexerSettings) -> IndexerSettings:
     return dataclasses.replace(
-        harness_settings(pg_dsn, es_prefix, redis_prefix, unique_name),
-        batch_changes=BATCH,
-        es_catchup_refresh_interval=CATCH_UP,
+        base_settings, batch_changes=BATCH, es_catchup_refresh_interval=CATCH_UP
     )
 
 
 @pytest.fixture
-async def small(
-    settings: IndexerSettings, es_client: Any, redis_client: Any
-) -> AsyncIterator[IndexerHarness]:
+async def small(settings: IndexerSettings) -> AsyncIterator[IndexerHarness]:
     async with prepared_harness(settings) as prepared:
         yield prepared
 
@@ -122,9 +115,7 @@ async def test_one_transaction_over_a_batch_is_no_backlog(small: IndexerHarness)
     assert not any(on for _c, _i, on in seen)
 
 
-async def test_a_start_puts_the_configured_interval_back(
-    settings: IndexerSettings, es_client: Any, redis_client: Any
-) -> None:
+async def test_a_start_puts_the_configured_interval_back(settings: IndexerSettings) -> None:
     async with prepared_harness(settings) as h:
         await seed_base(h)
         await _caught_up(h)
@@ -136,18 +127,16 @@ async def test_a_start_puts_the_configured_interval_back(
         assert not again.indexer.catching_up
 
 
-async def test_several_shards_keep_the_configured_interval(
-    settings: IndexerSettings, es_client: Any, redis_client: Any
-) -> None:
-    async with prepared_harness(settings) as h:
-        await seed_base(h)
-        await _caught_up(h)
-        # The same process, as if it were one shard of two: it never changes the interval.
-        h.indexer.shard = dataclasses.replace(h.indexer.shard, count=2)
-        try:
-            for full in (True, True, True):
-                await h.indexer._pace_refresh(full)
-        finally:
-            h.indexer.shard = dataclasses.replace(h.indexer.shard, count=1)
-        assert not h.indexer.catching_up
-        assert await _interval(h) == settings.es_refresh_interval
+async def test_several_shards_keep_the_configured_interval(small: IndexerHarness) -> None:
+    h = small
+    await seed_base(h)
+    await _caught_up(h)
+    # The same process, as if it were one shard of two: it never changes the interval.
+    h.indexer.shard = dataclasses.replace(h.indexer.shard, count=2)
+    try:
+        for full in (True, True, True):
+            await h.indexer._pace_refresh(full)
+    finally:
+        h.indexer.shard = dataclasses.replace(h.indexer.shard, count=1)
+    assert not h.indexer.catching_up
+    assert await _interval(h) == h.settings.es_refresh_interval

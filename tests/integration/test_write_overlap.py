@@ -14,8 +14,9 @@ import pytest
 from cache.errors import StoreUnavailable
 from cache.types import ObjectKind
 from indexer.rebuild import SinkWrites
+from indexer.settings import IndexerSettings
 from indexer.source import DocumentSource, Row
-from tests.fixtures.indexer import IndexerHarness, harness_settings, prepared_harness
+from tests.fixtures.indexer import IndexerHarness, prepared_harness
 from tests.integration.test_indexer_changes import seed_base
 
 pytestmark = pytest.mark.services
@@ -28,19 +29,10 @@ READ_WAIT_SECONDS = 3.0
 
 
 @pytest.fixture
-async def chunked(
-    pg_dsn: str,
-    es_prefix: str,
-    redis_prefix: str,
-    unique_name: str,
-    es_client: Any,
-    redis_client: Any,
-) -> AsyncIterator[IndexerHarness]:
+async def chunked(base_settings: IndexerSettings) -> AsyncIterator[IndexerHarness]:
     """Batches of a whole ``ROWS`` transaction, rebuilt in chunks of ``CHUNK`` objects."""
     settings = dataclasses.replace(
-        harness_settings(pg_dsn, es_prefix, redis_prefix, unique_name),
-        batch_changes=10 * ROWS,
-        rebuild_chunk_ids=CHUNK,
+        base_settings, batch_changes=10 * ROWS, rebuild_chunk_ids=CHUNK
     )
     async with prepared_harness(settings) as prepared:
         await seed_base(prepared)
@@ -62,53 +54,70 @@ async def _update_all(h: IndexerHarness, wave: int) -> None:
     )
 
 
+async def _all_at_wave(h: IndexerHarness, wave: int) -> None:
+    """Every voucher reached both sinks at ``wave``, and verify finds nothing to repair."""
+    for number in (1, ROWS // 2, ROWS):
+        cached = await h.redis_doc("voucher", "proj_a", f"ov_{number:04d}")
+        assert cached["metadata"] == {"wave": wave}
+    doc = await h.es_doc("voucher", f"ov_{ROWS:04d}")
+    assert doc is not None and doc["doc"]["metadata"] == {"wave": wave}
+    report = await h.verify()
+    assert report.ok, report.differences
+
+
+class _HeldWrites:
+    """The indexer's chunk writes, each held until ``release`` is called (at most
+    ``READ_WAIT_SECONDS``), so that work running beside a write is seen whatever the
+    machine's speed: ``started`` writes so far, ``in_flight`` now."""
+
+    def __init__(self, h: IndexerHarness) -> None:
+        self.started = 0
+        self.in_flight = 0
+        self._released = asyncio.Event()
+        write_both = h.indexer._write_both
+
+        async def held(conn: Any, chunk: SinkWrites) -> None:
+            self.started += 1
+            self.in_flight += 1
+            self._released.clear()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._released.wait(), READ_WAIT_SECONDS)
+                await write_both(conn, chunk)
+            finally:
+                self.in_flight -= 1
+
+        h.indexer._write_both = held  # type: ignore[method-assign]
+
+    def release(self) -> None:
+        self._released.set()
+
+
 async def test_the_next_chunk_is_read_while_a_chunk_is_written(
     chunked: IndexerHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = chunked
-    writes_started = 0
-    writing = 0
-    read_ended = asyncio.Event()
     # For each read of vouchers from the source: whether a write was in flight meanwhile.
     overlapped: list[bool] = []
     rows_by_ids = DocumentSource.rows_by_ids
 
     async def watching_read(source: DocumentSource, kind: ObjectKind, ids: Any) -> list[Row]:
-        started = writes_started
+        started = writes.started
         rows = await rows_by_ids(source, kind, ids)
         if kind is ObjectKind.VOUCHER:
-            overlapped.append(writing > 0 or writes_started > started)
-            read_ended.set()
+            overlapped.append(writes.in_flight > 0 or writes.started > started)
+            writes.release()
         return rows
 
-    write_both = h.indexer._write_both
-
-    async def waiting_write(conn: Any, chunk: SinkWrites) -> None:
-        # Held until a read ends (at most READ_WAIT_SECONDS), so a read that runs beside a
-        # write is seen whatever the machine's speed.
-        nonlocal writes_started, writing
-        writes_started += 1
-        writing += 1
-        read_ended.clear()
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(read_ended.wait(), READ_WAIT_SECONDS)
-            await write_both(conn, chunk)
-        finally:
-            writing -= 1
-
+    writes = _HeldWrites(h)
     monkeypatch.setattr(DocumentSource, "rows_by_ids", watching_read)
-    h.indexer._write_both = waiting_write  # type: ignore[method-assign]
     await _update_all(h, 2)
     await h.catch_up()
 
     assert len(overlapped) == ROWS // CHUNK
     # The first chunk is read before any write; every later one beside the previous write.
     assert overlapped[1:] == [True] * (ROWS // CHUNK - 1), overlapped
-    doc = await h.es_doc("voucher", f"ov_{ROWS:04d}")
-    assert doc is not None and doc["doc"]["metadata"] == {"wave": 2}
-    report = await h.verify()
-    assert report.ok, report.differences
+    await _all_at_wave(h, 2)
 
 
 async def test_a_write_failing_in_flight_fails_the_batch_which_is_applied_again(
@@ -134,11 +143,7 @@ async def test_a_write_failing_in_flight_fails_the_batch_which_is_applied_again(
     assert h.indexer.watermark == before  # the slot did not move past the batch
 
     await h.catch_up()
-    for number in (1, ROWS // 2, ROWS):
-        cached = await h.redis_doc("voucher", "proj_a", f"ov_{number:04d}")
-        assert cached["metadata"] == {"wave": 3}
-    report = await h.verify()
-    assert report.ok, report.differences
+    await _all_at_wave(h, 3)
 
 
 async def test_the_next_group_is_read_and_checked_while_the_last_chunk_is_written(
@@ -149,42 +154,20 @@ async def test_the_next_group_is_read_and_checked_while_the_last_chunk_is_writte
     h.indexer._settings = dataclasses.replace(
         h.settings, batch_changes=CHUNK, rebuild_chunk_ids=10 * ROWS
     )
-    writes_started = 0
-    writing = 0
-    group_began = asyncio.Event()
     overlapped: list[bool] = []
     rebuild_connection = h.indexer._rebuild_connection
 
     async def watching_check(primary: Any, transactions: Any) -> Any:
         # Called once per group, before its rows are read.
-        overlapped.append(writing > 0)
-        group_began.set()
+        overlapped.append(writes.in_flight > 0)
+        writes.release()
         return await rebuild_connection(primary, transactions)
 
-    write_both = h.indexer._write_both
-
-    async def waiting_write(conn: Any, chunk: SinkWrites) -> None:
-        nonlocal writes_started, writing
-        writes_started += 1
-        writing += 1
-        group_began.clear()
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(group_began.wait(), READ_WAIT_SECONDS)
-            await write_both(conn, chunk)
-        finally:
-            writing -= 1
-
+    writes = _HeldWrites(h)
     h.indexer._rebuild_connection = watching_check  # type: ignore[method-assign]
-    h.indexer._write_both = waiting_write  # type: ignore[method-assign]
-    await h.execute(
-        "UPDATE vouchers SET metadata = jsonb_build_object('wave', 4) WHERE id LIKE 'ov_%%'"
-    )
+    await _update_all(h, 4)
     await h.catch_up()
 
     assert len(overlapped) >= ROWS // CHUNK
     assert overlapped[0] is False and all(overlapped[1 : ROWS // CHUNK]), overlapped
-    cached = await h.redis_doc("voucher", "proj_a", f"ov_{ROWS:04d}")
-    assert cached["metadata"] == {"wave": 4}
-    report = await h.verify()
-    assert report.ok, report.differences
+    await _all_at_wave(h, 4)
