@@ -309,7 +309,10 @@ class Indexer:
     async def _retire(self, conn: psycopg.AsyncConnection[Any], role: ShardRole) -> None:
         """Every transaction before the handoff is applied and the shard's position says so:
         the slot goes (its WAL is no longer kept), and the shards in force stop waiting for
-        this one's position."""
+        this one's position. A shard behind puts the configured refresh back: the shards of
+        the next plan leave the interval alone."""
+        if self.catching_up:
+            await self._end_catch_up()
         await drop_slot(conn, self.slot)
         metrics.SHARD_HANDOFFS.inc()
         self._retire_done(role)

@@ -140,3 +140,20 @@ async def test_several_shards_keep_the_configured_interval(small: IndexerHarness
         h.indexer.shard = dataclasses.replace(h.indexer.shard, count=1)
     assert not h.indexer.catching_up
     assert await _interval(h) == h.settings.es_refresh_interval
+
+
+async def test_a_shard_handing_off_while_behind_puts_the_interval_back(
+    small: IndexerHarness,
+) -> None:
+    h = small
+    await seed_base(h)
+    await _caught_up(h)
+    await h.clients.search.set_serving_refresh(CATCH_UP)
+    h.indexer.catching_up = True
+    conn = await h.indexer._connection()
+    role = await h.indexer.shard_state.read(conn)
+
+    await h.indexer._retire(conn, role)
+
+    assert h.indexer.retired and not h.indexer.catching_up
+    assert await _interval(h) == h.settings.es_refresh_interval
