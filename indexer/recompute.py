@@ -37,9 +37,6 @@ decision).
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import enum
 import logging
 import time
@@ -55,6 +52,7 @@ from cache.records import EventCause, MembershipMode, MembershipUpdate, SegmentJ
 from cache.types import ObjectKind
 from indexer import metrics
 from indexer.documents import Document
+from indexer.in_flight import WritesInFlight
 from indexer.rebuild import compiled_filter
 from indexer.segment_filter import SegmentFilter
 from indexer.segment_index import AUTO_UPDATE, IndexedCustomer, SegmentIndex
@@ -160,7 +158,7 @@ class SegmentRecompute:
         # different customers: their writes commute. ``bench/segments.py`` at 100,000
         # customers: jobs of 35,000 entering took 6.0-9.1 s with one page in flight, 4.8-5.9 s
         # with two, 4.5-5.2 s with three (this 2-core machine then saturated).
-        self._writing: collections.deque[asyncio.Task[int]] = collections.deque()
+        self._writing = WritesInFlight()
         # Clock jobs (a full pass over a relative-date segment at start-up) are not kept in
         # Redis: a restart schedules them again.
         self._clock_jobs: dict[tuple[str, str], SegmentJob] = {}
@@ -211,7 +209,7 @@ class SegmentRecompute:
             # A page whose writes failed is behind the pass's position: the job starts over
             # (deciding a customer again changes nothing).
             self._current = None
-            await self._abandon()
+            await self._writing.abandon()
             raise
 
     async def close(self) -> None:
@@ -225,21 +223,11 @@ class SegmentRecompute:
     async def _drain(self, keep: int = 0) -> None:
         """Wait for the pages being written, oldest first, until at most ``keep`` are left
         in flight; a failure is raised here (the pages after it are abandoned)."""
-        while len(self._writing) > keep:
-            try:
-                await self._writing.popleft()
-            except BaseException:
-                self._current = None
-                await self._abandon()
-                raise
-
-    async def _abandon(self) -> None:
-        """Stop the pages being written, after a failure elsewhere: the job starts over."""
-        while self._writing:
-            writing = self._writing.popleft()
-            writing.cancel()
-            with contextlib.suppress(BaseException):
-                await writing
+        try:
+            await self._writing.drain(keep)
+        except BaseException:
+            self._current = None
+            raise
 
     async def _progress(self) -> _Progress | None:
         """The job to work on: the current one, unless a newer edit of its segment arrived."""
@@ -312,7 +300,7 @@ class SegmentRecompute:
         progress.after = customers[-1].customer_id
         progress.examined += len(customers)
         await self._drain(keep=self._writes_in_flight - 1)
-        self._writing.append(asyncio.create_task(self._settle_page(progress, customers)))
+        self._writing.start(self._settle_page(progress, customers))
         metrics.SEGMENT_RECOMPUTE_CUSTOMERS.inc(len(customers))
         return len(customers)
 

@@ -43,6 +43,7 @@ from indexer import metrics
 from indexer.batch_reader import read_batch
 from indexer.changes import WATCHED_TABLES, touched_by
 from indexer.errors import ShardError, SlotError, SlotLost
+from indexer.in_flight import WritesInFlight
 from indexer.lag import lag_seconds
 from indexer.pgoutput import Transaction
 from indexer.quarantine import Quarantine
@@ -136,7 +137,7 @@ class Indexer:
         self._full_steps = 0
         self.catching_up = False
         # The writes of the last chunk applied, while the next one is read and built.
-        self._writing: asyncio.Task[None] | None = None
+        self._writing = WritesInFlight()
         self.watermark: Lsn | None = None
         # For /healthz and the lag timer (Unix times): when ``prepare`` last finished (None
         # while it runs), when a step last succeeded, and the moment up to which every
@@ -168,7 +169,7 @@ class Indexer:
         return self._peek_conn
 
     async def close(self) -> None:
-        await self._abandon_writes()
+        await self._writing.abandon()
         await self.upgrade.stop()
         await self.recompute.close()
         await self._drop_connection()
@@ -354,13 +355,13 @@ class Indexer:
                 read = await read_batch(pages, batch, apply)
             await self.settle_writes()
         except SlotError:
-            await self._abandon_writes()
+            await self._writing.abandon()
             lost = await slot_lost(conn, self.slot)
             if lost is not None:
                 raise SlotLost(self.slot, lost) from None
             raise
         except BaseException:
-            await self._abandon_writes()
+            await self._writing.abandon()
             raise
         transactions, changes = read.transactions, read.changes
         full = read.rows >= batch
@@ -509,26 +510,14 @@ class Indexer:
                 if foreign:
                     metrics.SHARD_FOREIGN_WRITES.inc(foreign)
             await self.settle_writes()
-            self._writing = asyncio.create_task(self._write_both(conn, chunk))
+            self._writing.start(self._write_both(conn, chunk))
             if chunk.segment_jobs:
                 queued = self.recompute.pending = True
         return queued
 
     async def settle_writes(self) -> None:
         """Wait for the chunk's writes in flight, if any; their failure is raised here."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            await writing
-
-    async def _abandon_writes(self) -> None:
-        """End the writes in flight of a batch that failed: it is read again from the slot,
-        so they only have to end before the retry, and their own failure is superseded."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            if not writing.done():
-                writing.cancel()
-            with contextlib.suppress(BaseException):
-                await writing
+        await self._writing.drain()
 
     async def _rebuild_connection(
         self, primary: psycopg.AsyncConnection[Any], transactions: list[Transaction]
